@@ -1,0 +1,29 @@
+# Two commands matter on a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: deps test unit lint demo bench clean
+
+deps:
+	@bash scripts/install-core.sh
+
+lint: deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check node-agent operator tests bench
+
+test: deps
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: deps
+	$(PY) -m pytest -m "not interop and not libvirt and not envtest and not e2e" $(PYTEST_ARGS)
+
+demo: deps
+	$(PY) -m vmlease_agent.demo
+
+bench: deps
+	$(PY) bench/run.py
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""vmlease operator: kopf handlers over plain allocation and state functions."""
