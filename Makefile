@@ -7,6 +7,7 @@ PYTEST_ARGS ?=
 
 deps:
 	@bash scripts/install-core.sh
+	@bash scripts/install-libvirt.sh || echo "WARNING: libvirt not installed; the libvirt tier will be skipped"
 
 lint: deps
 	$(PY) -m ruff check .
