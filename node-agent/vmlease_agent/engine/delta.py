@@ -1,0 +1,433 @@
+"""Delta leases: a host's claim on its host_id in a lockspace (Chockler & Malkhi leases).
+
+A host proves it is alive by rewriting the timestamp of its own sector every 2N. Nobody else ever
+writes that sector while the host lives, so no consensus is needed: taking a host_id only needs
+waits long enough that a live owner *must* have renewed in between (see ``timeouts``).
+
+Acquire (sanlock ``delta_lease_acquire``):
+  1. read our sector; the previous owner's N and W come from it;
+  2. free (timestamp 0), or held under our own host name (our earlier incarnation, "fast
+     reacquire"): claim at once;
+  3. held by another host name: wait 8N+W (of the previous owner), re-read; the record unchanged
+     (or free) proves the owner dead, else the host_id is busy (-262);
+  4. claim: timestamp = now, generation + 1, our host name, N and W;
+  5. wait 2N, re-read: the record must be exactly ours, else another host claimed too (-262).
+Renew: read the whole area (one I/O, also used to judge every other host), check our record is
+byte-identical to our last write (else -260/-261: someone else writes our host_id), write it with
+a new timestamp. Release: rewrite with timestamp 0, keeping owner, generation and name.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+
+from . import errors, ondisk, timeouts
+from .clock import REAL_CLOCK, Clock
+from .directio import Storage
+from .ondisk import Leader, Sizes
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a lockspace lives: its name, storage path and byte offset."""
+
+    name: str
+    path: str
+    offset: int
+
+    def describe(self) -> dict:
+        return {"lease": f"lockspace {self.name}", "path": self.path, "offset": self.offset}
+
+
+def check_offset(loc: Location, sizes: Sizes, what: str) -> None:
+    if loc.offset % sizes.align_size:
+        a = sizes.align_size
+        raise errors.OffsetNotAligned(
+            lease=what,
+            path=loc.path,
+            offset=loc.offset,
+            align=a,
+            align_name=ondisk.align_name(a),
+            suggestion=(loc.offset // a + 1) * a,
+        )
+
+
+def check_host_id(loc: Location, sizes: Sizes, host_id: int) -> None:
+    if not 1 <= host_id <= sizes.max_hosts:
+        raise errors.HostIdOutOfRange(**loc.describe(), host_id=host_id, max_hosts=sizes.max_hosts)
+
+
+def verify_delta(
+    loc: Location, buf: bytes | memoryview, storage_sector: int | None = None
+) -> Leader:
+    """Parse and validate a delta lease record (sanlock ``verify_leader``, -223..-229)."""
+    leader = Leader.unpack(buf)
+    if leader.magic != ondisk.DELTA_DISK_MAGIC:
+        hint = (
+            "; this area holds a resource lease, not a lockspace"
+            if leader.magic in (ondisk.PAXOS_DISK_MAGIC, ondisk.PAXOS_DISK_CLEAR)
+            else f"; initialise it with `vmlease direct init -s {loc.name}:0:{loc.path}:"
+            f"{loc.offset}` or check the path and offset"
+        )
+        raise errors.LeaderMagic(
+            **loc.describe(),
+            kind="lockspace",
+            magic=leader.magic,
+            expected=ondisk.DELTA_DISK_MAGIC,
+            hint=hint,
+        )
+    if leader.version & ondisk.VERSION_MAJOR_MASK != ondisk.DELTA_VERSION_MAJOR:
+        raise errors.LeaderVersion(
+            **loc.describe(), version=leader.version, expected=ondisk.DELTA_VERSION_MAJOR
+        )
+    if leader.space_name != loc.name:
+        raise errors.LeaderLockspace(**loc.describe(), found=leader.space_name, expected=loc.name)
+    ok, stored, computed = ondisk.leader_checksum_ok(buf)
+    if not ok:
+        raise errors.LeaderChecksum(**loc.describe(), stored=stored, computed=computed)
+    if leader.sector_size not in ondisk.SECTOR_SIZES or (
+        storage_sector is not None and leader.sector_size < storage_sector
+    ):
+        raise errors.LeaderSectorSize(
+            **loc.describe(),
+            on_disk=leader.sector_size,
+            detail=f"the storage has {storage_sector}-byte sectors",
+        )
+    return leader
+
+
+def read_sizes(st: Storage, loc: Location, timeout: float) -> tuple[Sizes, Leader]:
+    """The lockspace's size class, from host 1's record (sanlock reads the first 4 KiB)."""
+    if loc.offset % st.sector_size:
+        raise errors.OffsetNotAligned(
+            lease=f"lockspace {loc.name}",
+            path=loc.path,
+            offset=loc.offset,
+            align=st.sector_size,
+            align_name="sector",
+            suggestion=(loc.offset // st.sector_size + 1) * st.sector_size,
+        )
+    buf = st.read(loc.offset, 4096, timeout)
+    if len(buf) < ondisk.LEADER_SIZE:
+        raise errors.Truncated(**loc.describe(), size=st.size(), needed=4096)
+    leader = verify_delta(loc, buf, st.sector_size)
+    sizes = leader.sizes
+    check_offset(loc, sizes, f"lockspace {loc.name}")
+    if st.size() < loc.offset + sizes.align_size:
+        raise errors.Truncated(**loc.describe(), size=st.size(), needed=sizes.align_size)
+    return sizes, leader
+
+
+def sector_offset(loc: Location, sizes: Sizes, host_id: int) -> int:
+    return loc.offset + ondisk.delta_sector_index(host_id) * sizes.sector_size
+
+
+def read_host(st: Storage, loc: Location, sizes: Sizes, host_id: int, timeout: float) -> Leader:
+    """Read and verify one host's delta lease (``delta_lease_leader_read``)."""
+    check_host_id(loc, sizes, host_id)
+    buf = st.read(sector_offset(loc, sizes, host_id), sizes.sector_size, timeout)
+    return verify_delta(loc, buf, st.sector_size)
+
+
+def host_label(leader: Leader) -> str:
+    return f"host name {leader.resource_name!r}, generation {leader.owner_generation}"
+
+
+# ---- init -----------------------------------------------------------------------------------
+
+
+def new_lockspace_record(name: str, sizes: Sizes, io_timeout: int) -> Leader:
+    """What ``sanlock direct init -s`` writes in every host's sector."""
+    ondisk.encode_name(name, "lockspace")
+    return Leader(
+        magic=ondisk.DELTA_DISK_MAGIC,
+        version=ondisk.DELTA_DISK_VERSION,
+        flags=sizes.align_flag,
+        sector_size=sizes.sector_size,
+        num_hosts=0,
+        max_hosts=1,  # sanlock quirk: every delta record says 1
+        owner_id=0,
+        owner_generation=0,
+        lver=0,
+        space_name=name,
+        resource_name="",
+        timestamp=0,
+        io_timeout=io_timeout,
+    )
+
+
+def lockspace_image(name: str, sizes: Sizes, io_timeout: int) -> tuple[bytes, bytes]:
+    """(whole area with record 0 uncommitted, the committed sector 0)."""
+    record = new_lockspace_record(name, sizes, io_timeout)
+    ss = sizes.sector_size
+    one = ondisk.sector(ss, (0, record.pack()))
+    first = ondisk.sector(ss, (0, replace(record, magic=0).pack()))
+    return first + one * (sizes.max_hosts - 1) + bytes(sizes.align_size - ss * sizes.max_hosts), one
+
+
+def init_lockspace(
+    st: Storage,
+    loc: Location,
+    sizes: Sizes,
+    io_timeout: int = timeouts.DEFAULT_IO_TIMEOUT,
+    *,
+    force: bool = False,
+    write_timeout: float = 60.0,
+) -> None:
+    """Format a lockspace area; refuses to overwrite live leases or foreign data unless forced.
+
+    Like sanlock, record 0 is first written with magic 0, then committed, so a crash half-way
+    leaves an area nobody mistakes for a lockspace. ``write_timeout`` is sanlock's
+    ``write_init_io_timeout`` (60 s): one large write may legitimately take longer than N.
+    """
+    check_offset(loc, sizes, f"lockspace {loc.name}")
+    if sizes.sector_size < st.sector_size:
+        raise errors.LeaderSectorSize(
+            **loc.describe(),
+            on_disk=sizes.sector_size,
+            detail=f"the storage has {st.sector_size}-byte sectors (use -Z {st.sector_size})",
+        )
+    if not 1 <= io_timeout <= timeouts.MAX_IO_TIMEOUT:
+        raise errors.InvalidArgument(
+            what=f"io_timeout {io_timeout}", detail="must be 1..255 seconds"
+        )
+    image, commit = lockspace_image(loc.name, sizes, io_timeout)
+    if not force:
+        from .inspect import refuse_overwrite
+
+        refuse_overwrite(st, loc.path, loc.offset, sizes.align_size, f"lockspace {loc.name}")
+    if st.is_block and st.size() < loc.offset + sizes.align_size:
+        raise errors.Truncated(**loc.describe(), size=st.size(), needed=sizes.align_size)
+    st.write(loc.offset, image, write_timeout)
+    st.write(loc.offset, commit, write_timeout)
+
+
+# ---- host status ----------------------------------------------------------------------------
+
+FREE, UNKNOWN, LIVE, FAIL, DEAD = "free", "unknown", "live", "fail", "dead"
+#: sanlock_get_hosts flag values (src/sanlock_admin.h)
+STATE_CODES = {UNKNOWN: 1, FREE: 2, LIVE: 3, FAIL: 4, DEAD: 5}
+
+
+@dataclass(slots=True)
+class HostStatus:
+    """The local monitor's view of one host (sanlock ``struct host_status``)."""
+
+    host_id: int
+    owner_id: int = 0
+    generation: int = 0
+    timestamp: int = 0
+    io_timeout: int = 0
+    fire_timeout: int = timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
+    owner_name: str = ""
+    first_check: float = 0.0
+    last_check: float = 0.0
+    last_live: float = 0.0
+    lease_bad: bool = False
+
+    def dead_after(self, default_io_timeout: int) -> int:
+        return timeouts.host_dead_seconds(self.io_timeout or default_io_timeout, self.fire_timeout)
+
+    def state(self, now: float, default_io_timeout: int) -> str:
+        """free / unknown / live / fail / dead, judged with the host's own N and W."""
+        if self.timestamp == 0:
+            return FREE
+        n = self.io_timeout or default_io_timeout
+        last = self.last_live or self.first_check
+        quiet = now - last
+        if quiet <= timeouts.id_renewal_fail_seconds(n):
+            return UNKNOWN if self.first_check == self.last_live else LIVE
+        if quiet <= timeouts.host_dead_seconds(n, self.fire_timeout):
+            return FAIL
+        return DEAD
+
+    def seconds_since_renewal(self, now: float) -> float:
+        return now - (self.last_live or self.first_check)
+
+
+@dataclass
+class HostStatusTable:
+    """Tracks every host of a lockspace from successive whole-area reads (``check_other_leases``).
+
+    Only records whose owner, generation or timestamp bytes changed since the previous scan are
+    parsed and checksummed: a scan of 2000 idle hosts costs 2000 slices, not 2000 unpacks.
+    """
+
+    loc: Location
+    sizes: Sizes
+    io_timeout: int
+    hosts: dict[int, HostStatus] = field(default_factory=dict)
+    _last_keys: list | None = None
+
+    def update(self, area: bytes, now: float, local_host_id: int = 0) -> list[int]:
+        """Record one scan made at local monotonic ``now``; returns host_ids seen changing."""
+        ss = self.sizes.sector_size
+        n = self.sizes.max_hosts
+        keys = [
+            area[off + 0x20 : off + 0x30] + area[off + 0x98 : off + 0xA0]
+            for off in range(0, ss * n, ss)
+        ]
+        changed: list[int] = []
+        previous = self._last_keys
+        for idx, key in enumerate(keys):
+            if previous is not None and previous[idx] == key and (idx + 1) in self.hosts:
+                self.hosts[idx + 1].last_check = now
+                continue
+            host_id = idx + 1
+            off = idx * ss
+            hs = self.hosts.get(host_id)
+            try:
+                leader = verify_delta(self.loc, area[off : off + ss])
+            except errors.LeaseError:
+                if hs is None:
+                    hs = self.hosts[host_id] = HostStatus(host_id, first_check=now)
+                hs.lease_bad = True
+                hs.last_check = now
+                continue
+            if hs is None:
+                hs = self.hosts[host_id] = HostStatus(host_id, first_check=now, last_live=now)
+            elif (
+                hs.timestamp != leader.timestamp
+                or hs.owner_id != leader.owner_id
+                or hs.generation != leader.owner_generation
+            ):
+                hs.last_live = now
+                changed.append(host_id)
+            hs.lease_bad = False
+            hs.owner_id = leader.owner_id
+            hs.generation = leader.owner_generation
+            hs.timestamp = leader.timestamp
+            hs.io_timeout = leader.io_timeout
+            hs.fire_timeout = ondisk.watchdog_fire_timeout_of(
+                leader, timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
+            )
+            hs.owner_name = leader.resource_name
+            hs.last_check = now
+        if local_host_id in self.hosts:
+            self.hosts[local_host_id].last_live = now
+        self._last_keys = keys
+        return changed
+
+
+# ---- acquire / renew / release ----------------------------------------------------------------
+
+
+@dataclass
+class DeltaLease:
+    """Our delta lease on ``host_id`` in the lockspace at ``loc``; ``record`` is our last write."""
+
+    st: Storage
+    loc: Location
+    sizes: Sizes
+    host_id: int
+    host_name: str
+    io_timeout: int
+    fire_timeout: int = timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
+    clock: Clock = REAL_CLOCK
+    record: Leader | None = None
+    bitmap: bytes = bytes(ondisk.HOSTID_BITMAP_SIZE)
+
+    @property
+    def generation(self) -> int:
+        return self.record.owner_generation if self.record else 0
+
+    def _offset(self) -> int:
+        return sector_offset(self.loc, self.sizes, self.host_id)
+
+    def _read_own(self) -> tuple[Leader, bytes]:
+        buf = self.st.read(self._offset(), self.sizes.sector_size, self.io_timeout)
+        leader = verify_delta(self.loc, buf, self.st.sector_size)
+        return leader, bytes(buf[: ondisk.LEADER_SIZE])
+
+    def _claim(self, base: Leader) -> Leader:
+        gen = base.owner_generation + 1
+        return replace(
+            base,
+            timestamp=self.clock.monotime(),
+            io_timeout=self.io_timeout & 0xFF,
+            owner_id=self.host_id,
+            owner_generation=gen,
+            resource_name=self.host_name,
+            unused1=ondisk.fire_timeout_field(self.fire_timeout, self.host_name, self.host_id, gen),
+        ).sealed()
+
+    def _write(self, leader: Leader, timeout: float) -> None:
+        parts = [(0, leader.pack())]
+        if any(self.bitmap):
+            parts.append((ondisk.HOSTID_BITMAP_OFFSET, self.bitmap))
+        self.st.write(self._offset(), ondisk.sector(self.sizes.sector_size, *parts), timeout)
+
+    def acquire(self, abort: threading.Event | None = None) -> Leader:
+        """Take the host_id (steps in the module docstring); returns the record written."""
+        check_host_id(self.loc, self.sizes, self.host_id)
+        ondisk.encode_name(self.host_name, "host")
+        current, raw = self._read_own()
+        other_n = current.io_timeout or self.io_timeout
+        other_w = ondisk.watchdog_fire_timeout_of(current, timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT)
+        if current.timestamp != 0 and current.resource_name != self.host_name:
+            self.clock.sleep(timeouts.delta_acquire_held_wait(other_n, other_w), abort)
+            again, raw_again = self._read_own()
+            if again.timestamp != 0 and raw_again != raw:
+                raise errors.HostIdBusy(
+                    **self.loc.describe(), host_id=self.host_id, holder=host_label(again)
+                )
+            current = again
+        claim = self._claim(current)
+        self.bitmap = bytes(ondisk.HOSTID_BITMAP_SIZE)
+        self._write(claim, self.io_timeout)
+        self.clock.sleep(timeouts.delta_short_delay(other_n), abort)
+        after, _ = self._read_own()
+        if after.pack() != claim.pack():
+            raise errors.HostIdBusy(
+                **self.loc.describe(), host_id=self.host_id, holder=host_label(after)
+            )
+        self.record = claim
+        return claim
+
+    def resume(self) -> Leader:
+        """Adopt our delta lease after an agent restart, without bumping the generation.
+
+        Safe only if the record on disk is still exactly the one we last wrote (the caller
+        passes it in ``record``) — i.e. nobody else took the host_id while we were away.
+        """
+        current, _ = self._read_own()
+        if self.record is None or current.pack() != self.record.pack():
+            raise errors.RenewDiff(**self.loc.describe(), host_id=self.host_id)
+        return current
+
+    def renew(self, bitmap: bytes | None = None) -> tuple[Leader, bytes]:
+        """One renewal; returns (record written, the whole area as read, for host status)."""
+        assert self.record is not None, "renew before acquire"
+        area = self.st.read(self.loc.offset, self.sizes.align_size, self.io_timeout)
+        off = ondisk.delta_sector_index(self.host_id) * self.sizes.sector_size
+        current = verify_delta(self.loc, area[off : off + self.sizes.sector_size])
+        mine = self.record
+        if (
+            current.owner_id != mine.owner_id
+            or current.owner_generation != mine.owner_generation
+            or current.resource_name != mine.resource_name
+        ):
+            raise errors.RenewOwner(
+                **self.loc.describe(), host_id=self.host_id, detail=host_label(current)
+            )
+        if area[off : off + ondisk.LEADER_SIZE] != mine.pack():
+            raise errors.RenewDiff(**self.loc.describe(), host_id=self.host_id)
+        if bitmap is not None:
+            self.bitmap = bitmap
+        new = replace(mine, timestamp=self.clock.monotime()).sealed()
+        self._write(new, timeouts.host_dead_seconds(self.io_timeout, self.fire_timeout))
+        self.record = new
+        return new, area
+
+    def release(self) -> Leader:
+        """Free the host_id: timestamp 0, owner, generation and name stay for the next acquire."""
+        assert self.record is not None, "release before acquire"
+        current, _ = self._read_own()
+        if current.pack() != self.record.pack():
+            raise errors.RenewDiff(**self.loc.describe(), host_id=self.host_id)
+        freed = replace(self.record, timestamp=0).sealed()
+        self.bitmap = bytes(ondisk.HOSTID_BITMAP_SIZE)
+        self._write(freed, self.io_timeout)
+        self.record = freed
+        return freed

@@ -1,0 +1,286 @@
+"""Errors of the lease engine: one class per cause, with sanlock's code and a message template.
+
+Every message names the lease, where it lives (path and offset), what went wrong and what to do.
+``code`` is sanlock's result code where one exists (``src/sanlock_rv.h``), so the CLI can exit with
+the number an admin knows and python-sanlock users see the same ``errno``.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, ClassVar
+
+
+class LeaseError(Exception):
+    """Base class. Subclasses set ``code`` and ``template`` (``str.format`` with the kwargs)."""
+
+    code: ClassVar[int] = -201  # SANLK_ERROR, "General error"
+    template: ClassVar[str] = "{detail}"
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        super().__init__(self.template.format(**fields))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["fields"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+# ---- input and layout ---------------------------------------------------------------------
+
+
+class InvalidArgument(LeaseError):
+    code = -errno.EINVAL
+    template = "{what}: {detail}"
+
+
+class NameTooLong(LeaseError):
+    code = -errno.ENAMETOOLONG
+    template = (
+        "{kind} name {name!r} is {length} bytes; sanlock stores names in 48 bytes: "
+        "choose a name of at most 48 bytes"
+    )
+
+
+class OffsetNotAligned(LeaseError):
+    code = -errno.EINVAL
+    template = (
+        "{lease} at {path}:{offset}: offset {offset} is not a multiple of the {align_name} "
+        "align size ({align} bytes); use an offset such as {suggestion}"
+    )
+
+
+class BadSizes(LeaseError):
+    code = -230  # SANLK_ADDLS_SIZES
+    template = (
+        "invalid sector/align size combination {sector_size}/{align_size}: use 512 with 1M, "
+        "or 4096 with 1M, 2M, 4M or 8M"
+    )
+
+
+class HostIdOutOfRange(LeaseError):
+    code = -231  # SANLK_ADDLS_INVALID_HOSTID
+    template = (
+        "{lease} at {path}:{offset}: host_id {host_id} is out of range; this lockspace "
+        "holds host_ids 1..{max_hosts}"
+    )
+
+
+class StorageUnusable(LeaseError):
+    code = -errno.ENODEV
+    template = "{path}: {detail}"
+
+
+class Truncated(LeaseError):
+    code = -errno.ENODATA
+    template = (
+        "{lease} at {path}:{offset}: the storage ends at {size} bytes but the lease needs "
+        "{needed} bytes from offset {offset}; the file was truncated or the offset is wrong"
+    )
+
+
+class RefuseOverwrite(LeaseError):
+    code = -errno.EEXIST
+    template = "{lease} at {path}:{offset}: refusing to initialise: {detail}"
+
+
+# ---- on-disk validation (sanlock -214, -223..-229) ---------------------------------------
+
+
+class LeaderMagic(LeaseError):
+    code = -223  # SANLK_LEADER_MAGIC, "Lease does not exist on storage"
+    template = (
+        "{lease} at {path}:{offset}: no {kind} lease on storage (magic {magic:#010x}, "
+        "expected {expected:#010x}){hint}"
+    )
+
+
+class LeaderVersion(LeaseError):
+    code = -224
+    template = (
+        "{lease} at {path}:{offset}: on-disk format version {version:#010x} is not "
+        "recognised (expected major {expected:#010x}); it was written by an incompatible tool"
+    )
+
+
+class LeaderSectorSize(LeaseError):
+    code = -225
+    template = (
+        "{lease} at {path}:{offset}: the lease was written with sector size "
+        "{on_disk} but {detail}; use the sector size the lease was initialised with"
+    )
+
+
+class LeaderLockspace(LeaseError):
+    code = -226
+    template = (
+        "{lease} at {path}:{offset}: the lease on storage belongs to lockspace "
+        "{found!r}, not {expected!r}; check the lockspace name and the offset"
+    )
+
+
+class LeaderResource(LeaseError):
+    code = -227
+    template = (
+        "{lease} at {path}:{offset}: the lease on storage is resource {found!r}, not "
+        "{expected!r}; check the resource name and the offset"
+    )
+
+
+class LeaderNumHosts(LeaseError):
+    code = -228
+    template = (
+        "{lease} at {path}:{offset}: the lease was initialised for {num_hosts} hosts and "
+        "cannot be used by host_id {host_id}; re-initialise it with a larger -n"
+    )
+
+
+class LeaderChecksum(LeaseError):
+    code = -229
+    template = (
+        "{lease} at {path}:{offset}: leader checksum mismatch (stored {stored:#010x}, "
+        "computed {computed:#010x}): the record is corrupt; nothing was written"
+    )
+
+
+class DblockChecksum(LeaseError):
+    code = -214
+    template = (
+        "{lease} at {path}:{offset}: paxos block of host_id {host_id} is corrupt "
+        "(checksum mismatch); nothing was written"
+    )
+
+
+# ---- I/O ----------------------------------------------------------------------------------
+
+
+class IoTimeout(LeaseError):
+    code = -202  # SANLK_AIO_TIMEOUT
+    template = (
+        "{op} of {length} bytes at {path}:{offset} did not complete within the io_timeout "
+        "of {timeout}s: the storage is stalled or too slow; check the path to the storage"
+    )
+
+
+class IoFailed(LeaseError):
+    code = -errno.EIO
+    template = "{op} of {length} bytes at {path}:{offset} failed: {detail}"
+
+
+# ---- delta leases ---------------------------------------------------------------------------
+
+
+class HostIdBusy(LeaseError):
+    code = -262  # SANLK_HOSTID_BUSY
+    template = (
+        "{lease} at {path}:{offset}: host_id {host_id} is in use by another host "
+        "({holder}); pick another host_id, or stop the host that uses it"
+    )
+
+
+class RenewOwner(LeaseError):
+    code = -260
+    template = (
+        "{lease} at {path}:{offset}: our delta lease of host_id {host_id} was taken over "
+        "({detail}); another host uses the same host_id"
+    )
+
+
+class RenewDiff(LeaseError):
+    code = -261
+    template = (
+        "{lease} at {path}:{offset}: our delta lease of host_id {host_id} changed on disk "
+        "since our last renewal; another writer uses the same host_id"
+    )
+
+
+# ---- paxos leases ---------------------------------------------------------------------------
+
+
+class DblockLver(LeaseError):
+    code = -212
+    template = "{lease}: lost the ballot, another host acquired a newer lease version"
+
+
+class DblockMbal(LeaseError):
+    code = -213
+    template = "{lease}: lost the ballot to another host with a higher ballot number"
+
+
+class AcquireLver(LeaseError):
+    code = -240
+    template = "{lease}: lease version is {found}, not the requested {expected}"
+
+
+class AcquireIdLive(LeaseError):
+    code = -243  # SANLK_ACQUIRE_IDLIVE, "Lease is held by another host"
+    template = (
+        "disk lease {lease} at {path}:{offset} is held by host {owner_id} "
+        "({owner_name}, generation {owner_generation}){renewed}; it cannot be taken while "
+        "that host is alive: stop its user there, or wait until it releases"
+    )
+
+
+class AcquireOwned(LeaseError):
+    code = -244
+    template = (
+        "disk lease {lease} at {path}:{offset} was acquired by host {owner_id} "
+        "(generation {owner_generation}) in a concurrent ballot"
+    )
+
+
+class AcquireOther(LeaseError):
+    code = -245
+    template = (
+        "disk lease {lease} at {path}:{offset}: our ballot committed host {owner_id}'s "
+        "earlier proposal; the lease belongs to host {owner_id}"
+    )
+
+
+class AcquireOwnedRetry(LeaseError):
+    code = -247
+    template = (
+        "disk lease {lease} at {path}:{offset} is owned by host {owner_id}, which has "
+        "not been silent long enough to be declared dead ({waited:.0f}s of {needed}s); retry later"
+    )
+
+
+class SharedHeld(LeaseError):
+    code = -errno.EAGAIN
+    template = (
+        "disk lease {lease} at {path}:{offset} is held shared by host(s) {hosts}; "
+        "an exclusive lease is possible once they release it"
+    )
+
+
+class ReleaseLver(LeaseError):
+    code = -250
+    template = (
+        "{lease} at {path}:{offset}: cannot release: lease version on disk is {found}, "
+        "ours is {expected}"
+    )
+
+
+class ReleaseOwner(LeaseError):
+    code = -251
+    template = "{lease} at {path}:{offset}: cannot release: {detail}"
+
+
+class RequestOld(LeaseError):
+    code = -272
+    template = (
+        "{lease}: request for lease version {requested} is stale; the lease is already "
+        "at version {current}"
+    )
+
+
+class RequestLver(LeaseError):
+    code = -273
+    template = "{lease}: a request for a newer lease version ({existing}) is already pending"
+
+
+class RequestMagic(LeaseError):
+    code = -270
+    template = "{lease} at {path}:{offset}: the request record is not valid (not initialised?)"
