@@ -1,0 +1,55 @@
+"""Object names and labels: how uniqueness is delegated to the API server.
+
+An object name is unique per kind (cluster-scoped), so a name that encodes the thing that must be
+unique turns "two writers picked the same value" into a 409 AlreadyExists from the API server —
+the pattern Kubernetes itself uses for Service IPAddress objects. The CRDs enforce the naming
+with CEL rules, so no writer can bypass it by choosing another name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from vmlease_operator.api import GROUP
+
+LABEL_LOCKSPACE = f"{GROUP}/lockspace"
+LABEL_NODE = f"{GROUP}/node"
+#: Keeps a HostId until its id may be reused; removed only by the operator (see ``reclaim``).
+HOSTID_FINALIZER = f"{GROUP}/host-id-reuse"
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def hostid_name(lockspace: str, host_id: int) -> str:
+    """``<lockspace>.<hostId>``: a second HostId for the same id cannot exist."""
+    return f"{lockspace}.{host_id}"
+
+
+def disklease_name(lockspace: str, resource: str) -> str:
+    """``<lockspace>.<resource>``: two agents creating the same automatic lease get one object."""
+    return f"{lockspace}.{resource}"
+
+
+def resource_for_disk(disk_path: str) -> str:
+    """The resource name libvirt's sanlock plugin derives for a disk: lowercase MD5 hex of the
+    path (``virLockManagerSanlockAddDisk``), 32 characters, already a DNS label."""
+    return hashlib.md5(disk_path.encode(), usedforsecurity=False).hexdigest()
+
+
+def node_label_value(node_name: str) -> str:
+    """A label value that finds a node's HostIds. Node names are DNS subdomains of up to 253
+    characters, label values at most 63: longer names are replaced by a digest (the exact name
+    stays in ``spec.nodeName``, which readers compare after selecting by label)."""
+    if len(node_name) <= 63 and _LABEL_VALUE.match(node_name):
+        return node_name
+    return "sha256-" + hashlib.sha256(node_name.encode()).hexdigest()[:56]
+
+
+def hostid_labels(lockspace: str, node_name: str) -> dict[str, str]:
+    return {LABEL_LOCKSPACE: lockspace, LABEL_NODE: node_label_value(node_name)}
+
+
+def node_selector(lockspace: str, node_name: str) -> str:
+    """The label selector that lists one node's HostIds in one lockspace."""
+    return f"{LABEL_LOCKSPACE}={lockspace},{LABEL_NODE}={node_label_value(node_name)}"
