@@ -25,8 +25,29 @@ def _probe_interop() -> str | None:
 
 
 def _probe_libvirt() -> str | None:
-    if not shutil.which("libvirtd") or not shutil.which("qemu-system-x86_64"):
-        return "libvirtd or qemu-system-x86_64 missing: `make test` installs them (scripts/)"
+    # Cheap checks only: starting libvirtd for real costs seconds (the lab fixture does it).
+    import pwd
+
+    fix = "run `bash scripts/install-libvirt.sh` (part of `make deps`)"
+    missing = [
+        b for b in ("libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img") if not shutil.which(b)
+    ]
+    if missing:
+        return f"{', '.join(missing)} missing: {fix}"
+    try:
+        import libvirt  # noqa: F401
+    except ImportError as e:
+        return f"the libvirt python binding does not import ({e}): {fix}, use .venv/bin/python"
+    try:
+        rc = subprocess.run(["libvirtd", "--version"], capture_output=True, timeout=20).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        rc = 1
+    if rc != 0:
+        return f"`libvirtd --version` fails: the daemon cannot start here; {fix}"
+    try:
+        pwd.getpwnam("libvirt-qemu")
+    except KeyError:
+        return f"no libvirt-qemu user (QEMU runs as it; libvirt-daemon-system creates it): {fix}"
     return None
 
 
