@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, direct
+from . import __version__, client_cli, direct
 from .engine import errors
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vmlease {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     direct.add_parser(sub)
+    client_cli.add_parser(sub)
     return parser
 
 

@@ -218,7 +218,7 @@ class AcquireIdLive(LeaseError):
     code = -243  # SANLK_ACQUIRE_IDLIVE, "Lease is held by another host"
     template = (
         "disk lease {lease} at {path}:{offset} is held by host {owner_id} "
-        "({owner_name}, generation {owner_generation}){renewed}; it cannot be taken while "
+        "(node {owner_name}, generation {owner_generation}){renewed}; it cannot be taken while "
         "that host is alive: stop its user there, or wait until it releases"
     )
 

@@ -1,0 +1,466 @@
+"""The node agent's core: lockspaces, process-lifetime leases, fencing, watchdog, saved state.
+
+Everything the local API can ask for is a method here; the socket server (``api``) only parses
+and checks credentials. A main-loop thread (``tick``, 5 times a second) checks deadlines, drives
+fencing and feeds the watchdog only while every lockspace holding our delta lease is healthy.
+
+Restart without harm: the state needed to carry on (lockspaces with our last delta-lease record,
+every lease with its holder's pid and start time) is saved in the run directory after each change.
+A new agent started with the same run directory adopts it: the delta leases are resumed, not
+re-acquired (same host_id, same generation), so the leases on disk stay valid and no holder is
+disturbed, as long as it is back before the deadline T + 8N (and before the watchdog fires).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from . import fencing, state
+from .clients import Client, ClientRegistry, HeldLease, process_start_time
+from .engine import errors, paxos, timeouts
+from .engine.clock import REAL_CLOCK, Clock
+from .engine.directio import Storage
+from .engine.paxos import Resource
+from .lockspace import LIVE, STOPPED, Lockspace, LockspaceConfig
+from .watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.2
+
+
+class AgentError(errors.LeaseError):
+    """Errors of the agent itself (not of the on-disk protocol)."""
+
+
+class NotJoined(AgentError):
+    code = -errno.ENOSPC  # what sanlock returns for a lockspace not joined
+    template = (
+        "lockspace {lockspace} is not joined on this node{state}: add it with "
+        "`vmlease client add_lockspace -s {lockspace}:HOST_ID:PATH:OFFSET`"
+    )
+
+
+class NoSuchProcess(AgentError):
+    code = -errno.ESRCH
+    template = "process {pid} does not exist (or exited): leases belong to a running process"
+
+
+class AlreadyHeld(AgentError):
+    code = -errno.EEXIST
+    template = "disk lease {lease} is already held on this node by pid {pid} ({name})"
+
+
+class NotHeld(AgentError):
+    code = -errno.ENOENT
+    template = "pid {pid} holds no lease {lease} on this node"
+
+
+class Exists(AgentError):
+    code = -errno.EEXIST
+    template = "lockspace {lockspace} is already joined (host_id {host_id})"
+
+
+class Busy(AgentError):
+    code = -errno.EBUSY
+    template = "{detail}"
+
+
+@dataclass
+class AgentConfig:
+    run_dir: str
+    node_name: str
+    watchdog_fire_timeout: int = timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
+    kill_grace: int | None = None  # default: timeouts.kill_grace_seconds(W)
+
+    @property
+    def grace(self) -> int:
+        if self.kill_grace is not None:
+            return self.kill_grace
+        return timeouts.kill_grace_seconds(self.watchdog_fire_timeout)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, watchdog: Watchdog, clock: Clock = REAL_CLOCK) -> None:
+        self.cfg = cfg
+        self.watchdog = watchdog
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.lockspaces: dict[str, Lockspace] = {}
+        self.storages: dict[str, Storage] = {}
+        self.registry = ClientRegistry(self._on_client_exit)
+        self.events: list[dict] = []  # recent events, for status and tests
+        self._stop = threading.Event()
+        self._loop: threading.Thread | None = None
+        self.last_feed = 0.0
+        self._fencing: set[str] = set()
+
+    # ---- events and state -----------------------------------------------------------------
+
+    def event(self, kind: str, **fields) -> None:
+        e = {"event": kind, "at": self.clock.now(), "time": time.time(), **fields}
+        log.info("event %s %s", kind, fields)
+        with self.lock:
+            self.events.append(e)
+            del self.events[:-200]
+
+    def save(self) -> None:
+        with self.lock:
+            state.save(self.cfg.run_dir, self.cfg.node_name, self.lockspaces, self.registry.clients)
+
+    def _on_lockspace_change(self, ls: Lockspace) -> None:
+        if ls.state == LIVE and ls.lease and ls.lease.record:
+            self.save()
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Adopt the saved state (restart without harm), arm the watchdog, run the main loop."""
+        saved = state.load(self.cfg.run_dir, self.cfg.node_name)
+        self.watchdog.arm()
+        self.last_feed = self.clock.now()
+        for item in saved.lockspaces:
+            self._add(item.cfg, resume=item.record)
+        for item in saved.lockspaces:
+            ls = self.lockspaces[item.cfg.name]
+            if not ls.wait_joined(timeout=item.cfg.io_timeout * 4):
+                log.error("lockspace %s could not be resumed: %s", ls.name, ls.error)
+        for c in saved.clients:
+            self._adopt_client(c)
+        self.save()
+        self._loop = threading.Thread(target=self._run, name="main-loop", daemon=True)
+        self._loop.start()
+
+    def _adopt_client(self, saved: state.SavedClient) -> None:
+        try:
+            client = self.registry.get(saved.pid, saved.start_time, saved.owner)
+        except (ProcessLookupError, OSError):
+            log.warning("pid %d exited while the agent was down: releasing its leases", saved.pid)
+            for held in saved.leases:
+                self._release_on_disk(held, dead_holder=True)
+            return
+        client.kill_command = saved.kill_command
+        for held in saved.leases:
+            client.leases[held.label] = held
+        self.event("adopted", pid=saved.pid, leases=sorted(client.leases))
+
+    def stop(self, clean: bool) -> None:
+        """Stop the agent.
+
+        ``clean``: release everything and disarm the watchdog (refused while leases are held).
+        Otherwise (SIGTERM, an upgrade) keep every lease and the delta leases on disk, keep the
+        saved state, and leave the watchdog counting: a new agent must be back before it fires.
+        """
+        with self.lock:
+            if clean:
+                self.check_clean_stop()
+            self._stop.set()
+        if self._loop:
+            self._loop.join(timeout=2)
+        for ls in list(self.lockspaces.values()):
+            ls.stop(release=clean)
+        if clean:
+            state.clear(self.cfg.run_dir)
+            self.watchdog.disarm()
+        else:
+            self.save()
+            self.watchdog.abandon()
+        self.registry.close()
+
+    def check_clean_stop(self) -> None:
+        """A clean stop releases everything: refuse while processes hold leases."""
+        with self.lock:
+            held = sorted(c.pid for c in self.registry.clients.values() if c.leases)
+        if held:
+            raise Busy(
+                detail=f"pids {held} hold leases: release them (or stop them) first, "
+                "or stop the agent with SIGTERM to keep them across a restart"
+            )
+
+    # ---- lockspaces -------------------------------------------------------------------------
+
+    def _add(self, cfg: LockspaceConfig, resume=None) -> Lockspace:
+        ls = Lockspace(
+            cfg,
+            self.cfg.node_name,
+            self.cfg.watchdog_fire_timeout,
+            self.clock,
+            on_change=self._on_lockspace_change,
+        )
+        with self.lock:
+            self.lockspaces[cfg.name] = ls
+        ls.start(resume)
+        return ls
+
+    def add_lockspace(self, cfg: LockspaceConfig, wait: bool = True) -> dict:
+        with self.lock:
+            cur = self.lockspaces.get(cfg.name)
+            if cur is not None and cur.state != STOPPED:
+                raise Exists(lockspace=cfg.name, host_id=cur.cfg.host_id)
+        ls = self._add(cfg)
+        self.event("joining", lockspace=cfg.name, host_id=cfg.host_id)
+        if wait and not ls.wait_joined():
+            with self.lock:
+                self.lockspaces.pop(cfg.name, None)
+            raise AgentError(detail=f"joining lockspace {cfg.name} failed: {ls.error}")
+        if ls.state == LIVE:
+            self.event("joined", lockspace=cfg.name, host_id=cfg.host_id, generation=ls.generation)
+        return ls.describe()
+
+    def rem_lockspace(self, name: str) -> None:
+        with self.lock:
+            ls = self.lockspaces.get(name)
+            if ls is None:
+                raise NotJoined(lockspace=name, state="")
+            users = [
+                c.pid
+                for c in self.registry.clients.values()
+                if any(h.res.lockspace == name for h in c.leases.values())
+            ]
+            if users:
+                raise Busy(
+                    detail=f"lockspace {name} has leases held by pids {users}: release them first"
+                )
+            self.lockspaces.pop(name)
+        ls.stop(release=True)
+        self.event("left", lockspace=name)
+        self.save()
+
+    def _joined(self, name: str) -> Lockspace:
+        ls = self.lockspaces.get(name)
+        if ls is None or ls.state != LIVE:
+            raise NotJoined(lockspace=name, state=f" (it is {ls.state})" if ls else "")
+        return ls
+
+    # ---- resource leases --------------------------------------------------------------------
+
+    def _storage(self, path: str) -> Storage:
+        with self.lock:
+            st = self.storages.get(path)
+            if st is None:
+                st = self.storages[path] = Storage(path)
+            return st
+
+    def _acquirer(self, ls: Lockspace, res: Resource) -> paxos.Acquirer:
+        return paxos.Acquirer(
+            self._storage(res.path),
+            res,
+            ls.cfg.host_id,
+            ls.generation,
+            ls.cfg.io_timeout,
+            ls.owner_view(),
+            self.clock,
+        )
+
+    def acquire(
+        self, pid: int, resources: list[tuple[Resource, bool]], owner: str = "", wait: bool = True
+    ) -> list[dict]:
+        """Acquire every resource for ``pid``, all or nothing (taken ones are released on error)."""
+        try:
+            client = self.registry.get(pid, owner=owner)
+        except (ProcessLookupError, OSError):
+            raise NoSuchProcess(pid=pid) from None
+        taken: list[HeldLease] = []
+        try:
+            for res, shared in resources:
+                taken.append(self._acquire_one(client, res, shared, wait))
+        except BaseException:
+            for held in reversed(taken):
+                client.leases.pop(held.label, None)
+                self._release_on_disk(held)
+            self._forget_if_idle(client)
+            raise
+        self.save()
+        for held in taken:
+            self.event(
+                "acquired",
+                lease=held.label,
+                pid=pid,
+                owner=client.owner,
+                lver=held.token.lver,
+                shared=held.shared,
+            )
+        return [self._lease_info(client, h) for h in taken]
+
+    def _acquire_one(self, client: Client, res: Resource, shared: bool, wait: bool) -> HeldLease:
+        ls = self._joined(res.lockspace)
+        with self.lock:
+            for other in self.registry.clients.values():
+                held = other.leases.get(res.label)
+                if held is not None and not (shared and held.shared):
+                    raise AlreadyHeld(
+                        lease=res.label, pid=other.pid, name=other.owner or other.name
+                    )
+                if held is not None and shared:  # one on-disk SH mark per host
+                    h = HeldLease(res, held.token, True)
+                    client.leases[res.label] = h
+                    return h
+        token = self._acquirer(ls, res).acquire(shared=shared, nowait=not wait)
+        h = HeldLease(res, token, shared)
+        with self.lock:
+            client.leases[res.label] = h
+        return h
+
+    def _release_on_disk(self, held: HeldLease, dead_holder: bool = False) -> None:
+        ls = self.lockspaces.get(held.res.lockspace)
+        if ls is None or ls.state != LIVE:
+            # our host_id lease is not valid: writing now could clobber a new owner's lease
+            log.warning(
+                "lease %s dropped without disk I/O (lockspace %s)",
+                held.label,
+                ls.state if ls else "left",
+            )
+            return
+        if held.shared and self._shared_elsewhere(held):
+            return
+        try:
+            self._acquirer(ls, held.res).release(held.token)
+        except errors.LeaseError as e:
+            log.error("release of %s failed: %s", held.label, e)
+
+    def _shared_elsewhere(self, held: HeldLease) -> bool:
+        with self.lock:
+            return any(held.label in c.leases for c in self.registry.clients.values())
+
+    def release(self, pid: int, labels: list[str] | None) -> list[str]:
+        """Release the named leases of ``pid`` (all of them if ``labels`` is None)."""
+        with self.lock:
+            client = self.registry.clients.get(pid)
+            if client is None:
+                raise NotHeld(pid=pid, lease=", ".join(labels or ["(any)"]))
+            names = list(client.leases) if labels is None else labels
+            missing = [n for n in names if n not in client.leases]
+            if missing:
+                raise NotHeld(pid=pid, lease=", ".join(missing))
+            gone = [client.leases.pop(n) for n in names]
+        for held in gone:
+            self._release_on_disk(held)
+            self.event("released", lease=held.label, pid=pid)
+        self._forget_if_idle(client)
+        self.save()
+        return [h.label for h in gone]
+
+    def _forget_if_idle(self, client: Client) -> None:
+        with self.lock:
+            if not client.leases and not client.kill_command:
+                self.registry.forget(client.pid)
+
+    def _on_client_exit(self, client: Client) -> None:
+        """The holder exited: release its leases at once (on disk if our lockspace is valid)."""
+        for held in list(client.leases.values()):
+            self._release_on_disk(held, dead_holder=True)
+            self.event("released", lease=held.label, pid=client.pid, reason="holder exited")
+        client.leases.clear()
+        self.save()
+
+    def set_kill_command(self, pid: int, command: list[str]) -> None:
+        try:
+            client = self.registry.get(pid)
+        except (ProcessLookupError, OSError):
+            raise NoSuchProcess(pid=pid) from None
+        client.kill_command = command or None
+        self.save()
+
+    def _lease_info(self, client: Client, h: HeldLease) -> dict:
+        return {
+            "lease": h.label,
+            "lockspace": h.res.lockspace,
+            "resource": h.res.name,
+            "path": h.res.path,
+            "offset": h.res.offset,
+            "lver": h.token.lver,
+            "shared": h.shared,
+            "pid": client.pid,
+            "owner": client.owner or client.name,
+            "since": h.since,
+        }
+
+    def inquire(self, pid: int) -> list[dict]:
+        with self.lock:
+            client = self.registry.clients.get(pid)
+            if client is None or process_start_time(pid) is None:
+                raise NoSuchProcess(pid=pid)
+            return [self._lease_info(client, h) for h in client.leases.values()]
+
+    # ---- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        with self.lock:
+            return {
+                "node": self.cfg.node_name,
+                "watchdog": {
+                    "fire_timeout": self.cfg.watchdog_fire_timeout,
+                    "last_feed_ago": round(self.clock.now() - self.last_feed, 1),
+                },
+                "lockspaces": [ls.describe() for ls in self.lockspaces.values()],
+                "leases": [
+                    self._lease_info(c, h)
+                    for c in self.registry.clients.values()
+                    for h in c.leases.values()
+                ],
+            }
+
+    def host_status(self, name: str) -> list[dict]:
+        ls = self.lockspaces.get(name)
+        if ls is None:
+            raise NotJoined(lockspace=name, state="")
+        return ls.hosts()
+
+    # ---- the main loop ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("main loop")
+
+    def tick(self) -> None:
+        now = self.clock.now()
+        for ls in list(self.lockspaces.values()):
+            if ls.check_deadline(now):
+                self._fence(ls, now)
+        if all(ls.healthy(now) for ls in self.lockspaces.values()):
+            self.watchdog.keepalive()
+            self.last_feed = now
+
+    def _fence(self, ls: Lockspace, now: float) -> None:
+        with self.lock:
+            holders = [
+                c
+                for c in self.registry.clients.values()
+                if any(h.res.lockspace == ls.name for h in c.leases.values())
+            ]
+        if not holders:
+            # nobody of ours can write under this lockspace any more: leave it, keep the node
+            with self.lock:
+                if self.lockspaces.get(ls.name) is ls:
+                    self.lockspaces.pop(ls.name)
+            ls.stop(release=False)
+            self.event("lockspace_lost", lockspace=ls.name, error=ls.error)
+            self.save()
+            return
+        if ls.name not in self._fencing:
+            self._fencing.add(ls.name)
+            self.event("fencing", lockspace=ls.name, pids=[c.pid for c in holders])
+        for client in holders:
+            if not self.registry.alive(client):
+                self._drop(client, ls.name)
+                continue
+            st = client.kill_state.setdefault(ls.name, {})
+            action = fencing.next_action(
+                now, ls.deadline(), self.cfg.grace, st, bool(client.kill_command)
+            )
+            if action.kind != fencing.WAIT:
+                self.event("fence", lockspace=ls.name, pid=client.pid, action=action.kind)
+            fencing.apply(action, client, now, st)
+
+    def _drop(self, client: Client, lockspace: str) -> None:
+        with self.lock:
+            for label in [k for k, h in client.leases.items() if h.res.lockspace == lockspace]:
+                client.leases.pop(label)
+                self.event("dropped", lease=label, pid=client.pid, reason="lockspace failed")
