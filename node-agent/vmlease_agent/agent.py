@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from . import fencing, state
-from .clients import Client, ClientRegistry, HeldLease, process_start_time
+from .clients import Client, ClientRegistry, HeldLease, pid_key, process_start_time
 from .engine import errors, paxos, timeouts
 from .engine.clock import REAL_CLOCK, Clock
 from .engine.directio import Storage
@@ -31,6 +31,9 @@ from .watchdog import Watchdog
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
+
+#: Who holds a lease: a process id, or a placeholder key (``libvirt:<uuid>``) until bound.
+Holder = int | str
 
 
 class AgentError(errors.LeaseError):
@@ -137,7 +140,12 @@ class Agent:
 
     def _adopt_client(self, saved: state.SavedClient) -> None:
         try:
-            client = self.registry.get(saved.pid, saved.start_time, saved.owner)
+            if saved.key == pid_key(saved.pid):
+                client = self.registry.get(saved.pid, saved.start_time, saved.owner)
+            else:
+                client = self.registry.placeholder(saved.key, saved.owner)
+                if saved.pid:
+                    self.registry.bind(saved.key, saved.pid, saved.start_time)
         except (ProcessLookupError, OSError):
             log.warning("pid %d exited while the agent was down: releasing its leases", saved.pid)
             for held in saved.leases:
@@ -146,7 +154,7 @@ class Agent:
         client.kill_command = saved.kill_command
         for held in saved.leases:
             client.leases[held.label] = held
-        self.event("adopted", pid=saved.pid, leases=sorted(client.leases))
+        self.event("adopted", holder=client.key, leases=sorted(client.leases))
 
     def stop(self, clean: bool) -> None:
         """Stop the agent.
@@ -174,10 +182,10 @@ class Agent:
     def check_clean_stop(self) -> None:
         """A clean stop releases everything: refuse while processes hold leases."""
         with self.lock:
-            held = sorted(c.pid for c in self.registry.clients.values() if c.leases)
+            held = sorted(c.key for c in self.registry.clients.values() if c.leases)
         if held:
             raise Busy(
-                detail=f"pids {held} hold leases: release them (or stop them) first, "
+                detail=f"{', '.join(held)} hold leases: release them (or stop them) first, "
                 "or stop the agent with SIGTERM to keep them across a restart"
             )
 
@@ -217,13 +225,13 @@ class Agent:
             if ls is None:
                 raise NotJoined(lockspace=name, state="")
             users = [
-                c.pid
+                c.key
                 for c in self.registry.clients.values()
                 if any(h.res.lockspace == name for h in c.leases.values())
             ]
             if users:
                 raise Busy(
-                    detail=f"lockspace {name} has leases held by pids {users}: release them first"
+                    detail=f"lockspace {name} has leases held by {users}: release them first"
                 )
             self.lockspaces.pop(name)
         ls.stop(release=True)
@@ -256,14 +264,34 @@ class Agent:
             self.clock,
         )
 
-    def acquire(
-        self, pid: int, resources: list[tuple[Resource, bool]], owner: str = "", wait: bool = True
-    ) -> list[dict]:
-        """Acquire every resource for ``pid``, all or nothing (taken ones are released on error)."""
+    def _client(self, holder: Holder, owner: str = "", create: bool = False) -> Client:
+        """The client a request names: a pid, or a placeholder key such as ``libvirt:<uuid>``."""
+        if isinstance(holder, str):
+            if create:
+                return self.registry.placeholder(holder, owner)
+            c = self.registry.clients.get(holder)
+            if c is None:
+                raise NotHeld(pid=holder, lease="(any)")
+            return c
         try:
-            client = self.registry.get(pid, owner=owner)
+            c = self.registry.get(holder, owner=owner) if create else self.registry.by_pid(holder)
         except (ProcessLookupError, OSError):
-            raise NoSuchProcess(pid=pid) from None
+            raise NoSuchProcess(pid=holder) from None
+        if c is None:
+            if process_start_time(holder) is None:
+                raise NoSuchProcess(pid=holder)
+            raise NotHeld(pid=holder, lease="(any)")
+        return c
+
+    def acquire(
+        self,
+        holder: Holder,
+        resources: list[tuple[Resource, bool]],
+        owner: str = "",
+        wait: bool = True,
+    ) -> list[dict]:
+        """Acquire every resource for ``holder``, all or nothing (taken ones released on error)."""
+        client = self._client(holder, owner, create=True)
         taken: list[HeldLease] = []
         try:
             for res, shared in resources:
@@ -279,7 +307,7 @@ class Agent:
             self.event(
                 "acquired",
                 lease=held.label,
-                pid=pid,
+                holder=client.key,
                 owner=client.owner,
                 lver=held.token.lver,
                 shared=held.shared,
@@ -293,7 +321,7 @@ class Agent:
                 held = other.leases.get(res.label)
                 if held is not None and not (shared and held.shared):
                     raise AlreadyHeld(
-                        lease=res.label, pid=other.pid, name=other.owner or other.name
+                        lease=res.label, pid=other.pid or other.key, name=other.owner or other.name
                     )
                 if held is not None and shared:  # one on-disk SH mark per host
                     h = HeldLease(res, held.token, True)
@@ -326,12 +354,11 @@ class Agent:
         with self.lock:
             return any(held.label in c.leases for c in self.registry.clients.values())
 
-    def release(self, pid: int, labels: list[str] | None) -> list[str]:
-        """Release the named leases of ``pid`` (all of them if ``labels`` is None)."""
+    def release(self, holder: Holder, labels: list[str] | None) -> list[str]:
+        """Release the named leases of ``holder`` (all of them if ``labels`` is None)."""
         with self.lock:
-            client = self.registry.clients.get(pid)
-            if client is None:
-                raise NotHeld(pid=pid, lease=", ".join(labels or ["(any)"]))
+            client = self._client(holder)
+            pid = client.pid or client.key
             names = list(client.leases) if labels is None else labels
             missing = [n for n in names if n not in client.leases]
             if missing:
@@ -339,7 +366,7 @@ class Agent:
             gone = [client.leases.pop(n) for n in names]
         for held in gone:
             self._release_on_disk(held)
-            self.event("released", lease=held.label, pid=pid)
+            self.event("released", lease=held.label, holder=client.key)
         self._forget_if_idle(client)
         self.save()
         return [h.label for h in gone]
@@ -347,22 +374,33 @@ class Agent:
     def _forget_if_idle(self, client: Client) -> None:
         with self.lock:
             if not client.leases and not client.kill_command:
-                self.registry.forget(client.pid)
+                self.registry.forget(client.key)
 
     def _on_client_exit(self, client: Client) -> None:
         """The holder exited: release its leases at once (on disk if our lockspace is valid)."""
         for held in list(client.leases.values()):
             self._release_on_disk(held, dead_holder=True)
-            self.event("released", lease=held.label, pid=client.pid, reason="holder exited")
+            self.event("released", lease=held.label, holder=client.key, reason="holder exited")
         client.leases.clear()
         self.save()
 
-    def set_kill_command(self, pid: int, command: list[str]) -> None:
+    def set_kill_command(self, holder: Holder, command: list[str]) -> None:
+        """Run ``command`` (plus the holder's pid) instead of SIGTERM when fencing this holder."""
+        client = self._client(holder, create=True)
+        client.kill_command = command or None
+        self.save()
+
+    def bind(self, key: str, pid: int) -> None:
+        """Tie the leases a placeholder ``key`` holds to process ``pid`` (libvirt ``started``)."""
         try:
-            client = self.registry.get(pid)
+            self.registry.bind(key, pid)
+        except KeyError:
+            raise NotHeld(pid=key, lease="(any)") from None
         except (ProcessLookupError, OSError):
             raise NoSuchProcess(pid=pid) from None
-        client.kill_command = command or None
+        except ValueError as e:
+            raise Busy(detail=str(e)) from None
+        self.event("bound", holder=key, pid=pid)
         self.save()
 
     def _lease_info(self, client: Client, h: HeldLease) -> dict:
@@ -375,15 +413,17 @@ class Agent:
             "lver": h.token.lver,
             "shared": h.shared,
             "pid": client.pid,
+            "holder": client.key,
             "owner": client.owner or client.name,
             "since": h.since,
         }
 
-    def inquire(self, pid: int) -> list[dict]:
+    def inquire(self, holder: Holder) -> list[dict]:
         with self.lock:
-            client = self.registry.clients.get(pid)
-            if client is None or process_start_time(pid) is None:
-                raise NoSuchProcess(pid=pid)
+            try:
+                client = self._client(holder)
+            except NotHeld:
+                return []
             return [self._lease_info(client, h) for h in client.leases.values()]
 
     # ---- status -----------------------------------------------------------------------------
@@ -446,7 +486,7 @@ class Agent:
             return
         if ls.name not in self._fencing:
             self._fencing.add(ls.name)
-            self.event("fencing", lockspace=ls.name, pids=[c.pid for c in holders])
+            self.event("fencing", lockspace=ls.name, holders=[c.key for c in holders])
         for client in holders:
             if not self.registry.alive(client):
                 self._drop(client, ls.name)
@@ -456,11 +496,11 @@ class Agent:
                 now, ls.deadline(), self.cfg.grace, st, bool(client.kill_command)
             )
             if action.kind != fencing.WAIT:
-                self.event("fence", lockspace=ls.name, pid=client.pid, action=action.kind)
+                self.event("fence", lockspace=ls.name, holder=client.key, action=action.kind)
             fencing.apply(action, client, now, st)
 
     def _drop(self, client: Client, lockspace: str) -> None:
         with self.lock:
             for label in [k for k, h in client.leases.items() if h.res.lockspace == lockspace]:
                 client.leases.pop(label)
-                self.event("dropped", lease=label, pid=client.pid, reason="lockspace failed")
+                self.event("dropped", lease=label, holder=client.key, reason="lockspace failed")

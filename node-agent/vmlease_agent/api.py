@@ -21,16 +21,21 @@ host_status        lockspace                                    rows: host_id, n
 add_lockspace      lockspace "LS:HOST_ID:PATH:OFFSET",          the lockspace
                    io_timeout (opt), wait (opt, default true)
 rem_lockspace      lockspace (name, or the LS:... spec)         null
-acquire            pid, resources [spec, "...:SH" = shared],    the leases taken (all or none)
+acquire            pid | key, resources [spec, "...:SH" = SH],  the leases taken (all or none)
                    owner (opt), wait (opt, default true)
-release            pid, resources (opt; all if absent)          labels released
-inquire            pid                                          the leases of pid
-set_kill_command   pid, command [argv]                          null (run instead of SIGTERM)
+release            pid | key, resources (opt; all if absent)    labels released
+inquire            pid | key                                    the leases of that holder
+set_kill_command   pid | key, command [argv]                    null (run instead of SIGTERM)
+bind               key, pid                                     null (the key's leases now die
+                                                                with pid)
 shutdown           clean (bool)                                 null
 =================  ===========================================  ===================================
 
+A ``key`` names a holder whose process does not exist yet (libvirt's hook acquires at
+``prepare``, before QEMU runs, as ``libvirt:<domain uuid>``) until ``bind`` ties it to a pid.
+
 Credentials: the peer's pid/uid come from SO_PEERCRED, never from the request. Lockspace
-operations and shutdown need uid 0; lease operations on a pid need uid 0 or the pid's own uid.
+operations, keys and shutdown need uid 0; lease operations on a pid need uid 0 or the pid's uid.
 A malformed, oversized or unknown request gets an error reply; it never stops the daemon.
 """
 
@@ -93,6 +98,16 @@ class Handlers:
         if uid != 0:
             raise Denied(detail=f"{op} needs root (caller uid {uid})")
 
+    def _holder(self, req: dict, uid: int) -> int | str:
+        """A pid, or a placeholder ``key`` (root only: it is not tied to the caller's process)."""
+        if "key" in req:
+            self._root(uid, "a lease held by key")
+            key = str(_require(req, "key", str))
+            if not 1 <= len(key) <= 128 or key.startswith("pid:"):
+                raise ApiError(detail=f"key {key!r} must be 1..128 characters, not 'pid:...'")
+            return key
+        return self._pid(req, uid)
+
     def _pid(self, req: dict, uid: int) -> int:
         pid = _require(req, "pid", int)
         if pid <= 0:
@@ -126,21 +141,21 @@ class Handlers:
         return None
 
     def acquire(self, req: dict, uid: int) -> object:
-        pid = self._pid(req, uid)
+        holder = self._holder(req, uid)
         specs = _require(req, "resources", list)
         if not specs or not all(isinstance(s, str) for s in specs):
             raise ApiError(detail="resources must be a non-empty list of LS:RES:PATH:OFFSET")
         parsed = [leasespec.parse_resource(s) for s in specs]
         owner = req.get("owner") or ""
         return self.agent.acquire(
-            pid,
+            holder,
             [(p.resource, p.shared) for p in parsed],
             str(owner)[:128],
             wait=req.get("wait", True) is not False,
         )
 
     def release(self, req: dict, uid: int) -> object:
-        pid = self._pid(req, uid)
+        holder = self._holder(req, uid)
         specs = req.get("resources")
         labels = None
         if specs is not None:
@@ -150,15 +165,21 @@ class Handlers:
             for s in specs:
                 parts = leasespec.split_escaped(str(s))
                 labels.append(f"{parts[0]}:{parts[1]}" if len(parts) >= 2 else str(s))
-        return self.agent.release(pid, labels)
+        return self.agent.release(holder, labels)
 
     def inquire(self, req: dict, uid: int) -> object:
-        return self.agent.inquire(self._pid(req, uid))
+        return self.agent.inquire(self._holder(req, uid))
 
     def set_kill_command(self, req: dict, uid: int) -> object:
         self._root(uid, "set_kill_command")
         cmd = _require(req, "command", list)
-        self.agent.set_kill_command(self._pid(req, uid), [str(c) for c in cmd])
+        self.agent.set_kill_command(self._holder(req, uid), [str(c) for c in cmd])
+        return None
+
+    def bind(self, req: dict, uid: int) -> object:
+        self._root(uid, "bind")
+        key = str(_require(req, "key", str))
+        self.agent.bind(key, self._pid(req, uid))
         return None
 
     def shutdown(self, req: dict, uid: int) -> object:

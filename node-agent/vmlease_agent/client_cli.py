@@ -128,7 +128,7 @@ def command(c: AgentClient, args: argparse.Namespace) -> int:
     for as long as it runs (sanlock ``client command``)."""
     if not args.command_path:
         raise errors.InvalidArgument(what="command", detail="give the program with -c PATH ARGS...")
-    owner = os.path.basename(args.command_path[0])
+    owner = args.owner or os.path.basename(args.command_path[0])
     c.call("acquire", pid=os.getpid(), resources=args.resource, owner=owner)
     sys.stdout.flush()
     try:

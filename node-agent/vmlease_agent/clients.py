@@ -6,6 +6,11 @@ started it, and it cannot be fooled by pid reuse. Because the lease is tied to t
 to a connection to us, the agent can restart while its clients keep running: the new agent opens
 new pidfds for the pids it persisted (checking each pid's start time, so a reused pid is never
 mistaken for the original holder).
+
+A lease may also be taken before its process exists (libvirt's ``prepare`` runs before QEMU
+starts): it is held by a *placeholder* client named by a key (``libvirt:<domain uuid>``) and bound
+to the pid later. A placeholder without a pid is never assumed dead: fencing cannot confirm it
+stopped, so only the watchdog can end it — safe, never guessed.
 """
 
 from __future__ import annotations
@@ -65,9 +70,14 @@ class HeldLease:
         return self.res.label
 
 
+def pid_key(pid: int) -> str:
+    return f"pid:{pid}"
+
+
 @dataclass
 class Client:
-    pid: int
+    key: str
+    pid: int  # 0 for a placeholder not yet bound to a process
     start_time: int
     name: str
     owner: str = ""  # what the process is for people: a VM name, a command
@@ -83,12 +93,12 @@ class ClientRegistry:
 
     def __init__(self, on_exit: Callable[[Client], None]) -> None:
         self.on_exit = on_exit
-        self.clients: dict[int, Client] = {}
+        self.clients: dict[str, Client] = {}
         self.lock = threading.RLock()
         self._poll = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._poll.register(self._wake_r, select.EPOLLIN)
-        self._by_fd: dict[int, int] = {}
+        self._by_fd: dict[int, str] = {}
         self._stop = False
         self._thread = threading.Thread(target=self._watch, name="client-watch", daemon=True)
         self._thread.start()
@@ -96,27 +106,59 @@ class ClientRegistry:
     def get(self, pid: int, start_time: int | None = None, owner: str = "") -> Client:
         """The client for ``pid``, registering it (and watching it) on first use."""
         with self.lock:
-            c = self.clients.get(pid)
+            c = self.by_pid(pid)
             now_start = process_start_time(pid)
             if c is not None and (now_start is None or now_start != c.start_time):
                 # the pid we knew has exited (its pidfd fires shortly) or was reused
                 raise ProcessLookupError(pid)
             if c is None:
-                if now_start is None or (start_time is not None and start_time != now_start):
-                    raise ProcessLookupError(pid)
-                fd = os.pidfd_open(pid)
-                c = Client(pid, now_start, process_name(pid), owner=owner, pidfd=fd)
-                self.clients[pid] = c
-                self._by_fd[fd] = pid
-                self._poll.register(fd, select.EPOLLIN)
+                c = Client(pid_key(pid), 0, 0, process_name(pid), owner=owner)
+                self._watch_pid(c, pid, start_time)
+                self.clients[c.key] = c
             elif owner and not c.owner:
                 c.owner = owner
             return c
 
-    def forget(self, pid: int) -> None:
+    def _watch_pid(self, c: Client, pid: int, start_time: int | None) -> None:
+        now_start = process_start_time(pid)
+        if now_start is None or (start_time is not None and start_time != now_start):
+            raise ProcessLookupError(pid)
+        fd = os.pidfd_open(pid)
+        c.pid, c.start_time, c.pidfd = pid, now_start, fd
+        c.name = process_name(pid)
+        self._by_fd[fd] = c.key
+        self._poll.register(fd, select.EPOLLIN)
+
+    def placeholder(self, key: str, owner: str = "") -> Client:
+        """A holder known by ``key`` whose process does not exist yet (see module docstring)."""
+        with self.lock:
+            c = self.clients.get(key)
+            if c is None:
+                c = self.clients[key] = Client(key, 0, 0, owner or key, owner=owner)
+            return c
+
+    def bind(self, key: str, pid: int, start_time: int | None = None) -> Client:
+        """Tie a placeholder's leases to the process ``pid`` from now on."""
+        with self.lock:
+            c = self.clients[key]
+            if c.pid == pid and c.pidfd >= 0:
+                return c
+            if c.pid:
+                raise ValueError(f"{key} is already bound to pid {c.pid}")
+            self._watch_pid(c, pid, start_time)
+            return c
+
+    def by_pid(self, pid: int) -> Client | None:
+        with self.lock:
+            c = self.clients.get(pid_key(pid))
+            if c is None:
+                c = next((x for x in self.clients.values() if x.pid == pid), None)
+            return c
+
+    def forget(self, key: str) -> None:
         """Stop tracking a client that holds nothing (its pidfd is closed)."""
         with self.lock:
-            c = self.clients.pop(pid, None)
+            c = self.clients.pop(key, None)
             if c is not None:
                 self._close(c)
 
@@ -129,6 +171,9 @@ class ClientRegistry:
             c.pidfd = -1
 
     def alive(self, c: Client) -> bool:
+        """Could this holder still write? A placeholder without a process counts as alive."""
+        if c.pid == 0:
+            return not c.dead
         return not c.dead and process_start_time(c.pid) == c.start_time
 
     def _watch(self) -> None:
@@ -142,8 +187,8 @@ class ClientRegistry:
                     os.read(self._wake_r, 64)
                     continue
                 with self.lock:
-                    pid = self._by_fd.get(fd)
-                    c = self.clients.pop(pid, None) if pid is not None else None
+                    key = self._by_fd.get(fd)
+                    c = self.clients.pop(key, None) if key is not None else None
                     if c is None:
                         continue
                     c.dead = True
