@@ -3,11 +3,16 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps test unit lint demo bench clean
+.PHONY: deps envtest-tools test unit lint demo bench clean
 
 deps:
 	@bash scripts/install-core.sh
 	@bash scripts/install-libvirt.sh || echo "WARNING: libvirt not installed; the libvirt tier will be skipped"
+	@bash scripts/install-envtest.sh || echo "WARNING: envtest tools not built; the envtest tier will be skipped"
+
+# Builds kube-apiserver, etcd, kubectl and helm once (minutes), strictly: fails if they do not build.
+envtest-tools:
+	bash scripts/install-envtest.sh
 
 lint: deps
 	$(PY) -m ruff check .
