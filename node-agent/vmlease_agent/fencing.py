@@ -45,7 +45,7 @@ def next_action(
         return Action(WAIT, "lockspace still within its renewal deadline")
     last = state.get("last_signal_at", -1e9)
     if now >= deadline + grace:
-        if now - last >= RESEND_SECONDS:
+        if now - state.get("last_kill_at", -1e9) >= RESEND_SECONDS:
             return Action(KILL, f"still alive {now - deadline:.0f}s after the lockspace failed")
         return Action(WAIT, "SIGKILL sent")
     if has_command and not state.get("command_run"):
@@ -55,22 +55,31 @@ def next_action(
     return Action(WAIT, "waiting for the holder to stop")
 
 
+def record(action: Action, now: float, state: dict) -> None:
+    """Remember in ``state`` that ``action`` was taken at ``now`` (what next_action reads)."""
+    if action.kind == COMMAND:
+        state["command_run"] = True
+    elif action.kind in (TERM, KILL):
+        state["last_kill_at" if action.kind == KILL else "last_signal_at"] = now
+        state.setdefault("signals", []).append((action.kind, now))
+
+
 def apply(action: Action, client: Client, now: float, state: dict) -> None:
     """Carry out ``action`` on ``client`` (a process), recording it in ``state``."""
     if action.kind == WAIT:
         return
+    record(action, now, state)
     if action.kind == COMMAND and client.kill_command:
-        state["command_run"] = True
-        cmd = [*client.kill_command, str(client.pid)]
-        log.warning("fencing pid %d (%s): %s", client.pid, client.owner or client.name, cmd)
+        cmd = [*client.kill_command, str(client.pid or client.key)]
+        log.warning("fencing %s (%s): %s", client.key, client.owner or client.name, cmd)
         try:
             subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
-            log.error("fencing pid %d: kill command failed to start: %s", client.pid, e)
+            log.error("fencing %s: kill command failed to start: %s", client.key, e)
         return
+    if client.pid == 0:
+        return  # a placeholder without a process: only its kill command or the watchdog can act
     sig = signal.SIGKILL if action.kind == KILL else signal.SIGTERM
-    state["last_signal_at"] = now
-    state.setdefault("signals", []).append((action.kind, now))
     log.warning(
         "fencing pid %d (%s): %s (%s)",
         client.pid,

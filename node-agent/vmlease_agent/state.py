@@ -40,6 +40,7 @@ class SavedLockspace:
 
 @dataclass
 class SavedClient:
+    key: str
     pid: int
     start_time: int
     owner: str
@@ -86,7 +87,7 @@ def _lease_from(d: dict) -> HeldLease:
 
 
 def save(
-    run_dir: str, node: str, lockspaces: dict[str, Lockspace], clients: dict[int, Client]
+    run_dir: str, node: str, lockspaces: dict[str, Lockspace], clients: dict[str, Client]
 ) -> None:
     doc = {
         "version": VERSION,
@@ -99,6 +100,7 @@ def save(
         ],
         "clients": [
             {
+                "key": c.key,
                 "pid": c.pid,
                 "start_time": c.start_time,
                 "owner": c.owner,
@@ -135,6 +137,7 @@ def load(run_dir: str, node: str) -> Saved:
     for d in doc["clients"]:
         saved.clients.append(
             SavedClient(
+                d["key"],
                 d["pid"],
                 d["start_time"],
                 d["owner"],

@@ -1,0 +1,111 @@
+"""The local API: bad requests get errors, never a crash; credentials come from the kernel."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from vmlease_agent import api
+
+
+class StubAgent:
+    """Records calls; raises like the real agent for lockspaces it does not know."""
+
+    def __init__(self):
+        self.calls = []
+
+    def status(self):
+        return {"node": "n"}
+
+    def host_status(self, name):
+        from vmlease_agent.agent import NotJoined
+
+        raise NotJoined(lockspace=name, state="")
+
+    def add_lockspace(self, cfg, wait=True):
+        self.calls.append(("add", cfg))
+        return {"name": cfg.name}
+
+    def acquire(self, holder, resources, owner="", wait=True):
+        self.calls.append(("acquire", holder, resources, owner))
+        return []
+
+
+@pytest.fixture
+def server(tmp_path):
+    agent = StubAgent()
+    srv = api.ApiServer(str(tmp_path / "agent.sock"), api.Handlers(agent, lambda clean: None))
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    srv.agent = agent
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def ask(path, payload: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        data = s.makefile("rb").readline()
+    return json.loads(data)
+
+
+def test_socket_mode_is_0660(server):
+    assert os.stat(server.path).st_mode & 0o777 == 0o660
+
+
+def test_malformed_json_gets_an_error_and_the_server_survives(server):
+    r = ask(server.path, b"{not json\n")
+    assert r["ok"] is False and "malformed request" in r["error"]["message"]
+    assert ask(server.path, b'{"op": "status"}\n') == {"ok": True, "result": {"node": "n"}}
+
+
+def test_oversized_request_is_refused(server):
+    r = ask(server.path, b'{"op": "status", "x": "' + b"a" * (api.MAX_REQUEST + 10) + b'"}\n')
+    assert r["ok"] is False and r["error"]["name"] == "TooLarge"
+    assert ask(server.path, b'{"op": "status"}\n')["ok"]
+
+
+def test_unknown_op_and_private_names_are_refused(server):
+    assert "unknown op" in ask(server.path, b'{"op": "nope"}\n')["error"]["message"]
+    assert ask(server.path, b'{"op": "_root"}\n')["ok"] is False
+    assert ask(server.path, b"[1, 2]\n")["ok"] is False
+
+
+def test_wrong_field_types_are_refused(server):
+    r = ask(server.path, b'{"op": "acquire", "pid": "12", "resources": []}\n')
+    assert r["ok"] is False and "pid" in r["error"]["message"]
+    r = ask(server.path, b'{"op": "acquire", "pid": 1, "resources": []}\n')
+    assert r["ok"] is False and "resources" in r["error"]["message"]
+    assert server.agent.calls == []
+
+
+def test_agent_errors_carry_code_and_message(server):
+    r = ask(server.path, b'{"op": "host_status", "lockspace": "LS"}\n')
+    assert r["error"]["code"] == -28 and "not joined" in r["error"]["message"]
+
+
+def test_unprivileged_peer_cannot_add_lockspaces_safety(server):
+    os.chmod(server.path, 0o666)  # let uid 65534 connect, to test the check behind the mode
+    code = (
+        "import json,socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
+        's.sendall(b\'{"op":"add_lockspace","lockspace":"LS:1:/x:0"}\\n\');'
+        "print(s.makefile().readline())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, server.path],
+        capture_output=True,
+        text=True,
+        user=65534,
+        group=65534,
+        check=True,
+        cwd="/",
+    ).stdout
+    r = json.loads(out)
+    assert r["ok"] is False and r["error"]["code"] == -13 and "needs root" in r["error"]["message"]
+    assert server.agent.calls == []

@@ -1,0 +1,69 @@
+"""Saved state: what a restarted agent adopts, and what it must refuse to trust."""
+
+import json
+import os
+
+from vmlease_agent import state
+from vmlease_agent.clients import Client, HeldLease
+from vmlease_agent.engine.ondisk import Dblock, Leader, Sizes
+from vmlease_agent.engine.paxos import Resource, Token
+from vmlease_agent.lockspace import LIVE, LockspaceConfig
+
+
+class FakeLease:
+    def __init__(self, record):
+        self.record = record
+
+
+class FakeLockspace:
+    def __init__(self, cfg, record):
+        self.cfg, self.state, self.lease = cfg, LIVE, FakeLease(record)
+
+
+def record(ts=1234):
+    return Leader(0x12212010, 0x30004, 0x10, 512, 0, 1, 3, 7, 0, "LS", "node-a", ts).sealed()
+
+
+def held():
+    res = Resource("LS", "R1", "/shared/r1", 0)
+    leader = Leader(0x06152010, 0x60004, 0x10, 512, 2000, 2000, 3, 7, 5, "LS", "R1", 99).sealed()
+    tok = Token(res, Sizes(512, 1 << 20), 3, 7, False, leader, Dblock(3, 3, 3, 7, 99, 5))
+    return HeldLease(res, tok, False, since=1.5)
+
+
+def test_round_trip(tmp_path):
+    cfg = LockspaceConfig("LS", 3, "/shared/ls", 0, 2)
+    c = Client("pid:42", 42, 777, "qemu", owner="vm1", kill_command=["/bin/true"])
+    c.leases["LS:R1"] = held()
+    state.save(str(tmp_path), "node-a", {"LS": FakeLockspace(cfg, record())}, {c.key: c})
+    saved = state.load(str(tmp_path), "node-a")
+    assert saved.lockspaces[0].cfg == cfg
+    assert saved.lockspaces[0].record.pack() == record().pack()
+    sc = saved.clients[0]
+    assert (sc.key, sc.pid, sc.start_time, sc.owner, sc.kill_command) == (
+        "pid:42",
+        42,
+        777,
+        "vm1",
+        ["/bin/true"],
+    )
+    h = sc.leases[0]
+    assert h.token.leader.pack() == held().token.leader.pack()
+    assert h.token.dblock.pack() == held().token.dblock.pack()
+
+
+def test_state_of_another_boot_or_node_is_ignored_safety(tmp_path):
+    cfg = LockspaceConfig("LS", 3, "/shared/ls", 0, 2)
+    state.save(str(tmp_path), "node-a", {"LS": FakeLockspace(cfg, record())}, {})
+    assert state.load(str(tmp_path), "node-b").lockspaces == []
+    path = os.path.join(tmp_path, state.STATE_FILE)
+    with open(path) as f:
+        doc = json.load(f)
+    doc["boot_id"] = "another-boot"
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    assert state.load(str(tmp_path), "node-a").lockspaces == []
+
+
+def test_missing_state_is_empty(tmp_path):
+    assert state.load(str(tmp_path / "nope"), "n").clients == []
