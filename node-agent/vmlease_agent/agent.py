@@ -101,6 +101,7 @@ class Agent:
         self._loop: threading.Thread | None = None
         self.last_feed = 0.0
         self._fencing: set[str] = set()
+        self._armed = False
 
     # ---- events and state -----------------------------------------------------------------
 
@@ -124,8 +125,6 @@ class Agent:
     def start(self) -> None:
         """Adopt the saved state (restart without harm), arm the watchdog, run the main loop."""
         saved = state.load(self.cfg.run_dir, self.cfg.node_name)
-        self.watchdog.arm()
-        self.last_feed = self.clock.now()
         for item in saved.lockspaces:
             self._add(item.cfg, resume=item.record)
         for item in saved.lockspaces:
@@ -173,10 +172,12 @@ class Agent:
             ls.stop(release=clean)
         if clean:
             state.clear(self.cfg.run_dir)
-            self.watchdog.disarm()
+            if self._armed:
+                self.watchdog.disarm()
         else:
             self.save()
-            self.watchdog.abandon()
+            if self._armed:
+                self.watchdog.abandon()
         self.registry.close()
 
     def check_clean_stop(self) -> None:
@@ -465,6 +466,11 @@ class Agent:
             if ls.check_deadline(now):
                 self._fence(ls, now)
         if all(ls.healthy(now) for ls in self.lockspaces.values()):
+            # armed only here, after a health check: opening a device the previous agent left
+            # counting is itself a keepalive, which a failed lockspace must not get
+            if not self._armed:
+                self.watchdog.arm()
+                self._armed = True
             self.watchdog.keepalive()
             self.last_feed = now
 

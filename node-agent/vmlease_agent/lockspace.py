@@ -93,7 +93,13 @@ class Lockspace:
         return self.lease.generation if self.lease else 0
 
     def start(self, resume: Leader | None = None) -> None:
-        """Join in the background (acquire the host_id, or resume ``resume``), then renew."""
+        """Join in the background (acquire the host_id, or resume ``resume``), then renew.
+
+        A resumed lease is protected from the first moment: its deadline counts from the
+        timestamp we last wrote, not from when we got it back.
+        """
+        if resume is not None:
+            self.last_success = float(resume.timestamp)
         self._thread = threading.Thread(
             target=self._run, args=(resume,), name=f"lockspace:{self.name}", daemon=True
         )
@@ -122,7 +128,8 @@ class Lockspace:
             return
         except errors.LeaseError as e:
             log.error("lockspace %s: join failed: %s", self.name, e)
-            self._set(STOPPED, str(e))
+            # a lease we had before a restart and cannot take back: its holders must be fenced
+            self._set(FAILED if resume is not None else STOPPED, str(e))
             self._joined.set()
             return
         self._joined.set()
@@ -185,8 +192,10 @@ class Lockspace:
 
     def healthy(self, now: float | None = None) -> bool:
         """May the watchdog be fed on this lockspace's behalf?"""
-        if self.state != LIVE:
-            return self.state in (JOINING, STOPPED)  # no delta lease held: nothing to protect
+        if self.state in (JOINING, STOPPED) and not self.last_success:
+            return True  # no delta lease held (yet): nothing to protect
+        if self.state == FAILED:
+            return False
         now = self.clock.now() if now is None else now
         return now + FEED_MARGIN < self.deadline()
 

@@ -2,9 +2,10 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
-import sys
+import tempfile
 import threading
 
 import pytest
@@ -35,15 +36,18 @@ class StubAgent:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server():
     agent = StubAgent()
-    srv = api.ApiServer(str(tmp_path / "agent.sock"), api.Handlers(agent, lambda clean: None))
+    run_dir = tempfile.mkdtemp(prefix="vmlease-api-")
+    os.chmod(run_dir, 0o711)  # reachable by the unprivileged peer of the credentials test
+    srv = api.ApiServer(os.path.join(run_dir, "agent.sock"), api.Handlers(agent, lambda c: None))
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     srv.agent = agent
     yield srv
     srv.shutdown()
     srv.server_close()
+    shutil.rmtree(run_dir)
 
 
 def ask(path, payload: bytes) -> dict:
@@ -98,7 +102,7 @@ def test_unprivileged_peer_cannot_add_lockspaces_safety(server):
         "print(s.makefile().readline())"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, server.path],
+        ["/usr/bin/python3", "-c", code, server.path],
         capture_output=True,
         text=True,
         user=65534,
