@@ -183,6 +183,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-r", dest="resource", action="append", required=True, metavar="LS:RES:PATH:OFFSET[:SH]"
     )
+    p.add_argument("--owner", help="what the command is, shown to other hosts' users")
     p.add_argument("-c", dest="command_path", nargs=argparse.REMAINDER, metavar="PATH ARGS")
     p = csub.add_parser("shutdown", help="stop the agent")
     p.add_argument(

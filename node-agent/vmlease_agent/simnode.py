@@ -59,7 +59,8 @@ class SimNode:
         return AgentClient(self.run_dir, timeout=120)
 
     def start(self, wait: float = 30.0) -> None:
-        """Start the agent (a new process group) and, once, the watchdog harness for it."""
+        """Start the agent leading a new process group (in our session, so holders can join it),
+        and, once, the watchdog harness for it."""
         os.makedirs(self.run_dir, exist_ok=True)
         cmd = [
             _bin("vmlease-agent"),
@@ -77,7 +78,7 @@ class SimNode:
         for ls in self.lockspaces:
             cmd += ["--lockspace", ls]
         log = open(self.log_file, "a")  # noqa: SIM115 - owned by the child
-        self.agent = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        self.agent = subprocess.Popen(cmd, stdout=log, stderr=log, process_group=0)
         log.close()
         deadline = time.monotonic() + wait
         sock = os.path.join(self.run_dir, "agent.sock")

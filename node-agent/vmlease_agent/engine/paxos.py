@@ -301,7 +301,10 @@ class Acquirer:
             if last_ts == 0:
                 last_ts = d.timestamp
             else:
-                monitor_live = hs is not None and hs.state(now, owner_n) == delta.LIVE
+                # sanlock's rule: alive if its timestamp moved since we looked, or our
+                # monitor saw it move at its latest scan; a host that merely renewed "recently"
+                # but not since is waited out (and refused the moment it renews again)
+                monitor_live = hs is not None and hs.last_live == hs.last_check
                 if d.timestamp != last_ts or monitor_live:
                     if leader.write_id != leader.owner_id and self._owner_released(leader):
                         return "run"
