@@ -100,6 +100,7 @@ class Agent:
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
         self.last_feed = 0.0
+        self.last_tick = 0.0  # monotonic time of the last main-loop pass (health endpoint)
         self._fencing: set[str] = set()
         self._armed = False
 
@@ -413,7 +414,10 @@ class Agent:
             "offset": h.res.offset,
             "lver": h.token.lver,
             "shared": h.shared,
+            "host_id": h.token.host_id,
+            "generation": h.token.generation,
             "pid": client.pid,
+            "process": client.name,
             "holder": client.key,
             "owner": client.owner or client.name,
             "since": h.since,
@@ -462,6 +466,7 @@ class Agent:
 
     def tick(self) -> None:
         now = self.clock.now()
+        self.last_tick = now
         for ls in list(self.lockspaces.values()):
             if ls.check_deadline(now):
                 self._fence(ls, now)
