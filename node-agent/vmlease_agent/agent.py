@@ -169,16 +169,16 @@ class Agent:
             self._stop.set()
         if self._loop:
             self._loop.join(timeout=2)
+        if not clean:
+            self.save()  # while the lockspaces are still live: the next agent resumes them
         for ls in list(self.lockspaces.values()):
             ls.stop(release=clean)
         if clean:
             state.clear(self.cfg.run_dir)
             if self._armed:
                 self.watchdog.disarm()
-        else:
-            self.save()
-            if self._armed:
-                self.watchdog.abandon()
+        elif self._armed:
+            self.watchdog.abandon()
         self.registry.close()
 
     def check_clean_stop(self) -> None:

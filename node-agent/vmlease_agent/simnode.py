@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from .client import AgentClient
+from .engine.errors import LeaseError
 from .watchdog_harness import spawn_harness
 
 
@@ -37,6 +38,7 @@ class SimNode:
     lockspaces: list[str] = field(default_factory=list)  # LS:HOST_ID:PATH:OFFSET[:IO]
     agent: subprocess.Popen | None = None
     harness: subprocess.Popen | None = None
+    pgids: list[int] = field(default_factory=list)
 
     @property
     def run_dir(self) -> str:
@@ -80,14 +82,23 @@ class SimNode:
         log = open(self.log_file, "a")  # noqa: SIM115 - owned by the child
         self.agent = subprocess.Popen(cmd, stdout=log, stderr=log, process_group=0)
         log.close()
+        self.pgids.append(self.agent.pid)
         deadline = time.monotonic() + wait
-        sock = os.path.join(self.run_dir, "agent.sock")
-        while not os.path.exists(sock) and time.monotonic() < deadline:
+        while True:
             if self.agent.poll() is not None:
                 raise RuntimeError(f"agent {self.name} exited: see {self.log_file}")
-            time.sleep(0.05)
-        if self.harness is None or self.harness.poll() is not None:
-            self.harness = spawn_harness(self.watchdog_file, [self.agent.pid], self.events_file)
+            try:
+                AgentClient(self.run_dir, timeout=2).call("status")
+                break
+            except LeaseError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        # the harness stands for the hardware: it resets everything this node ever ran
+        if self.harness is not None and self.harness.poll() is None:
+            self.harness.kill()
+            self.harness.wait()
+        self.harness = spawn_harness(self.watchdog_file, self.pgids, self.events_file)
 
     @property
     def pgid(self) -> int:
@@ -123,9 +134,10 @@ class SimNode:
         )
 
     def kill(self) -> None:
-        """Power cut: SIGKILL the whole process group (agent and every holder)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pgid, signal.SIGKILL)
+        """Power cut: SIGKILL every process group of the node (agents and holders)."""
+        for pgid in self.pgids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
         if self.agent:
             self.agent.wait()
 
