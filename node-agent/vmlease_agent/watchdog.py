@@ -316,8 +316,9 @@ def read_state(path: str) -> DeviceState:
 class FileWatchdog:
     """A JSON file that ``watchdog_harness`` supervises as hardware would (tests, the demo).
 
-    Unlike the Linux device, closing it never counts as a keepalive: ``abandon`` leaves the file
-    as it is, so the harness fires W after the last real keepalive.
+    Arming creates the file if the harness has not yet (a harness needs the pgid of the agent, so
+    it may start after it). Unlike the Linux device, closing it never counts as a keepalive:
+    ``abandon`` leaves the file as it is, so the harness fires W after the last real keepalive.
     """
 
     def __init__(self, path: str, fire_timeout: int) -> None:
@@ -329,13 +330,6 @@ class FileWatchdog:
 
     def arm(self) -> None:
         with self._lock:
-            # The harness creates the file: one missing means nothing would enforce fencing.
-            if not os.path.exists(self.path):
-                raise WatchdogError(
-                    f"the file watchdog device {self.path} does not exist: start its harness "
-                    f"first (python -m vmlease_agent.watchdog_harness --device {self.path} "
-                    "--pgid PGID)"
-                )
             self._write(armed=True)
             self._armed = True
 

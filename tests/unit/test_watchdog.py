@@ -205,6 +205,21 @@ def test_abandon_keeps_counting_safety(device: Path, tmp_path: Path, nodes: list
     assert len(fired_events(events)) == 1
 
 
+def test_harness_started_after_the_agent_armed_safety(
+    device: Path, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """The demo's order (the harness needs the agent's pgid): an armed device stays armed."""
+    node = Node(device, feed=0.3, end="hang")
+    nodes.append(node)
+    node.go()
+    harness = spawn_harness(device, [node.pgid], tmp_path / "events")
+    assert read_state(str(device)).armed
+    vm_died = death_time(node.vm_fd, timeout=W + 5)
+    assert vm_died is not None
+    assert W < vm_died - read_state(str(device)).fed_at <= W + SLACK
+    assert harness.wait(timeout=2) == 0
+
+
 def test_harness_refuses_its_own_process_group_safety(device: Path) -> None:
     """Started in our process group and told to kill it, the harness must refuse, not run.
 
@@ -238,9 +253,6 @@ def test_harness_keeps_counting_on_an_unreadable_device_safety(
 def test_file_watchdog_states(device: Path) -> None:
     wd = open_watchdog(f"file:{device}", 7)
     assert isinstance(wd, FileWatchdog)
-    with pytest.raises(WatchdogError, match="does not exist: start its harness"):
-        wd.arm()
-    device.write_text("")
     before = time.monotonic()
     wd.arm()
     s = read_state(str(device))
