@@ -11,15 +11,17 @@ runs in a worker of a per-storage pool; the caller waits at most ``timeout`` sec
 I/O that has not started yet is cancelled; one already in the kernel is abandoned (exactly what
 sanlock does with its AIO): its worker finishes whenever the kernel returns, its buffer is never
 reused, and later I/O goes to other workers, so one stalled request never delays the next.
+Workers are daemon threads: a process that gave up on a stalled I/O can still exit (a pool that
+joins its workers at exit would hang the CLI, or an agent's shutdown, until the kernel returns).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import fcntl
 import mmap
 import os
+import queue
 import stat
 import struct
 import threading
@@ -33,6 +35,73 @@ BLKGETSIZE64 = 0x80081272
 def _aligned_buffer(length: int) -> mmap.mmap:
     """Anonymous mmap: page-aligned, as O_DIRECT requires for buffers."""
     return mmap.mmap(-1, max(length, mmap.PAGESIZE))
+
+
+class _Job:
+    __slots__ = ("done", "error", "fn", "result", "started")
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.started = False
+        self.result = None
+        self.error: BaseException | None = None
+
+
+class _IoWorkers:
+    """Daemon threads running I/O jobs; each job gets an idle worker or a new one (up to max)."""
+
+    def __init__(self, name: str, max_workers: int) -> None:
+        self._name = name
+        self._max = max_workers
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._count = 0
+
+    def submit(self, fn) -> _Job:
+        job = _Job(fn)
+        with self._lock:
+            if self._idle:
+                self._idle -= 1  # reserved: that worker is (about to be) waiting for a job
+            elif self._count < self._max:
+                self._count += 1
+                threading.Thread(
+                    target=self._work, name=f"{self._name}-{self._count}", daemon=True
+                ).start()
+        self._jobs.put(job)
+        return job
+
+    def cancel(self, job: _Job) -> bool:
+        """Cancel a job that has not started; False if it is already running (abandoned)."""
+        with self._lock:
+            if job.started:
+                return False
+            job.fn = None
+            return True
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            with self._lock:
+                fn, job.started = job.fn, True
+            if fn is not None:
+                try:
+                    job.result = fn()
+                except BaseException as e:
+                    job.error = e
+                job.done.set()
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self) -> None:
+        """Stop idle workers; a worker stuck in the kernel ends when its I/O returns."""
+        with self._lock:
+            count, self._count, self._idle = self._count, 0, 0
+        for _ in range(count):
+            self._jobs.put(None)
 
 
 class Storage:
@@ -66,9 +135,7 @@ class Storage:
                 ) from None
             raise errors.StorageUnusable(path=path, detail=os.strerror(e.errno)) from None
         self.sector_size = self._discover_sector_size()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.MAX_WORKERS, thread_name_prefix=f"io:{os.path.basename(path)}"
-        )
+        self._pool = _IoWorkers(f"io:{os.path.basename(path)}", self.MAX_WORKERS)
         self._lock = threading.Lock()
 
     def _discover_sector_size(self) -> int:
@@ -87,7 +154,7 @@ class Storage:
     def close(self) -> None:
         with self._lock:
             if self.fd >= 0:
-                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool.shutdown()
                 os.close(self.fd)
                 self.fd = -1
 
@@ -107,18 +174,23 @@ class Storage:
             )
 
     def _run(self, fn, op: str, offset: int, length: int, timeout: float):
-        future = self._pool.submit(fn)
-        try:
-            return future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()  # succeeds only if it never started; a started one is abandoned
+        job = self._pool.submit(fn)
+        if not job.done.wait(timeout):
+            self._pool.cancel(job)  # succeeds only if it never started; a started one is abandoned
             raise errors.IoTimeout(
                 op=op, length=length, path=self.path, offset=offset, timeout=timeout
-            ) from None
-        except OSError as e:
+            )
+        if isinstance(job.error, OSError):
             raise errors.IoFailed(
-                op=op, length=length, path=self.path, offset=offset, detail=os.strerror(e.errno)
-            ) from None
+                op=op,
+                length=length,
+                path=self.path,
+                offset=offset,
+                detail=os.strerror(job.error.errno),
+            )
+        if job.error is not None:
+            raise job.error
+        return job.result
 
     def read(self, offset: int, length: int, timeout: float) -> bytes:
         """Read ``length`` bytes at ``offset``; short reads (end of storage) return fewer bytes."""
