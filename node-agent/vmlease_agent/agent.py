@@ -126,6 +126,10 @@ class Agent:
     def start(self) -> None:
         """Adopt the saved state (restart without harm), arm the watchdog, run the main loop."""
         saved = state.load(self.cfg.run_dir, self.cfg.node_name)
+        if not saved.lockspaces:
+            # nothing to protect yet: arm now, so a missing or busy device stops us at start
+            self.watchdog.arm()
+            self._armed = True
         for item in saved.lockspaces:
             self._add(item.cfg, resume=item.record)
         for item in saved.lockspaces:
@@ -163,10 +167,11 @@ class Agent:
         Otherwise (SIGTERM, an upgrade) keep every lease and the delta leases on disk, keep the
         saved state, and leave the watchdog counting: a new agent must be back before it fires.
         """
-        with self.lock:
-            if clean:
-                self.check_clean_stop()
-            self._stop.set()
+        if clean:
+            self.check_clean_stop()
+        else:
+            self._finish_fencing()
+        self._stop.set()
         if self._loop:
             self._loop.join(timeout=2)
         if not clean:
@@ -180,6 +185,21 @@ class Agent:
         elif self._armed:
             self.watchdog.abandon()
         self.registry.close()
+
+    def _finish_fencing(self) -> None:
+        """Never exit while a lockspace is failed and its holders may live.
+
+        Closing the watchdog (even by exiting: the kernel closes the fd) counts as a keepalive;
+        after a deadline that would push the reset past the moment other hosts take our leases.
+        So we stay, fencing, until every lockspace is healthy again (its holders gone) — or the
+        watchdog resets the node.
+        """
+        warned = False
+        while not all(ls.healthy() for ls in list(self.lockspaces.values())):
+            if not warned:
+                log.warning("stop requested while a lockspace is failing: fencing first")
+                warned = True
+            time.sleep(TICK_SECONDS)
 
     def check_clean_stop(self) -> None:
         """A clean stop releases everything: refuse while processes hold leases."""
@@ -293,6 +313,11 @@ class Agent:
         wait: bool = True,
     ) -> list[dict]:
         """Acquire every resource for ``holder``, all or nothing (taken ones released on error)."""
+        if not self._armed:
+            raise AgentError(
+                detail="the watchdog is not armed, so this node could not be fenced: no leases "
+                "until it is (see the agent log for the device error)"
+            )
         client = self._client(holder, owner, create=True)
         taken: list[HeldLease] = []
         try:

@@ -22,7 +22,7 @@ from .api import SOCKET_NAME, ApiServer, Handlers
 from .client import DEFAULT_RUN_DIR
 from .engine import errors, timeouts
 from .lockspace import LockspaceConfig
-from .watchdog import open_watchdog
+from .watchdog import WatchdogError, open_watchdog
 
 log = logging.getLogger("vmlease-agent")
 
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         agent.start()
     except errors.LeaseError as e:
         print(f"vmlease-agent: {e} [error {e.code}]", file=sys.stderr)
+        return 1
+    except (WatchdogError, ValueError) as e:
+        print(f"vmlease-agent: {e}", file=sys.stderr)
         return 1
     done = threading.Event()
     outcome = {"clean": False}
