@@ -155,7 +155,9 @@ def test_every_written_field_is_declared(obj):
     """Nothing the operator or an agent writes is pruned by the API server."""
     model = {m.crd.kind: m for m in KINDS}[obj["kind"]]
     schema = crdgen.structural_schema(model)
-    assert _pruned(obj, schema) == obj
+    del schema["properties"]["metadata"]  # the API server keeps ObjectMeta whole
+    body = {k: v for k, v in obj.items() if k != "metadata"}
+    assert _pruned(body, schema) == body
 
 
 @pytest.mark.parametrize("model", KINDS, ids=lambda m: m.__name__)
@@ -203,7 +205,7 @@ def test_host_id_is_immutable_and_named_by_id():
     schema = crdgen.structural_schema(HostId)
     rules = schema["properties"]["spec"]["properties"]["hostId"]["x-kubernetes-validations"]
     assert {"rule": "self == oldSelf"}.items() <= rules[0].items()
-    assert "string(self.spec.hostId)" in schema["x-kubernetes-validations"][0]["rule"]
+    assert "== self.spec.hostId" in schema["x-kubernetes-validations"][0]["rule"]
 
 
 def test_generated_yaml_is_loadable_multi_kind():

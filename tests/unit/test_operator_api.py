@@ -73,13 +73,6 @@ def test_disk_lease_needs_resource_or_disk_path():
     DiskLeaseSpec(lockspace="ls", disk_path="/vm.img", lease={"path": "leases/x"})
 
 
-def test_resource_for_disk_is_libvirts_md5():
-    # echo -n /var/lib/libvirt/images/vm1.qcow2 | md5sum
-    assert naming.resource_for_disk("/var/lib/libvirt/images/vm1.qcow2") == (
-        "ef8e4732a13f4574306f8aac7caf0980"
-    )
-
-
 def test_names_encode_what_must_be_unique():
     assert naming.hostid_name("ls1", 12) == "ls1.12"
     assert naming.disklease_name("ls1", "abc") == "ls1.abc"
@@ -117,3 +110,11 @@ def test_set_condition_keeps_other_conditions_in_place():
     assert [c.type for c in cs] == ["A", "B"]
     assert conditions.find_condition(cs, "B").status == ConditionStatus.TRUE
     assert conditions.find_condition(cs, "C") is None
+
+
+def test_host_id_name_must_encode_lockspace_and_id():
+    spec = {"lockspace": "ls", "node_name": "n", "host_id": 7}
+    HostId(metadata={"name": "ls.7"}, spec=spec)
+    for wrong in ("ls.007", "ls.8", "other.7"):
+        with pytest.raises(ValidationError, match=r"named <lockspace>\.<hostId>"):
+            HostId(metadata={"name": wrong}, spec=spec)

@@ -11,7 +11,8 @@ different types. The conversion:
   so "null" and "absent" mean the same thing for every client, and a JSON merge patch with
   ``null`` still removes the field;
 * ``default: null`` and ``title`` are dropped; other defaults become CRD defaults;
-* ``metadata``, ``apiVersion`` and ``kind`` are left to the API server.
+* ``metadata``, ``apiVersion`` and ``kind`` are left to the API server (``metadata.name`` gets
+  only a length bound, see ``structural_schema``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,12 @@ def structural_schema(model: type[Lockspace] | type[HostId] | type[DiskLease]) -
     props = schema["properties"]
     props["apiVersion"] = {"type": "string"}
     props["kind"] = {"type": "string"}
-    props["metadata"] = {"type": "object"}
+    # The API server owns metadata; bounding name only lets CEL rules that read it pass the
+    # cost estimator (an unbounded string makes every rule "too expensive").
+    props["metadata"] = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 253}},
+    }
     info: CrdInfo = model.crd
     if info.root_rules:
         schema["x-kubernetes-validations"] = info.root_rules

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from vmlease_operator.api import API_VERSION
+from vmlease_operator.api.naming import hostid_name
 
 # --- names -----------------------------------------------------------------------------------
 
@@ -488,8 +489,13 @@ class HostId(ApiModel):
         ],
         root_rules=[
             {
-                "rule": "self.metadata.name == "
-                "self.spec.lockspace + '.' + string(self.spec.hostId)",
+                # string(int) has no size bound for the CEL cost estimator: compare the other
+                # way round, and refuse leading zeros so "ls.007" cannot alias "ls.7".
+                "rule": "self.metadata.name.startsWith(self.spec.lockspace + '.') && "
+                "self.metadata.name.substring(size(self.spec.lockspace) + 1)"
+                ".matches('^[1-9][0-9]{0,3}$') && "
+                "int(self.metadata.name.substring(size(self.spec.lockspace) + 1)) == "
+                "self.spec.hostId",
                 "message": "a HostId must be named <lockspace>.<hostId>: the name makes the id "
                 "unique",
             }
@@ -501,6 +507,13 @@ class HostId(ApiModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: HostIdSpec
     status: HostIdStatus = Field(default_factory=HostIdStatus)
+
+    @model_validator(mode="after")
+    def _named_by_id(self) -> HostId:
+        expected = hostid_name(self.spec.lockspace, self.spec.host_id)
+        if self.metadata.name and self.metadata.name != expected:
+            raise ValueError(f"a HostId must be named <lockspace>.<hostId>: {expected}")
+        return self
 
 
 # --- DiskLease -------------------------------------------------------------------------------
@@ -562,8 +575,8 @@ class DiskLeaseSpec(ApiModel):
     resource: Name | None = Field(
         default=None, json_schema_extra=_immutable("resource is immutable once set")
     )
-    """The sanlock resource name; derived from diskPath (lowercase MD5 hex, as libvirt does)
-    when absent. The object's name is <lockspace>.<resource>."""
+    """The sanlock resource name; when absent, the operator derives it from diskPath (lowercase
+    MD5 hex, as libvirt does). The object's name is <lockspace>.<resource>."""
     disk_path: str | None = Field(
         default=None,
         min_length=2,
@@ -571,7 +584,8 @@ class DiskLeaseSpec(ApiModel):
         pattern=r"^/",
         json_schema_extra=_immutable("diskPath is immutable"),
     )
-    """The protected disk's path as the domain sees it; only hashed, never opened."""
+    """The protected disk's canonical path (symlinks resolved); only hashed into the resource
+    name (``vmlease_agent.libvirt_domain.disk_resource_name``), never opened."""
     lease: LeaseLocation
     """Where the lease area lives."""
 

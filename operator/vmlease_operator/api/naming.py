@@ -31,12 +31,6 @@ def disklease_name(lockspace: str, resource: str) -> str:
     return f"{lockspace}.{resource}"
 
 
-def resource_for_disk(disk_path: str) -> str:
-    """The resource name libvirt's sanlock plugin derives for a disk: lowercase MD5 hex of the
-    path (``virLockManagerSanlockAddDisk``), 32 characters, already a DNS label."""
-    return hashlib.md5(disk_path.encode(), usedforsecurity=False).hexdigest()
-
-
 def node_label_value(node_name: str) -> str:
     """A label value that finds a node's HostIds. Node names are DNS subdomains of up to 253
     characters, label values at most 63: longer names are replaced by a digest (the exact name
