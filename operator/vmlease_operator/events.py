@@ -1,0 +1,132 @@
+"""Kubernetes Events the operator posts: reasons, and which transitions deserve one.
+
+Pure: functions return ``Event`` values and the handlers post them (each Event is an API write,
+so only real transitions produce one). Transitions are judged against what *this process* saw
+before; the first sight of an object after a start produces no event, so a restart does not
+repeat an event per host. Reasons are CamelCase and fixed: alerts match on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmlease_operator.allocation import HostIdRecord
+from vmlease_operator.api.models import HostState, LeasePhase
+
+NORMAL, WARNING = "Normal", "Warning"
+
+HOST_ID_ALLOCATED = "HostIdAllocated"
+HOST_ID_RELEASED = "HostIdReleased"
+LOCKSPACE_FORMAT_REQUESTED = "LockspaceFormatRequested"
+LOCKSPACE_FORMATTED = "LockspaceFormatted"
+LOCKSPACE_FULL = "LockspaceFull"
+LOCKSPACE_JOINED = "LockspaceJoined"
+LOCKSPACE_LEFT = "LockspaceLeft"
+HOST_FAILING = "HostFailing"
+HOST_DEAD = "HostDead"
+FENCING_STARTED = "FencingStarted"
+LEASE_ACQUIRED = "LeaseAcquired"
+LEASE_RELEASED = "LeaseReleased"
+LEASE_MOVED = "LeaseMoved"
+LEASE_ORPHANED = "LeaseOrphaned"
+LEASE_CONTENDED = "LeaseContended"
+DISK_LEASE_INVALID = "DiskLeaseInvalid"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+    on_node: bool = False
+    """Post on the Node as well: fencing is about the machine (as FAR and SNR report it)."""
+
+
+def allocated(record: HostIdRecord, conflicts: int) -> Event:
+    retry = f" after {conflicts} id(s) taken concurrently" if conflicts else ""
+    return Event(
+        NORMAL,
+        HOST_ID_ALLOCATED,
+        f"node {record.node} got host_id {record.host_id} in lockspace {record.lockspace}{retry}",
+    )
+
+
+def released(record: HostIdRecord, why: str) -> Event:
+    return Event(
+        NORMAL,
+        HOST_ID_RELEASED,
+        f"host_id {record.host_id} of node {record.node} in lockspace {record.lockspace} may be "
+        f"reused: {why}",
+    )
+
+
+def host_transition(
+    old: HostState | None, new: HostIdRecord, failover_seconds: int | None
+) -> Event | None:
+    """The event for a HostId whose state went from ``old`` to ``new.state``."""
+    state = new.state
+    if old == state or state is None:
+        return None
+    who = f"node {new.node} (host_id {new.host_id}) in lockspace {new.lockspace}"
+    if state == HostState.LIVE and old in (None, HostState.JOINING):
+        return Event(NORMAL, LOCKSPACE_JOINED, f"{who} joined and renews its delta lease")
+    if state == HostState.FAILING:
+        deadline = f" within {failover_seconds} s" if failover_seconds else ""
+        return Event(
+            WARNING,
+            FENCING_STARTED,
+            f"{who} stopped renewing its delta lease: its agent is stopping lease holders and "
+            f"its watchdog resets the node{deadline} unless renewals resume",
+            on_node=True,
+        )
+    if state == HostState.DEAD:
+        return Event(
+            WARNING,
+            HOST_DEAD,
+            f"{who} is dead on disk (no renewal for the safe time): its leases may be taken over",
+            on_node=True,
+        )
+    if state == HostState.FREE:
+        return Event(NORMAL, LOCKSPACE_LEFT, f"{who} released its delta lease")
+    if state == HostState.LIVE:
+        return Event(NORMAL, LOCKSPACE_JOINED, f"{who} renews its delta lease again")
+    return None
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """What lease events compare: the phase and the exclusive holder."""
+
+    phase: LeasePhase | None
+    node: str | None
+    host_id: int | None
+    owner: str | None  # domain or process, for messages
+
+    def holder_text(self) -> str:
+        owner = f", {self.owner}" if self.owner else ""
+        return f"node {self.node} (host_id {self.host_id}{owner})"
+
+
+def lease_transition(name: str, old: LeaseView, new: LeaseView) -> Event | None:
+    if old == new:
+        return None
+    if new.phase == LeasePhase.ORPHANED and old.phase != LeasePhase.ORPHANED:
+        return Event(
+            WARNING,
+            LEASE_ORPHANED,
+            f"lease {name} is held by {new.holder_text()}, whose host stopped renewing: it "
+            f"becomes free after the safe time",
+        )
+    if new.phase == LeasePhase.CONTENDED and old.phase != LeasePhase.CONTENDED:
+        return Event(NORMAL, LEASE_CONTENDED, f"lease {name} is being acquired by another host")
+    if new.node and old.node and new.node != old.node:
+        return Event(
+            NORMAL,
+            LEASE_MOVED,
+            f"lease {name} moved from {old.holder_text()} to {new.holder_text()}",
+        )
+    if new.node and not old.node:
+        return Event(NORMAL, LEASE_ACQUIRED, f"lease {name} acquired by {new.holder_text()}")
+    if old.node and not new.node and new.phase == LeasePhase.FREE:
+        return Event(NORMAL, LEASE_RELEASED, f"lease {name} released by {old.holder_text()}")
+    return None

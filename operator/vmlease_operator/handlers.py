@@ -1,0 +1,326 @@
+"""kopf handlers: thin glue from watch events to the plain modules.
+
+What each resource gets, and what it costs in API writes:
+
+* Nodes: an index of labels and an ``on.event`` handler that allocates a HostId for every
+  Lockspace selecting the node (one create and one Event per new node; nothing per restart,
+  because the HostId index already holds the node's id). Raw events only: kopf writes nothing
+  to Nodes (no finalizer, no annotations).
+* Lockspaces: a timer running ``reconcile.plan`` (allocation catch-up, id release, formatting,
+  status) and a delete handler that waits until every HostId of the lockspace is released; these
+  put kopf's finalizer on Lockspaces, which is the intended cleanup order.
+* HostIds and DiskLeases: indexes and raw events (transition Events, the release clock, the
+  DiskLease resource name); never kopf finalizers or timers — there are many of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+from vmlease_agent.libvirt_domain import disk_resource_name
+
+from vmlease_operator import events, metrics, reconcile
+from vmlease_operator.allocation import HostIdRecord, LockspaceFull, ReleaseClock
+from vmlease_operator.allocator import Allocator, Conflict, NotFound, release
+from vmlease_operator.api import GROUP, VERSION, naming
+from vmlease_operator.api.conditions import now
+from vmlease_operator.api.models import DiskLease, HostState, Lockspace, LockspaceSpec
+from vmlease_operator.kube import DISKLEASES, LOCKSPACES, Kube
+from vmlease_operator.selector import matches
+
+#: How often each Lockspace is reconciled; also the granularity of id release.
+RECONCILE_SECONDS = 10.0
+#: Finalizer kopf puts on Lockspaces (its timer and delete handler need one).
+OPERATOR_FINALIZER = f"{GROUP}/operator"
+
+
+@dataclass
+class Runtime:
+    """The operator's process state, handed to handlers through kopf's memo."""
+
+    kube: Kube
+    allocator: Allocator
+    workers: int = 16
+    clock: ReleaseClock = field(default_factory=ReleaseClock)
+    host_states: dict[str, HostState | None] = field(default_factory=dict)
+    lease_views: dict[str, events.LeaseView] = field(default_factory=dict)
+
+
+def _rt(memo: Any) -> Runtime:
+    return memo.runtime
+
+
+def _post(body: Mapping[str, Any], event: events.Event, node: Mapping[str, Any] | None) -> None:
+    targets = [body]
+    if event.on_node and node is not None:
+        targets.append(node)
+    kopf.event(targets, type=event.type, reason=event.reason, message=event.message)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    settings.persistence.finalizer = OPERATOR_FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Allocation blocks on API round trips in threads; size the pool for bursts of new nodes.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(_rt(memo).workers))
+
+
+# --- indexes ---------------------------------------------------------------------------------
+
+
+@kopf.index("", "v1", "nodes")
+def nodes_idx(name: str, labels: Mapping[str, str], uid: str, **_: Any) -> dict[str, Any]:
+    return {name: {"labels": dict(labels), "uid": uid}}
+
+
+@kopf.index(GROUP, VERSION, "lockspaces")
+def lockspaces_idx(name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, LockspaceSpec]:
+    try:
+        return {name: LockspaceSpec.model_validate(dict(spec))}
+    except ValidationError:
+        return {}  # the CRD refuses such specs; an old object is left alone
+
+
+@kopf.index(GROUP, VERSION, "hostids")
+def hostids_idx(body: kopf.Body, **_: Any) -> dict[str, HostIdRecord]:
+    record = HostIdRecord.from_body(body)
+    return {record.lockspace: record}
+
+
+def _node_body(nodes: kopf.Index, name: str) -> dict[str, Any] | None:
+    for info in nodes.get(name, []):
+        return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": info["uid"]}}
+    return None
+
+
+# --- allocation ------------------------------------------------------------------------------
+
+
+async def _allocate(
+    rt: Runtime,
+    lockspace: str,
+    spec: LockspaceSpec,
+    node: str,
+    known: list[HostIdRecord],
+    logger: logging.Logger | kopf.Logger,
+) -> None:
+    started = time.monotonic()
+    try:
+        result = await asyncio.to_thread(
+            rt.allocator.ensure, lockspace, node, spec.effective_max_hosts, known
+        )
+    except LockspaceFull as error:
+        logger.warning(str(error))
+        return
+    if result.conflicts:
+        metrics.CONFLICTS.labels(lockspace).inc(result.conflicts)
+    if result.created and result.body is not None:
+        metrics.ALLOCATIONS.labels(lockspace).inc()
+        metrics.ALLOCATION_SECONDS.observe(time.monotonic() - started)
+        _post(result.body, events.allocated(result.record, result.conflicts), None)
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(
+    type: str | None,
+    name: str,
+    labels: Mapping[str, str],
+    memo: Any,
+    logger: kopf.Logger,
+    lockspaces_idx: kopf.Index,
+    hostids_idx: kopf.Index,
+    **_: Any,
+) -> None:
+    if type == "DELETED":
+        return  # ids stay until released by the Lockspace pass
+    rt = _rt(memo)
+    for lockspace, specs in list(lockspaces_idx.items()):
+        for spec in list(specs):
+            if not matches(spec.node_selector, labels):
+                continue
+            known = list(hostids_idx.get(lockspace, []))
+            if any(r.node == name and not r.terminating for r in known):
+                continue
+            await _allocate(rt, lockspace, spec, name, known, logger)
+
+
+# --- lockspaces ------------------------------------------------------------------------------
+
+
+def _nodes(nodes_idx: kopf.Index) -> dict[str, dict[str, str]]:
+    return {name: info["labels"] for name, infos in nodes_idx.items() for info in infos}
+
+
+async def _run_plan(
+    rt: Runtime,
+    body: kopf.Body,
+    nodes_idx: kopf.Index,
+    records: Iterable[HostIdRecord],
+    logger: kopf.Logger,
+) -> reconcile.Plan:
+    lockspace = Lockspace.model_validate(dict(body))
+    name = lockspace.metadata.name
+    records = list(records)
+    plan = reconcile.plan(lockspace, _nodes(nodes_idx), records, rt.clock, time.monotonic(), now())
+    gate = asyncio.Semaphore(rt.workers)
+
+    async def allocate(node: str) -> None:
+        async with gate:
+            await _allocate(rt, name, lockspace.spec, node, records, logger)
+
+    await asyncio.gather(*(allocate(node) for node in plan.allocate))
+    for record, why in plan.release:
+        if await asyncio.to_thread(release, rt.kube, record):
+            metrics.RELEASES.labels(name).inc()
+            rt.allocator.forget(name, record.host_id)
+            _post(body, events.released(record, why), None)
+    if plan.status_patch:
+        await asyncio.to_thread(rt.kube.patch_status, LOCKSPACES, name, plan.status_patch)
+    for event in plan.events:
+        _post(body, event, None)
+    _export(name, records, len(plan.allocate), reconcile.failover_seconds(lockspace.spec))
+    return plan
+
+
+def _export(name: str, records: list[HostIdRecord], waiting: int, failover: int) -> None:
+    for state in [*HostState, None]:
+        count = sum(1 for r in records if r.state == state and not r.terminating)
+        metrics.HOSTS.labels(name, str(state) if state else "Unclaimed").set(count)
+    metrics.WAITING.labels(name).set(waiting)
+    metrics.FAILOVER.labels(name).set(failover)
+
+
+@kopf.timer(GROUP, VERSION, "lockspaces", interval=RECONCILE_SECONDS)
+async def lockspace_pass(
+    body: kopf.Body,
+    name: str,
+    memo: Any,
+    logger: kopf.Logger,
+    nodes_idx: kopf.Index,
+    hostids_idx: kopf.Index,
+    **_: Any,
+) -> None:
+    await _run_plan(_rt(memo), body, nodes_idx, hostids_idx.get(name, []), logger)
+
+
+@kopf.on.delete(GROUP, VERSION, "lockspaces")
+async def lockspace_deleted(
+    body: kopf.Body,
+    name: str,
+    memo: Any,
+    logger: kopf.Logger,
+    nodes_idx: kopf.Index,
+    hostids_idx: kopf.Index,
+    **_: Any,
+) -> None:
+    """A Lockspace goes only after all its ids are released: its spec holds the safe time."""
+    rt = _rt(memo)
+    await asyncio.to_thread(rt.kube.delete_hostids_of, name)
+    await _run_plan(rt, body, nodes_idx, hostids_idx.get(name, []), logger)
+    left = [r.name for r in hostids_idx.get(name, [])]
+    if left:
+        raise kopf.TemporaryError(
+            f"waiting for {len(left)} HostId(s) to be released (their leases Dead or Free for "
+            f"the safe time): {', '.join(sorted(left)[:10])}",
+            delay=RECONCILE_SECONDS,
+        )
+    metrics.forget_lockspace(name)
+
+
+# --- host ids and disk leases ----------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "hostids")
+async def hostid_event(
+    type: str | None,
+    body: kopf.Body,
+    memo: Any,
+    lockspaces_idx: kopf.Index,
+    nodes_idx: kopf.Index,
+    **_: Any,
+) -> None:
+    rt = _rt(memo)
+    record = HostIdRecord.from_body(body)
+    if type == "DELETED":
+        rt.clock.forget(record.name)
+        rt.allocator.forget(record.lockspace, record.host_id)
+        rt.host_states.pop(record.name, None)
+        return
+    rt.clock.observe(record, time.monotonic())
+    first_sight = record.name not in rt.host_states
+    old = rt.host_states.get(record.name)
+    rt.host_states[record.name] = record.state
+    if first_sight:
+        return
+    specs = list(lockspaces_idx.get(record.lockspace, []))
+    failover = reconcile.failover_seconds(specs[0]) if specs else None
+    event = events.host_transition(old, record, failover)
+    if event is not None:
+        _post(body, event, _node_body(nodes_idx, record.node))
+
+
+@kopf.on.event(GROUP, VERSION, "diskleases")
+async def disklease_event(
+    type: str | None, body: kopf.Body, name: str, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
+    rt = _rt(memo)
+    if type == "DELETED":
+        rt.lease_views.pop(name, None)
+        return
+    try:
+        lease = DiskLease.model_validate(dict(body))
+    except ValidationError as error:
+        logger.warning(f"DiskLease {name} does not parse: {error}")
+        return
+    if lease.spec.resource is None and lease.spec.disk_path is not None:
+        await _fill_resource(rt, body, lease)
+    view = _lease_view(lease)
+    old = rt.lease_views.get(name)
+    rt.lease_views[name] = view
+    if old is not None and (event := events.lease_transition(name, old, view)) is not None:
+        _post(body, event, None)
+
+
+async def _fill_resource(rt: Runtime, body: kopf.Body, lease: DiskLease) -> None:
+    """Derive ``spec.resource`` from ``spec.diskPath`` as libvirt names auto disk leases."""
+    assert lease.spec.disk_path is not None and lease.metadata.resource_version is not None
+    resource = disk_resource_name(lease.spec.disk_path)
+    try:
+        await asyncio.to_thread(
+            rt.kube.patch_spec,
+            DISKLEASES,
+            lease.metadata.name,
+            {"resource": resource},
+            lease.metadata.resource_version,
+        )
+    except (Conflict, NotFound):
+        return  # changed or gone meanwhile: the next event decides again
+    except ApiException as error:
+        expected = naming.disklease_name(lease.spec.lockspace, resource)
+        message = (
+            f"resource {resource} (MD5 of {lease.spec.disk_path}) cannot be set: this DiskLease "
+            f"must be named {expected}; recreate it under that name ({error.reason})"
+        )
+        _post(body, events.Event(events.WARNING, events.DISK_LEASE_INVALID, message), None)
+
+
+def _lease_view(lease: DiskLease) -> events.LeaseView:
+    holder = lease.status.holder
+    return events.LeaseView(
+        phase=lease.status.phase,
+        node=holder.node if holder else None,
+        host_id=holder.host_id if holder else None,
+        owner=(holder.domain or holder.process) if holder else None,
+    )
