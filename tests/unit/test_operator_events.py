@@ -1,0 +1,80 @@
+"""Events: one per real transition, named reasons, messages that name node, id and lockspace."""
+
+from __future__ import annotations
+
+import pytest
+from vmlease_operator import events
+from vmlease_operator.allocation import HostIdRecord
+from vmlease_operator.api.models import HostState, LeasePhase
+
+
+def _rec(state: HostState | None) -> HostIdRecord:
+    return HostIdRecord(name="ls.3", lockspace="ls", node="n1", host_id=3, state=state)
+
+
+def test_allocation_event_names_node_id_and_lockspace():
+    event = events.allocated(_rec(None), conflicts=2)
+    assert (event.type, event.reason) == ("Normal", "HostIdAllocated")
+    assert event.message == "node n1 got host_id 3 in lockspace ls after 2 id(s) taken concurrently"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason", "on_node"),
+    [
+        (HostState.JOINING, HostState.LIVE, events.LOCKSPACE_JOINED, False),
+        (HostState.LIVE, HostState.FAILING, events.FENCING_STARTED, True),
+        (HostState.FAILING, HostState.DEAD, events.HOST_DEAD, True),
+        (HostState.LIVE, HostState.FREE, events.LOCKSPACE_LEFT, False),
+        (HostState.FAILING, HostState.LIVE, events.LOCKSPACE_JOINED, False),
+    ],
+)
+def test_host_transitions(old, new, reason, on_node):
+    event = events.host_transition(old, _rec(new), failover_seconds=18)
+    assert event.reason == reason and event.on_node is on_node
+    assert "node n1 (host_id 3) in lockspace ls" in event.message
+
+
+def test_no_event_without_a_transition():
+    assert events.host_transition(HostState.LIVE, _rec(HostState.LIVE), 18) is None
+    assert events.host_transition(None, _rec(None), 18) is None
+    assert events.host_transition(None, _rec(HostState.JOINING), 18) is None
+
+
+def _view(phase, node=None, host_id=None, owner=None) -> events.LeaseView:
+    return events.LeaseView(phase=phase, node=node, host_id=host_id, owner=owner)
+
+
+HELD = _view(LeasePhase.HELD, "n1", 1)
+
+
+def test_lease_move_names_both_holders():
+    old = _view(LeasePhase.HELD, "n1", 1, "vm1")
+    new = _view(LeasePhase.HELD, "n2", 2, "vm1")
+    event = events.lease_transition("ls.abc", old, new)
+    assert event.reason == events.LEASE_MOVED
+    assert event.message == (
+        "lease ls.abc moved from node n1 (host_id 1, vm1) to node n2 (host_id 2, vm1)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        (_view(LeasePhase.FREE), _view(LeasePhase.HELD, "n1", 1), events.LEASE_ACQUIRED),
+        (_view(LeasePhase.HELD, "n1", 1), _view(LeasePhase.FREE), events.LEASE_RELEASED),
+        (
+            _view(LeasePhase.HELD, "n1", 1),
+            _view(LeasePhase.ORPHANED, "n1", 1),
+            events.LEASE_ORPHANED,
+        ),
+        (
+            _view(LeasePhase.HELD, "n1", 1),
+            _view(LeasePhase.CONTENDED, "n1", 1),
+            events.LEASE_CONTENDED,
+        ),
+        (_view(LeasePhase.HELD, "n1", 1), _view(LeasePhase.HELD, "n1", 1), None),
+    ],
+)
+def test_lease_transitions(old, new, reason):
+    event = events.lease_transition("ls.abc", old, new)
+    assert (event.reason if event else None) == reason
