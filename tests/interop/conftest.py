@@ -1,0 +1,3 @@
+"""Fixtures of the interop tier (the real sanlock 3.8.5 binary and daemon)."""
+
+from leasekit import lease_dir  # noqa: F401

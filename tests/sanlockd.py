@@ -1,0 +1,230 @@
+"""Running the real sanlock 3.8.5 daemon for tests and benchmarks; driving it with python-sanlock.
+
+The daemon runs as ``sanlock daemon -D -w 0 -l 0 -U root -G root`` (foreground, no watchdog, no
+mlockall) with its own SANLOCK_RUN_DIR, so several can run side by side and none touches
+/run/sanlock. This sandbox forbids raising RLIMIT_MEMLOCK, which the daemon does at start-up and
+treats as fatal; a tiny LD_PRELOAD shim whose setrlimit() returns 0 works around it. The shim is a
+test fixture, compiled with gcc into a temporary directory when first needed.
+
+python-sanlock reads SANLOCK_RUN_DIR once per process, and ``sanlock.register()`` ties leases to
+the calling process's connection, so every client runs in a child process
+(``python sanlockd.py client``) that takes JSON requests on stdin: the lease holder is a process
+whose death releases its leases, exactly as for a VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+SHIM_C = """
+#include <sys/resource.h>
+int setrlimit(__rlimit_resource_t resource, const struct rlimit *rlim)
+{ (void)resource; (void)rlim; return 0; }
+"""
+
+_shim_path: str | None = None
+
+
+def sanlock_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the sanlock daemon needs root"
+    if not shutil.which("sanlock"):
+        return "the sanlock binary is missing"
+    if not shutil.which("gcc"):
+        return "gcc is needed to build the setrlimit shim for the sanlock daemon"
+    try:
+        import sanlock  # noqa: F401
+    except ImportError:
+        return "python3-sanlock is not importable"
+    return None
+
+
+def build_shim() -> str:
+    """Compile the setrlimit shim once per process; returns the .so path."""
+    global _shim_path
+    if _shim_path and os.path.exists(_shim_path):
+        return _shim_path
+    d = tempfile.mkdtemp(prefix="vmlease-slshim-")
+    src, so = os.path.join(d, "shim.c"), os.path.join(d, "shim.so")
+    with open(src, "w") as f:
+        f.write(SHIM_C)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", so, src], check=True)
+    _shim_path = so
+    return so
+
+
+class SanlockDaemon:
+    """One sanlock daemon with a private run directory."""
+
+    def __init__(self) -> None:
+        self.run_dir = tempfile.mkdtemp(prefix="vmlease-sanlockd-")
+        self.log = open(os.path.join(self.run_dir, "daemon.log"), "w+")  # noqa: SIM115
+        env = {**os.environ, "SANLOCK_RUN_DIR": self.run_dir, "LD_PRELOAD": build_shim()}
+        self.proc = subprocess.Popen(
+            ["sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-U", "root", "-G", "root"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        sock = os.path.join(self.run_dir, "sanlock.sock")
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"sanlock daemon did not start: {self.log_text()}")
+            time.sleep(0.02)
+
+    def log_text(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def client(self) -> SanlockClient:
+        return SanlockClient(self.run_dir)
+
+    def stop(self) -> None:
+        """Shut the daemon down (forced: it refuses while lockspaces are joined), then make sure
+        it and its helper process are gone (they lead their own process group)."""
+        if self.proc.poll() is None:
+            subprocess.run(
+                ["sanlock", "shutdown", "-f", "1"],
+                env={**os.environ, "SANLOCK_RUN_DIR": self.run_dir},
+                capture_output=True,
+                timeout=10,
+            )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class SanlockError(Exception):
+    def __init__(self, errno: int, msg: str) -> None:
+        super().__init__(f"sanlock error {errno}: {msg}")
+        self.errno = errno
+
+
+class SanlockClient:
+    """A child process calling python-sanlock for us; its registered fd lives as long as it."""
+
+    def __init__(self, run_dir: str) -> None:
+        env = {**os.environ, "SANLOCK_RUN_DIR": run_dir}
+        env.pop("LD_PRELOAD", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "client"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
+
+    def call(self, op: str, **kw):
+        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"sanlock client died (rc {self.proc.wait()})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise SanlockError(reply["error"], reply["msg"])
+        return reply["result"]
+
+    def close(self) -> None:
+        """Exit the child: the daemon releases whatever it held."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+# ---- the child side ---------------------------------------------------------------------------
+
+
+def _client_main() -> None:
+    import sanlock
+
+    fd = None
+
+    def disks(req):
+        return [(req["path"], req.get("offset", 0))]
+
+    def op_add_lockspace(req):
+        t0 = time.monotonic()
+        sanlock.add_lockspace(
+            req["lockspace"].encode(),
+            req["host_id"],
+            req["path"],
+            req.get("offset", 0),
+            iotimeout=req.get("io_timeout", 0),
+        )
+        return time.monotonic() - t0
+
+    def op_rem_lockspace(req):
+        sanlock.rem_lockspace(
+            req["lockspace"].encode(), req["host_id"], req["path"], req.get("offset", 0)
+        )
+
+    def op_register(req):
+        nonlocal fd
+        fd = sanlock.register()
+        return fd
+
+    def op_acquire(req):
+        sanlock.acquire(
+            req["lockspace"].encode(),
+            req["resource"].encode(),
+            disks(req),
+            slkfd=fd,
+            shared=req.get("shared", False),
+        )
+
+    def op_release(req):
+        sanlock.release(req["lockspace"].encode(), req["resource"].encode(), disks(req), slkfd=fd)
+
+    def op_get_hosts(req):
+        return sanlock.get_hosts(req["lockspace"].encode(), req.get("host_id", 0))
+
+    def op_bench(req):
+        """Acquire/release ``count`` times; per-call latencies measured here, in the caller."""
+        ls, res, d = req["lockspace"].encode(), req["resource"].encode(), disks(req)
+        acq, rel = [], []
+        for _ in range(req["count"]):
+            t0 = time.perf_counter()
+            sanlock.acquire(ls, res, d, slkfd=fd)
+            t1 = time.perf_counter()
+            sanlock.release(ls, res, d, slkfd=fd)
+            t2 = time.perf_counter()
+            acq.append(t1 - t0)
+            rel.append(t2 - t1)
+        return {"acquire": acq, "release": rel}
+
+    ops = {k[3:]: v for k, v in locals().items() if k.startswith("op_")}
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            reply = {"result": ops[req["op"]](req)}
+        except sanlock.SanlockException as e:
+            reply = {"error": e.errno, "msg": str(e)}
+        print(json.dumps(reply), flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["client"]:
+    _client_main()
