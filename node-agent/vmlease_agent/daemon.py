@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 
-from . import __version__, leasespec
+from . import __version__, leasespec, services
 from .agent import Agent, AgentConfig
 from .api import SOCKET_NAME, ApiServer, Handlers
 from .client import DEFAULT_RUN_DIR
@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="join at start",
     )
     p.add_argument("--log-level", default=os.environ.get("VMLEASE_LOG_LEVEL", "INFO"))
+    services.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -119,8 +120,16 @@ def main(argv: list[str] | None = None) -> int:
                 agent.add_lockspace(ls_cfg, wait=False)
             except errors.LeaseError as e:
                 log.error("%s", e)
+    try:
+        extras = services.start(args, agent)
+    except Exception as e:  # e.g. no kubeconfig: say so, and stop without harm
+        print(f"vmlease-agent: cannot start: {e}", file=sys.stderr)
+        server.shutdown()
+        agent.stop(clean=False)
+        return 1
     log.info("vmlease-agent %s ready on %s", __version__, server.path)
     done.wait()
+    extras.stop()
     server.shutdown()
     agent.stop(clean=outcome["clean"])
     log.info("stopped (%s)", "clean" if outcome["clean"] else "leases kept for a restart")
