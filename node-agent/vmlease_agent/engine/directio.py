@@ -9,8 +9,9 @@ for minutes and cannot be cancelled. The caller must get an answer within ``io_t
 lockspace's N) so the renewal loop can count the failure and fencing can start on time. Each I/O
 runs in a worker of a per-storage pool; the caller waits at most ``timeout`` seconds. A timed-out
 I/O that has not started yet is cancelled; one already in the kernel is abandoned (exactly what
-sanlock does with its AIO): its worker finishes whenever the kernel returns, its buffer is never
-reused, and later I/O goes to other workers, so one stalled request never delays the next.
+sanlock does with its AIO): its worker finishes whenever the kernel returns, its buffer is not
+reused until then, and later I/O goes to other workers, so one stalled request never delays the
+next.
 Workers are daemon threads: a process that gave up on a stalled I/O can still exit (a pool that
 joins its workers at exit would hang the CLI, or an agent's shutdown, until the kernel returns).
 """
@@ -32,9 +33,22 @@ BLKSSZGET = 0x1268  # logical sector size of a block device
 BLKGETSIZE64 = 0x80081272
 
 
-def _aligned_buffer(length: int) -> mmap.mmap:
-    """Anonymous mmap: page-aligned, as O_DIRECT requires for buffers."""
-    return mmap.mmap(-1, max(length, mmap.PAGESIZE))
+_local = threading.local()
+
+
+def _buffer(length: int) -> memoryview:
+    """The calling worker thread's page-aligned I/O buffer (an anonymous mmap, as O_DIRECT needs),
+    grown when needed, as a view of ``length`` bytes.
+
+    Reused from one I/O to the next: a worker runs one I/O at a time, and a worker whose I/O was
+    abandoned keeps its buffer until the kernel returns, so the kernel never gets a buffer that
+    another I/O is using. Reuse saves mapping and faulting in fresh pages for every I/O (about a
+    millisecond per 1 MiB read).
+    """
+    buf = getattr(_local, "buf", None)
+    if buf is None or len(buf) < length:
+        buf = _local.buf = mmap.mmap(-1, max(length, mmap.PAGESIZE))
+    return memoryview(buf)[:length]
 
 
 class _Job:
@@ -198,9 +212,9 @@ class Storage:
         fd = self.fd
 
         def do() -> bytes:
-            buf = _aligned_buffer(length)  # per I/O: an abandoned read keeps its own buffer
-            n = os.preadv(fd, [buf], offset)
-            return buf[:n] if n < length else buf[:length]
+            view = _buffer(length)
+            n = os.preadv(fd, [view], offset)
+            return bytes(view[:n])
 
         return self._run(do, "read", offset, length, timeout)
 
@@ -211,17 +225,13 @@ class Storage:
         fd = self.fd
 
         def do() -> None:
-            buf = _aligned_buffer(length)
-            buf[:length] = data
-            view = memoryview(buf)[:length]
-            try:
-                done = 0
-                while done < length:
-                    n = os.pwritev(fd, [view[done:]], offset + done)
-                    if n <= 0:
-                        raise OSError(errno.EIO, "short write")
-                    done += n
-            finally:
-                view.release()
+            view = _buffer(length)
+            view[:] = data
+            done = 0
+            while done < length:
+                n = os.pwritev(fd, [view[done:]], offset + done)
+                if n <= 0:
+                    raise OSError(errno.EIO, "short write")
+                done += n
 
         self._run(do, "write", offset, length, timeout)
