@@ -30,6 +30,7 @@ of their hosts is alive, and clears the blocks of dead ones.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 from collections.abc import Callable
@@ -137,6 +138,13 @@ class AreaScan:
 
 
 _ZERO_BLOCK = bytes(ondisk.DBLOCK_SIZE)
+#: Sectors compared at once when skipping the never-written part of an area.
+_SKIP_SECTORS = 32
+
+
+@functools.cache
+def _zeros(length: int) -> bytes:
+    return bytes(length)
 
 
 def scan_dblocks(
@@ -144,9 +152,11 @@ def scan_dblocks(
 ) -> tuple[dict[int, Dblock], dict[int, ModeBlock]]:
     """Every written dblock and SHARED mode block among hosts 1..num_hosts.
 
-    Never-written blocks are all zero and skipped by a byte comparison, so a 2000-host area
-    costs 2000 slices and only the few written blocks are unpacked and checksummed. A corrupt
-    dblock raises -214 when ``strict`` (the initial read) and is ignored otherwise (a ballot).
+    Never-written blocks are all zero. Runs of 32 all-zero sectors are skipped with one in-place
+    comparison (``bytes.startswith`` at an offset: no copy), then each sector of the rest by its
+    dblock and mode-block bytes, so a 2000-host area costs about 60 comparisons plus a few dozen
+    per written block; only written blocks are unpacked and checksummed. A corrupt dblock raises
+    -214 when ``strict`` (the initial read) and is ignored otherwise (a ballot).
     """
     dblocks: dict[int, Dblock] = {}
     shared: dict[int, ModeBlock] = {}
@@ -154,19 +164,25 @@ def scan_dblocks(
     end = min(len(buf), start + num_hosts * sector_size)
     zero = _ZERO_BLOCK
     mb_off = ondisk.MBLOCK_OFFSET
-    for off in range(start, end, sector_size):
-        if buf[off : off + ondisk.DBLOCK_SIZE] == zero and buf[off + mb_off] == 0:
+    at_zero = buf.startswith
+    run = _SKIP_SECTORS * sector_size
+    for chunk in range(start, end, run):
+        chunk_end = min(end, chunk + run)
+        if at_zero(_zeros(chunk_end - chunk), chunk):
             continue
-        host_id = (off - start) // sector_size + 1
-        dblock = Dblock.unpack(buf, off)
-        if not dblock.checksum_ok():
-            if strict:
-                raise errors.DblockChecksum(**res.describe(), host_id=host_id)
-            continue
-        dblocks[host_id] = dblock
-        mb = ModeBlock.unpack(buf, off + mb_off)
-        if mb.shared:
-            shared[host_id] = mb
+        for off in range(chunk, chunk_end, sector_size):
+            if at_zero(zero, off) and buf[off + mb_off] == 0:
+                continue
+            host_id = (off - start) // sector_size + 1
+            dblock = Dblock.unpack(buf, off)
+            if not dblock.checksum_ok():
+                if strict:
+                    raise errors.DblockChecksum(**res.describe(), host_id=host_id)
+                continue
+            dblocks[host_id] = dblock
+            mb = ModeBlock.unpack(buf, off + mb_off)
+            if mb.shared:
+                shared[host_id] = mb
     return dblocks, shared
 
 
