@@ -197,20 +197,50 @@ def test_user_delete_does_not_free_a_live_id(server, name):
         assert ids_by_node(api, name) == {node: [2]}
 
 
+def test_lockspace_delete_waits_until_its_ids_are_released(server, name):
+    """The Lockspace holds the safe time: it goes only after every HostId is released."""
+    nodes = [f"{name}-a", f"{name}-b"]
+    with lockspace_with_nodes(server, name, nodes, **FAST) as api, Operator(server, "--standalone"):
+        wait_for(_one_id_each(api, name, nodes), 30, "ids")
+        live = next(i for i in hostids(api, name) if i["spec"]["nodeName"] == nodes[0])
+        _claim(api, live)
+        _report(api, live["metadata"]["name"], "Live")
+        server.kubectl("delete", "lockspace", name, "--wait=false")
+
+        def remaining() -> list[str]:
+            return sorted(i["metadata"]["name"] for i in hostids(api, name))
+
+        # The unclaimed id goes at once; the live one blocks the Lockspace.
+        wait_for(lambda: remaining() == [live["metadata"]["name"]], 30, "the unclaimed id gone")
+        time.sleep(5)
+        assert _lockspace_status(api, name) is not None
+        _report(api, live["metadata"]["name"], "Free")
+        freed_at = time.monotonic()
+
+        def gone() -> bool:
+            items = _objects(api).list_cluster_custom_object(GROUP, VERSION, "lockspaces")
+            return all(i["metadata"]["name"] != name for i in items["items"])
+
+        wait_for(gone, SAFE_SECONDS + 40, "the Lockspace to go", 0.5, describe=remaining)
+        assert time.monotonic() - freed_at >= SAFE_SECONDS
+        assert remaining() == []
+
+
 def test_two_peered_replicas_serve_with_one_active(server, name):
     nodes = [f"{name}-n{i}" for i in range(3)]
     with (
         lockspace_with_nodes(server, name, nodes, **FAST) as api,
-        Operator(server, "--priority", "100", name="replica-a"),
+        Operator(server, "--priority", "100", name="replica-a") as low,
         Operator(server, "--priority", "200", name="replica-b"),
     ):
         ids = wait_for(_one_id_each(api, name, nodes), 60, "one HostId per node")
         assert sorted(ids.values()) == [1, 2, 3]
-        peering = _objects(api).get_cluster_custom_object(
-            "kopf.dev", "v1", "clusterkopfpeerings", "vmlease-operator"
+        wait_for(
+            lambda: "Pausing operations in favour of" in low.log_tail(200),
+            60,
+            "the lower-priority replica to pause",
+            describe=low.log_tail,
         )
-        priorities = sorted(p["priority"] for p in peering.get("status", {}).values())
-        assert priorities[-2:] == [100, 200]
 
 
 def test_disk_lease_resource_is_derived_from_the_disk_path(server, name):
