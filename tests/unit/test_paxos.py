@@ -766,3 +766,44 @@ def test_4k_resources_work_on_files(lease_dir, sector, align):
     d = dblock_of(res.path, sizes.max_hosts, sector_size=sector)
     assert d.mbal == sizes.max_hosts and d.lver == 1
     h.acq.release(token)
+
+
+# ---- the dblock scan ----------------------------------------------------------------------------
+
+
+def _naive_scan(buf: bytes, num_hosts: int, ss: int):
+    found, shared = {}, {}
+    for h in range(1, num_hosts + 1):
+        off = (2 + h - 1) * ss
+        if off + ss > len(buf):
+            break
+        d = Dblock.unpack(buf, off)
+        mb = ondisk.ModeBlock.unpack(buf, off + 128)
+        if not any(buf[off : off + 56]) and not mb.flags:
+            continue
+        if d.checksum_ok():
+            found[h] = d
+            if mb.shared:
+                shared[h] = mb
+    return found, shared
+
+
+@pytest.mark.parametrize("sizes", [S512, Sizes(4096, 2 * MiB)])
+def test_scan_finds_every_written_block_wherever_it_lies(sizes):
+    ss, max_hosts = sizes.sector_size, sizes.max_hosts
+    buf = bytearray(sizes.align_size)
+    hosts = [1, 31, 32, 33, 64, 65, max_hosts - 1, max_hosts]
+    for h in hosts:
+        off = (2 + h - 1) * ss
+        buf[off : off + 56] = Dblock(mbal=h, lver=1).pack()
+    sh_only = 100  # a SHARED mode block with an all-zero dblock
+    buf[(2 + sh_only - 1) * ss + 128 : (2 + sh_only - 1) * ss + 144] = ondisk.ModeBlock(1, 4).pack()
+    buf[(2 + 200 - 1) * ss + 300] = 0xFF  # junk outside the dblock and mode block: not a block
+    res = paxos.Resource("LS", "R", "/x", 0)
+    got = paxos.scan_dblocks(bytes(buf), max_hosts, ss, res, strict=True)
+    assert got == _naive_scan(bytes(buf), max_hosts, ss)
+    assert sorted(got[0]) == sorted([*hosts, sh_only])
+    assert list(got[1]) == [sh_only]
+    # num_hosts limits the scan like sanlock's ballot (hosts above it are not read)
+    few = paxos.scan_dblocks(bytes(buf), 40, ss, res, strict=True)[0]
+    assert sorted(few) == [1, 31, 32, 33]
