@@ -1,0 +1,199 @@
+"""An in-memory API server for the agent's Kubernetes mode, faithful where the sync relies on it.
+
+Kept: one resourceVersion counter for everything (as etcd's revision), bumped on every write;
+resourceVersion preconditions that fail with Conflict; names unique per kind (Conflict with
+``already_exists``); the status subresource (``create`` ignores ``status``, ``patch_status``
+touches nothing else); JSON merge patch semantics (``null`` removes a field); equality label
+selectors and ``metadata.name`` field selectors; watches that replay changes after a
+resourceVersion and answer Expired for a compacted one; finalizers that turn a delete into
+"terminating". ``down = True`` makes every call fail with Unavailable, as a lost API server
+does. ``tests/unit/test_kube_fake_api.py`` checks these behaviours.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import itertools
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from vmlease_agent.kube_api import Conflict, Expired, NotFound, Unavailable
+
+KINDS = ("nodes", "lockspaces", "hostids", "diskleases")
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = apply_merge_patch(out.get(key), value)
+    return out
+
+
+def _labels_match(obj: dict[str, Any], selector: str | None) -> bool:
+    if not selector:
+        return True
+    labels = obj["metadata"].get("labels") or {}
+    for term in selector.split(","):
+        key, _, value = term.partition("=")
+        if labels.get(key) != value:
+            return False
+    return True
+
+
+def _fields_match(obj: dict[str, Any], selector: str | None) -> bool:
+    if not selector:
+        return True
+    key, _, value = selector.partition("=")
+    assert key == "metadata.name", f"the fake only knows metadata.name, not {key}"
+    return obj["metadata"]["name"] == value
+
+
+class FakeKubeApi:
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KINDS}
+        self.events: list[tuple[int, str, str, dict[str, Any]]] = []
+        self.compacted = 0
+        self.down = False
+        self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
+        self.reads = 0
+        self._rv = itertools.count(1)
+        self._lock = threading.Condition()
+
+    # ---- helpers for tests ----------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.down:
+            raise Unavailable("connection refused (fake API server is down)")
+
+    def _bump(self, kind: str, type_: str, obj: dict[str, Any]) -> None:
+        rv = next(self._rv)
+        obj["metadata"]["resourceVersion"] = str(rv)
+        self.events.append((rv, kind, type_, copy.deepcopy(obj)))
+        self._lock.notify_all()
+
+    def put(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace as an admin would, status included (tests set up state)."""
+        with self._lock:
+            obj = copy.deepcopy(obj)
+            meta = obj.setdefault("metadata", {})
+            old = self.objects[kind].get(meta["name"])
+            meta.setdefault("uid", old["metadata"]["uid"] if old else str(uuid.uuid4()))
+            meta.setdefault("generation", 1)
+            self.objects[kind][meta["name"]] = obj
+            self._bump(kind, "MODIFIED" if old else "ADDED", obj)
+            return copy.deepcopy(obj)
+
+    def delete(self, kind: str, name: str) -> None:
+        with self._lock:
+            obj = self.objects[kind][name]
+            if obj["metadata"].get("finalizers"):
+                obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+                self._bump(kind, "MODIFIED", obj)
+            else:
+                del self.objects[kind][name]
+                self._bump(kind, "DELETED", obj)
+
+    def compact(self) -> None:
+        """Forget history: watches from an older resourceVersion get Expired (410)."""
+        with self._lock:
+            self.compacted = int(self.events[-1][0]) if self.events else 0
+            self.events.clear()
+
+    def obj(self, kind: str, name: str) -> dict[str, Any]:
+        return copy.deepcopy(self.objects[kind][name])
+
+    def status_writes(self, kind: str, name: str | None = None) -> int:
+        return sum(
+            1 for v, k, n in self.writes if v == "patch_status" and k == kind and name in (None, n)
+        )
+
+    # ---- KubeApi ---------------------------------------------------------------------------------
+
+    def list(
+        self, kind: str, label_selector: str | None = None, field_selector: str | None = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        with self._lock:
+            self._check()
+            self.reads += 1
+            items = [
+                copy.deepcopy(o)
+                for o in self.objects[kind].values()
+                if _labels_match(o, label_selector) and _fields_match(o, field_selector)
+            ]
+            rv = self.events[-1][0] if self.events else self.compacted
+            return items, str(rv)
+
+    def watch(
+        self,
+        kind: str,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        wait: float = 0.2,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        since = int(resource_version)
+        with self._lock:
+            self._check()
+            if not any(rv > since for rv, *_ in self.events):
+                self._lock.wait(wait)
+            if since < self.compacted:
+                raise Expired(f"too old resource version: {since} ({self.compacted})")
+            events = [e for e in self.events if e[0] > since and e[1] == kind]
+        for _, _, type_, obj in events:
+            if _labels_match(obj, label_selector) and _fields_match(obj, field_selector):
+                yield type_, copy.deepcopy(obj)
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            self._check()
+            self.reads += 1
+            if name not in self.objects[kind]:
+                raise NotFound(f'{kind} "{name}" not found')
+            return copy.deepcopy(self.objects[kind][name])
+
+    def create(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._check()
+            name = body["metadata"]["name"]
+            if name in self.objects[kind]:
+                raise Conflict(f'{kind} "{name}" already exists', already_exists=True)
+            obj = copy.deepcopy(body)
+            obj.pop("status", None)  # the status subresource: create ignores it
+            meta = obj["metadata"]
+            meta["uid"] = str(uuid.uuid4())
+            meta["generation"] = 1
+            meta["creationTimestamp"] = datetime.datetime.now(datetime.UTC).isoformat()
+            self.objects[kind][name] = obj
+            self.writes.append(("create", kind, name))
+            self._bump(kind, "ADDED", obj)
+            return copy.deepcopy(obj)
+
+    def patch_status(
+        self, kind: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        with self._lock:
+            self._check()
+            obj = self.objects[kind].get(name)
+            if obj is None:
+                raise NotFound(f'{kind} "{name}" not found')
+            if resource_version is not None and resource_version != obj["metadata"].get(
+                "resourceVersion"
+            ):
+                raise Conflict(
+                    f'the object has been modified: {kind} "{name}" is at '
+                    f"{obj['metadata']['resourceVersion']}, not {resource_version}"
+                )
+            new = apply_merge_patch(obj.get("status") or {}, status)
+            obj["status"] = new
+            self.writes.append(("patch_status", kind, name))
+            self._bump(kind, "MODIFIED", obj)
+            return copy.deepcopy(obj)

@@ -1,0 +1,159 @@
+"""DiskLease status from the agent's lease table: the merge rules (``lease_status``) and the
+publisher's writes against the fake API (``lease_publisher``)."""
+
+from __future__ import annotations
+
+import datetime
+
+from fake_kube_api import FakeKubeApi
+from kube_builders import disklease, lease, lockspace
+from vmlease_agent import lease_status
+from vmlease_agent.lease_publisher import LeasePublisher
+from vmlease_operator.api.models import DiskLease, DiskLeaseStatus, Holder, LeasePhase, Lockspace
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+SHARED = "/shared"
+PATH = "/shared/res1.lease"
+
+
+def view(*leases: dict, node: str = "n1") -> lease_status.HeldView:
+    views, skipped = lease_status.held_views(leases, node)
+    assert not skipped
+    (only,) = views.values()
+    return only
+
+
+# --- pure rules ----------------------------------------------------------------------------------
+
+
+def test_held_views_group_by_object_name_and_skip_names_that_cannot_be_objects():
+    views, skipped = lease_status.held_views(
+        [lease("ls", "res1", PATH), lease("ls", "Res_2", PATH)], "n1"
+    )
+    assert list(views) == ["ls.res1"] and skipped == ["ls:Res_2"]
+    holder = views["ls.res1"].holders[0]
+    assert (holder.node, holder.host_id, holder.pid, holder.process) == ("n1", 1, 4242, "vm1")
+    assert holder.since == datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def test_a_libvirt_placeholder_is_shown_as_a_domain():
+    v = view(lease("ls", "res1", PATH, pid=0, holder="libvirt:1234", owner="web1"))
+    assert v.holders[0].domain == "web1" and v.holders[0].process is None
+
+
+def test_an_exclusive_hold_replaces_whatever_the_object_said():
+    old = DiskLeaseStatus(phase=LeasePhase.HELD, holder=Holder(node="n2", host_id=2), lver=3)
+    new = lease_status.held_status(old, view(lease("ls", "res1", PATH, lver=4)), "n1", T0, 1)
+    assert new.phase == LeasePhase.HELD and new.holder.node == "n1" and new.lver == 4
+    held = next(c for c in new.conditions if c.type == "Held")
+    assert held.status == "True" and "node n1 (host_id 1, vm1, pid 4242)" in held.message
+
+
+def test_shared_holders_are_merged_per_node():
+    other = Holder(node="n2", host_id=2, pid=7)
+    old = DiskLeaseStatus(phase=LeasePhase.SHARED, shared_holders=[other])
+    v = view(lease("ls", "res1", PATH, shared=True), lease("ls", "res1", PATH, pid=5, shared=True))
+    new = lease_status.held_status(old, v, "n1", T0, 1)
+    assert new.phase == LeasePhase.SHARED and new.holder is None
+    assert [(h.node, h.pid) for h in new.shared_holders] == [("n2", 7), ("n1", 4242), ("n1", 5)]
+    released = lease_status.released_status(new, "n1", T0, 1)
+    assert released.phase == LeasePhase.SHARED and [h.node for h in released.shared_holders] == [
+        "n2"
+    ]
+    assert lease_status.released_status(released, "n2", T0, 1).phase == LeasePhase.FREE
+
+
+def test_a_late_release_leaves_the_next_holder_alone():
+    taken = DiskLeaseStatus(phase=LeasePhase.HELD, holder=Holder(node="n2", host_id=2), lver=5)
+    assert lease_status.released_status(taken, "n1", T0, 1) is None
+    mine = DiskLeaseStatus(phase=LeasePhase.HELD, holder=Holder(node="n1", host_id=1), lver=5)
+    freed = lease_status.released_status(mine, "n1", T0, 1)
+    assert freed.phase == LeasePhase.FREE and freed.holder is None and freed.lver == 5
+
+
+def test_automatic_disk_leases_are_only_those_in_the_lockspaces_directory():
+    auto = Lockspace.model_validate(lockspace(auto=True))
+    manual = Lockspace.model_validate(lockspace())
+    inside = view(lease("ls", "abc", "/shared/leases/abc"))
+    body = lease_status.auto_disk_lease(auto, inside, SHARED)
+    assert body["metadata"]["name"] == "ls.abc"
+    assert body["metadata"]["labels"] == {"vmlease.io/lockspace": "ls", "vmlease.io/auto": "true"}
+    assert body["spec"] == {
+        "lockspace": "ls",
+        "resource": "abc",
+        "lease": {"path": "leases/abc", "offset": 0},
+    }
+    assert lease_status.auto_disk_lease(manual, inside, SHARED) is None
+    assert lease_status.auto_disk_lease(auto, view(lease("ls", "abc", PATH)), SHARED) is None
+    assert lease_status.auto_disk_lease(None, inside, SHARED) is None
+
+
+def test_a_spec_that_names_another_location_is_flagged():
+    obj = DiskLease.model_validate(disklease("ls", "res1", "other.lease"))
+    message = lease_status.location_mismatch(obj, view(lease("ls", "res1", PATH)), SHARED)
+    assert "/shared/other.lease:0" in message and PATH in message
+    ok = DiskLease.model_validate(disklease("ls", "res1", "res1.lease"))
+    assert lease_status.location_mismatch(ok, view(lease("ls", "res1", PATH)), SHARED) == ""
+
+
+# --- the publisher against the fake API -----------------------------------------------------------
+
+
+def publisher(api: FakeKubeApi, node: str = "n1", said: list | None = None) -> LeasePublisher:
+    said = said if said is not None else []
+    return LeasePublisher(
+        api, node, SHARED, lambda: 1767225600.0, 30, 600, lambda k, m: said.append(m)
+    )
+
+
+def status(api: FakeKubeApi, name: str = "ls.res1") -> DiskLeaseStatus:
+    return DiskLease.model_validate(api.obj("diskleases", name)).status
+
+
+def test_publish_writes_on_change_only_and_clears_on_release():
+    api = FakeKubeApi()
+    api.put("diskleases", disklease("ls", "res1", "res1.lease"))
+    pub = publisher(api)
+    held = [lease("ls", "res1", PATH)]
+    pub.publish(held, lambda name: None, 0)
+    assert status(api).holder.node == "n1"
+    writes = len(api.writes)
+    for t in range(1, 10):
+        pub.publish(held, lambda name: None, t)
+    assert len(api.writes) == writes  # nothing changed, nothing written
+    pub.publish([], lambda name: None, 11)
+    assert status(api).phase == LeasePhase.FREE and status(api).holder is None
+
+
+def test_a_release_written_late_does_not_hide_the_new_holder():
+    api = FakeKubeApi()
+    api.put("diskleases", disklease("ls", "res1", "res1.lease"))
+    a, b = publisher(api, "n1"), publisher(api, "n2")
+    a.publish([lease("ls", "res1", PATH)], lambda name: None, 0)
+    b.publish([lease("ls", "res1", PATH, host_id=2, lver=2)], lambda name: None, 1)
+    a.publish([], lambda name: None, 2)  # n1's release reaches the API after n2's acquire
+    assert status(api).phase == LeasePhase.HELD and status(api).holder.node == "n2"
+    assert "ls.res1" not in a.published
+
+
+def test_a_missing_manual_disklease_is_explained_once_and_automatic_ones_are_created():
+    api = FakeKubeApi()
+    said: list[str] = []
+    pub = publisher(api, said=said)
+    pub.publish([lease("ls", "res1", PATH)], lambda name: None, 0)
+    pub.publish([lease("ls", "res1", PATH)], lambda name: None, 1)
+    assert len(said) == 1 and "no DiskLease ls.res1 exists: create one" in said[0]
+    assert api.writes == []
+    auto = Lockspace.model_validate(lockspace(auto=True))
+    pub.publish([lease("ls", "abc", "/shared/leases/abc")], lambda name: auto, 2)
+    assert status(api, "ls.abc").holder.node == "n1"
+    assert [v for v, *_ in api.writes] == ["create", "patch_status"]
+
+
+def test_a_resync_clears_holds_released_while_the_agent_was_away():
+    api = FakeKubeApi()
+    api.put("diskleases", disklease("ls", "res1", "res1.lease"))
+    publisher(api).publish([lease("ls", "res1", PATH)], lambda name: None, 0)
+    restarted = publisher(api)  # a new agent process: nothing published in memory
+    restarted.publish([], lambda name: None, 0)
+    assert status(api).phase == LeasePhase.FREE
