@@ -1,0 +1,354 @@
+"""The agent's Kubernetes mode on a real kube-apiserver: three agents as nodes, one operator.
+
+Real everything except the machines: ``vmlease-agent --kubernetes`` processes with their own
+run directories and ``--watchdog none`` act as three Nodes (Node objects created here) sharing
+one directory under /var/tmp as their "shared volume" (O_DIRECT needs a real file system, not
+tmpfs); ``vmlease-operator`` runs as a subprocess; leases are held by ``vmlease client command``
+processes. What must hold:
+
+* every node gets a HostId, exactly one agent formats the lockspace, all join (HostId Live);
+* ``kubectl get disklease`` names the holder (node, host_id, pid) while a process holds the
+  lease, shows it Free once the holder is killed, and names the new node once another takes it;
+* a lease in the Lockspace's automatic directory gets a DiskLease created by the agent.
+
+Timings: io_timeout N = 1 s and a 10 s watchdog promise (the schema's minimum) keep a join at
+~2 s (write, wait 2N, re-read). The operator issues formatRequest on its reconcile pass (every
+10 s), so all HostIds are Live 10-15 s after the Lockspace is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from vmlease_agent.libvirt_domain import disk_resource_name
+from vmlease_operator.api import GROUP, VERSION
+
+from .apiserver import APIServer
+from .operator_harness import (
+    Operator,
+    api_client,
+    apply_crds,
+    create_nodes,
+    delete_nodes,
+    free_port,
+    remove_lockspace,
+    wait_for,
+)
+
+pytestmark = pytest.mark.envtest
+
+N, W = 1, 10
+#: Lockspace creation to every HostId Live: the operator's first pass allocates at once, its
+#: next pass (10 s later) names the formatter, then format + join (2N) + a status write.
+ALL_LIVE_TIMEOUT = 45
+#: A DiskLease follows an acquire or release within the sync's 1 s poll plus two API calls.
+LEASE_TIMEOUT = 15
+
+
+@dataclass
+class AgentProc:
+    node: str
+    run_dir: Path
+    shared: Path
+    server: APIServer
+    health_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "agent.log"
+
+    def start(self) -> AgentProc:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable, "-m", "vmlease_agent.daemon", "--kubernetes",
+            "--node-name", self.node, "--run-dir", str(self.run_dir),
+            "--watchdog", "none", "--watchdog-fire-timeout", str(W),
+            "--shared-dir", str(self.shared), "--status-interval", "5",
+            "--health-port", str(self.health_port),
+        ]  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                env={**self.server.env, "PYTHONUNBUFFERED": "1"},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM: the agent stops without harm (leases kept on disk, as for an upgrade)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.health_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+        except OSError:
+            return 0, {}
+
+    def hold(self, resource: str, owner: str) -> subprocess.Popen[bytes]:
+        """A "VM": a process holding ``resource`` for as long as it runs (sanlock's
+        ``client command``: acquire for our pid, then exec)."""
+        argv = [
+            sys.executable, "-m", "vmlease_agent.cli", "client", "--run-dir", str(self.run_dir),
+            "command", "-r", resource, "--owner", owner, "-c", "sleep", "600",
+        ]  # fmt: skip
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+@dataclass
+class Cluster:
+    name: str
+    server: APIServer
+    api: client.ApiClient
+    shared: Path
+    agents: list[AgentProc]
+    all_live_seconds: float = 0.0
+    holders: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def objects(self, plural: str, label_selector: str = "") -> list[dict[str, Any]]:
+        return client.CustomObjectsApi(self.api).list_cluster_custom_object(
+            GROUP, VERSION, plural, label_selector=label_selector
+        )["items"]
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        return client.CustomObjectsApi(self.api).get_cluster_custom_object(
+            GROUP, VERSION, plural, name
+        )
+
+    def hostids(self) -> dict[str, dict[str, Any]]:
+        items = self.objects("hostids", f"{GROUP}/lockspace={self.name}")
+        return {i["spec"]["nodeName"]: i for i in items}
+
+    def vmlease(self, *args: str) -> None:
+        subprocess.run([sys.executable, "-m", "vmlease_agent.cli", *args], check=True)
+
+    def resource_lease(self, resource: str, relative: str) -> str:
+        """Create and initialise a resource lease file; returns its LS:RES:PATH:0 spec."""
+        path = self.shared / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            f.truncate(1024 * 1024)
+        spec = f"{self.name}:{resource}:{path}:0"
+        self.vmlease("direct", "init", "-r", spec)
+        return spec
+
+    def kill(self, holder: subprocess.Popen[bytes]) -> None:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def _all_live(cluster: Cluster):
+    def check() -> dict[str, int] | None:
+        ids = cluster.hostids()
+        live = {
+            node: obj["spec"]["hostId"]
+            for node, obj in ids.items()
+            if (obj.get("status") or {}).get("state") == "Live"
+        }
+        return live if set(live) == {a.node for a in cluster.agents} else None
+
+    return check
+
+
+@pytest.fixture(scope="module")
+def cluster(apiserver: APIServer) -> Iterator[Cluster]:
+    apply_crds(apiserver)
+    name = f"kag-{secrets.token_hex(3)}"
+    nodes = [f"{name}-n{i}" for i in (1, 2, 3)]
+    selector = {f"envtest.vmlease.io/{name}": "yes"}
+    shared = Path(tempfile.mkdtemp(prefix="vmlease-kube-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="vmlease-kube-run-"))
+    api = api_client(apiserver)
+    agents = [AgentProc(n, work / n, shared, apiserver) for n in nodes]
+    cluster = Cluster(name, apiserver, api, shared, agents)
+    failed = True
+    with Operator(apiserver, "--standalone") as operator:
+        try:
+            create_nodes(api, nodes, selector)
+            for agent in agents:
+                agent.start()
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Lockspace",
+                "metadata": {"name": name},
+                "spec": {
+                    "path": f"lockspaces/{name}",
+                    "ioTimeoutSeconds": N,
+                    "watchdogFireTimeoutSeconds": W,
+                    "nodeSelector": {"matchLabels": selector},
+                    "autoDiskLeases": {"enabled": True, "directory": "leases"},
+                },
+            }
+            started = time.monotonic()
+            client.CustomObjectsApi(api).create_cluster_custom_object(
+                GROUP, VERSION, "lockspaces", body
+            )
+            wait_for(
+                _all_live(cluster),
+                ALL_LIVE_TIMEOUT,
+                "every node's HostId Live",
+                describe=lambda: {n: o.get("status") for n, o in cluster.hostids().items()},
+            )
+            cluster.all_live_seconds = time.monotonic() - started
+            print(f"\nall 3 HostIds Live {cluster.all_live_seconds:.1f} s after Lockspace creation")
+            yield cluster
+            failed = False
+        finally:
+            for holder in cluster.holders:
+                with contextlib.suppress(ProcessLookupError):
+                    holder.kill()
+                holder.wait()
+            for agent in agents:
+                agent.stop()
+                if failed:
+                    print(f"--- agent {agent.node} ---\n{agent.log()[-4000:]}")
+            for item in cluster.objects("diskleases"):
+                if item["spec"]["lockspace"] == name:
+                    with contextlib.suppress(client.exceptions.ApiException):
+                        client.CustomObjectsApi(api).delete_cluster_custom_object(
+                            GROUP, VERSION, "diskleases", item["metadata"]["name"]
+                        )
+            operator.stop()
+            delete_nodes(api, nodes)
+            remove_lockspace(api, name)
+            shutil.rmtree(shared, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def test_each_node_gets_an_id_exactly_one_formats_and_all_join(cluster: Cluster):
+    ids = {node: obj["spec"]["hostId"] for node, obj in cluster.hostids().items()}
+    assert sorted(ids.values()) == [1, 2, 3]
+    status = cluster.get("lockspaces", cluster.name)["status"]
+    assert status["formatted"] is True and status["formattedBy"] in ids
+    assert "formatRequest" not in status
+    formatters = [a.node for a in cluster.agents if "formatted lockspace" in a.log()]
+    assert formatters == [status["formattedBy"]]
+    assert not any("found already formatted" in a.log() for a in cluster.agents)
+    for agent in cluster.agents:
+        hid = cluster.hostids()[agent.node]["status"]
+        assert hid["generation"] >= 1 and hid["observedBy"] == agent.node and hid["lastRenewal"]
+        joined = next(c for c in hid["conditions"] if c["type"] == "Joined")
+        assert joined["status"] == "True"
+        assert agent.get("/readyz") == (200, {"ready": True, "waiting": []})
+    assert cluster.all_live_seconds < ALL_LIVE_TIMEOUT
+
+
+def _holder(cluster: Cluster, lease: str):
+    def check() -> dict[str, Any] | None:
+        status = cluster.get("diskleases", lease).get("status") or {}
+        return status if status.get("phase") else None
+
+    return check
+
+
+def test_disklease_shows_the_holder_and_follows_the_lease(cluster: Cluster):
+    a, b = cluster.agents[0], cluster.agents[1]
+    ids = {node: obj["spec"]["hostId"] for node, obj in cluster.hostids().items()}
+    spec = cluster.resource_lease("vm1-disk", "vm1-disk.lease")
+    lease = f"{cluster.name}.vm1-disk"
+    client.CustomObjectsApi(cluster.api).create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        "diskleases",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "DiskLease",
+            "metadata": {"name": lease},
+            "spec": {
+                "lockspace": cluster.name,
+                "resource": "vm1-disk",
+                "lease": {"path": "vm1-disk.lease"},
+            },
+        },
+    )
+
+    first = a.hold(spec, "vm1")
+    cluster.holders.append(first)
+    held = wait_for(
+        lambda: (s := _holder(cluster, lease)()) and s.get("phase") == "Held" and s,
+        LEASE_TIMEOUT,
+        f"{lease} held by {a.node}",
+        describe=lambda: cluster.get("diskleases", lease).get("status"),
+    )
+    assert held["holder"]["node"] == a.node
+    assert held["holder"]["hostId"] == ids[a.node]
+    assert held["holder"]["pid"] == first.pid
+    assert held["holder"]["process"] == "vm1"
+    table = cluster.server.kubectl("get", "disklease", lease).stdout
+    print(f"\n{table}")
+    assert a.node in table and "Held" in table
+
+    cluster.kill(first)
+    wait_for(
+        lambda: (s := _holder(cluster, lease)()) and s.get("phase") == "Free",
+        LEASE_TIMEOUT,
+        f"{lease} released after its holder was killed",
+    )
+
+    second = b.hold(spec, "vm1")
+    cluster.holders.append(second)
+    moved = wait_for(
+        lambda: (s := _holder(cluster, lease)()) and s.get("phase") == "Held" and s,
+        LEASE_TIMEOUT,
+        f"{lease} held by {b.node}",
+        describe=lambda: cluster.get("diskleases", lease).get("status"),
+    )
+    assert moved["holder"]["node"] == b.node and moved["holder"]["hostId"] == ids[b.node]
+    assert moved["holder"]["pid"] == second.pid
+    assert moved["lver"] > held["lver"]
+    table = cluster.server.kubectl("get", "disklease", lease, "-o", "wide").stdout
+    print(f"\n{table}")
+    assert b.node in table and a.node not in table
+    cluster.kill(second)
+
+
+def test_an_automatic_disk_lease_gets_its_disklease(cluster: Cluster):
+    c = cluster.agents[2]
+    resource = disk_resource_name("/var/lib/libvirt/images/web1.qcow2")
+    spec = cluster.resource_lease(resource, f"leases/{resource}")
+    holder = c.hold(spec, "web1")
+    cluster.holders.append(holder)
+    lease = f"{cluster.name}.{resource}"
+
+    def created() -> dict[str, Any] | None:
+        items = [i for i in cluster.objects("diskleases") if i["metadata"]["name"] == lease]
+        return items[0] if items and (items[0].get("status") or {}).get("phase") else None
+
+    obj = wait_for(created, LEASE_TIMEOUT, f"the automatic DiskLease {lease}")
+    assert obj["metadata"]["labels"][f"{GROUP}/auto"] == "true"
+    assert obj["spec"]["lease"] == {"path": f"leases/{resource}", "offset": 0}
+    assert obj["status"]["holder"]["node"] == c.node
+    cluster.kill(holder)
