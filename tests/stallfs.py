@@ -8,22 +8,26 @@ A FUSE request that the server does not answer blocks the calling thread inside 
 exactly like a hung NFS server does.
 
 This is a minimal server speaking the kernel's FUSE protocol on /dev/fuse directly (no libfuse):
-a root directory with one regular file, ``disk``, backed by memory, opened with FOPEN_DIRECT_IO so
-every O_DIRECT read and write reaches the server. Commands on stdin, one per line:
+a root directory with one regular file, ``disk``, backed by memory — or passing through to a real
+file (``--backing FILE``), so one simulated host reaches shared storage through a path that can
+stall or fail while the others use the file directly — opened with FOPEN_DIRECT_IO so every
+O_DIRECT read and write reaches the server. Commands on stdin, one per line:
 
 ``stall``   read READ/WRITE requests but leave them unanswered. The caller sleeps uninterruptibly
             (state D), like I/O to a suspended block device: not even SIGKILL ends it.
 ``stall1``  like ``stall`` for the next READ/WRITE request only; later ones are answered.
 ``freeze``  stop reading requests at all. They stay queued in the kernel and the caller sleeps
             killably, like I/O to an NFS server that stopped answering (hard mount).
-``resume``  answer every held request, read queued ones again.
+``fail``    answer READ/WRITE requests with EIO, like a path whose storage reports errors.
+``resume``  answer every held request, read queued ones again, stop failing.
 
 Each command is acknowledged with ``ok CMD``. The server prints ``ready`` once mounted, ``held N``
 each time it holds a request (N held now), and ``queued`` when a request waits in the kernel while
 frozen, so a test knows the I/O really is stuck in the kernel. It exits when unmounted or when
 stdin closes (closing /dev/fuse then fails every held request with ENOTCONN).
 
-Run as ``python stallfs.py MOUNTPOINT SIZE``; tests use the ``StallFs`` class below.
+Run as ``python stallfs.py MOUNTPOINT SIZE`` or ``python stallfs.py MOUNTPOINT --backing FILE``;
+tests use the ``StallFs`` class below.
 """
 
 from __future__ import annotations
@@ -56,10 +60,40 @@ ROOT, DISK = 1, 2
 MAX_WRITE = 128 * 1024
 
 
+class FileStore:
+    """The bytes of ``disk`` in a real file. O_SYNC, no O_DIRECT: the kernel keeps our page cache
+    coherent with other processes' O_DIRECT I/O on a local file system (their direct reads
+    flush our dirty pages, their direct writes invalidate them)."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_SYNC | os.O_CLOEXEC)
+
+    def __len__(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def read(self, off: int, size: int) -> bytes:
+        return os.pread(self.fd, size, off)
+
+    def write(self, off: int, data: bytes) -> int:
+        return os.pwrite(self.fd, data, off) if off < len(self) else 0
+
+
+class MemoryStore(bytearray):
+    def read(self, off: int, size: int) -> bytes:
+        return bytes(self[off : off + size])
+
+    def write(self, off: int, data: bytes) -> int:
+        end = min(off + len(data), len(self))
+        if off < end:
+            self[off:end] = data[: end - off]
+        return max(0, end - off)
+
+
 class Server:
-    def __init__(self, mountpoint: str, size: int) -> None:
+    def __init__(self, mountpoint: str, store: FileStore | MemoryStore) -> None:
         self.mountpoint = mountpoint
-        self.data = bytearray(size)
+        self.data = store
+        self.failing = False
         self.stalled = False
         self.stall_one = False
         self.held: list[tuple[int, int, bytes]] = []
@@ -90,14 +124,11 @@ class Server:
     def io(self, opcode: int, unique: int, payload: bytes) -> None:
         if opcode == READ:
             _fh, off, size, *_ = READ_IN.unpack_from(payload)
-            self.reply(unique, 0, bytes(self.data[off : off + size]))
+            self.reply(unique, 0, self.data.read(off, size))
         else:
             _fh, off, size, *_ = WRITE_IN.unpack_from(payload)
-            data = payload[WRITE_IN.size : WRITE_IN.size + size]
-            end = min(off + len(data), len(self.data))
-            if off < end:
-                self.data[off:end] = data[: end - off]
-            self.reply(unique, 0, struct.pack("<II", max(0, end - off), 0))
+            written = self.data.write(off, payload[WRITE_IN.size : WRITE_IN.size + size])
+            self.reply(unique, 0, struct.pack("<II", written, 0))
 
     def handle(self, opcode: int, unique: int, node: int, payload: bytes) -> bool:
         if opcode in NO_REPLY:
@@ -123,6 +154,9 @@ class Server:
                 self.held.append((opcode, unique, payload))
                 print(f"held {len(self.held)}", flush=True)
                 return True
+            if self.failing:
+                self.reply(unique, errno.EIO)
+                return True
             self.io(opcode, unique, payload)
         elif opcode in (RELEASE, FSYNC, RELEASEDIR):
             self.reply(unique)
@@ -141,8 +175,10 @@ class Server:
         elif cmd == "freeze":
             self.frozen = True
             self.queued_reported = False
+        elif cmd == "fail":
+            self.failing = True
         elif cmd == "resume":
-            self.stalled = self.frozen = False
+            self.stalled = self.frozen = self.failing = False
             held, self.held = self.held, []
             for opcode, unique, payload in held:
                 self.io(opcode, unique, payload)
@@ -194,12 +230,13 @@ class Server:
 class StallFs:
     """Test-side handle: mounts the server in a child process; ``path`` is the stallable file."""
 
-    def __init__(self, mountpoint: str, size: int) -> None:
+    def __init__(self, mountpoint: str, size: int = 0, backing: str | None = None) -> None:
         self.mountpoint = mountpoint
         self.path = os.path.join(mountpoint, "disk")
         os.makedirs(mountpoint, exist_ok=True)
+        source = ["--backing", backing] if backing else [str(size)]
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, mountpoint, str(size)],
+            [sys.executable, __file__, mountpoint, *source],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -237,6 +274,9 @@ class StallFs:
     def stall_next(self) -> None:
         self._send("stall1")
 
+    def fail(self) -> None:
+        self._send("fail")
+
     def freeze(self) -> None:
         self._send("freeze")
 
@@ -262,10 +302,18 @@ class StallFs:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if unmounted != 0:  # busy: detach it (the server is gone, nothing can block on it)
+        if unmounted != 0 or self.mounted():  # busy: detach it (the server is gone)
             subprocess.run(["umount", "-l", self.mountpoint], capture_output=True)
         self.proc.stdout.close()
 
+    def mounted(self) -> bool:
+        """From /proc/self/mounts: os.path.ismount fails on a FUSE mount whose server is gone."""
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1] == self.mountpoint for line in f)
+
 
 if __name__ == "__main__":
-    Server(sys.argv[1], int(sys.argv[2])).serve()
+    if sys.argv[2] == "--backing":
+        Server(sys.argv[1], FileStore(sys.argv[3])).serve()
+    else:
+        Server(sys.argv[1], MemoryStore(int(sys.argv[2]))).serve()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -34,4 +33,5 @@ def stallfs() -> Iterator[StallFs]:
         yield fs
     finally:
         fs.close()
-        shutil.rmtree(mnt, ignore_errors=True)
+        assert not fs.mounted(), f"stallfs still mounted on {mnt}"
+        os.rmdir(mnt)
