@@ -17,7 +17,7 @@ from vmlease_agent.engine.clock import FakeClock
 from vmlease_agent.engine.directio import Storage
 
 # How late a timed-out I/O may be reported (thread wake-up, GIL): generous for a loaded 2-core box.
-SLACK = 0.5
+SLACK = 0.75
 
 
 def test_write_then_read_round_trip(lease_dir):
@@ -210,7 +210,7 @@ def test_cli_reports_a_stalled_read_within_io_timeout(stallfs):
     assert "did not complete within the io_timeout of 1s" in line
     assert line.rstrip().endswith("[error -202]")
     assert rc == 202
-    assert elapsed < 1 + 2.0  # interpreter start-up + 1 s io_timeout
+    assert elapsed < 1 + 3.0  # interpreter start-up (loaded machine) + 1 s io_timeout
 
 
 def test_renewal_on_stalled_storage_fails_within_io_timeout(stallfs):
