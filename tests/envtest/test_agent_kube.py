@@ -295,6 +295,7 @@ def test_disklease_shows_the_holder_and_follows_the_lease(cluster: Cluster):
         },
     )
 
+    t = time.monotonic()
     first = a.hold(spec, "vm1")
     cluster.holders.append(first)
     held = wait_for(
@@ -303,6 +304,7 @@ def test_disklease_shows_the_holder_and_follows_the_lease(cluster: Cluster):
         f"{lease} held by {a.node}",
         describe=lambda: cluster.get("diskleases", lease).get("status"),
     )
+    timings = {"acquired": time.monotonic() - t}
     assert held["holder"]["node"] == a.node
     assert held["holder"]["hostId"] == ids[a.node]
     assert held["holder"]["pid"] == first.pid
@@ -311,6 +313,7 @@ def test_disklease_shows_the_holder_and_follows_the_lease(cluster: Cluster):
     print(f"\n{table}")
     assert a.node in table and "Held" in table
 
+    t = time.monotonic()
     cluster.kill(first)
     wait_for(
         lambda: (s := _holder(cluster, lease)()) and s.get("phase") == "Free",
@@ -318,6 +321,8 @@ def test_disklease_shows_the_holder_and_follows_the_lease(cluster: Cluster):
         f"{lease} released after its holder was killed",
     )
 
+    timings["released"] = time.monotonic() - t
+    t = time.monotonic()
     second = b.hold(spec, "vm1")
     cluster.holders.append(second)
     moved = wait_for(
@@ -325,6 +330,10 @@ def test_disklease_shows_the_holder_and_follows_the_lease(cluster: Cluster):
         LEASE_TIMEOUT,
         f"{lease} held by {b.node}",
         describe=lambda: cluster.get("diskleases", lease).get("status"),
+    )
+    timings["moved"] = time.monotonic() - t
+    print(
+        "\nDiskLease status caught up (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
     )
     assert moved["holder"]["node"] == b.node and moved["holder"]["hostId"] == ids[b.node]
     assert moved["holder"]["pid"] == second.pid
