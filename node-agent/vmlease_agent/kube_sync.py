@@ -36,15 +36,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 from vmlease_operator.allocation import HostIdRecord
 from vmlease_operator.api import naming
 from vmlease_operator.api.models import (
     ALIGN_BYTES,
-    HostId,
-    HostIdStatus,
     HostState,
     Lockspace,
 )
@@ -53,6 +50,7 @@ from . import kube_format, kube_logic
 from . import lockspace as local_ls
 from .agent import Agent
 from .engine import errors
+from .hostid_publisher import HostIdPublisher
 from .informer import Backoff, Informer
 from .kube_api import (
     HOSTIDS,
@@ -60,7 +58,6 @@ from .kube_api import (
     NODES,
     Conflict,
     KubeApi,
-    NotFound,
     Refused,
     Unavailable,
 )
@@ -133,7 +130,6 @@ class KubeSync:
         self.wanted_names: set[str] | None = None
         self.last_pass = 0.0
         self.api_errors = 0
-        self._gate = kube_logic.WriteGate(cfg.status_interval)
         self._backoff = Backoff()
         self._api_retry_at = 0.0
         self._join_at: dict[str, float] = {}
@@ -141,7 +137,11 @@ class KubeSync:
         self._format_at: dict[str, float] = {}
         self._report_at: dict[str, float] = {}
         self._left: dict[str, int] = {}
+        self._claims: set[str] = set()
         self._said: set[str] = set()
+        self.hostid_status = HostIdPublisher(
+            api, cfg.node, self.hostids, wall, cfg.status_interval, self._say_once
+        )
         self.leases = LeasePublisher(
             api,
             cfg.node,
@@ -202,6 +202,7 @@ class KubeSync:
         records = self._records()
         synced = all(i.synced.is_set() for i in self.informers)
         wanted: dict[str, Lockspace] = {}
+        self._claims.clear()
         if synced:
             wanted = kube_logic.wanted(self._lockspace_models(), self._node_labels())
             self.wanted_names = set(wanted)
@@ -280,6 +281,7 @@ class KubeSync:
         elif d.step == Step.FORMAT:
             self._format(ls, d.hostid, mono)
         elif d.step == Step.CLAIM:
+            self._claims.add(name)
             self.conditions[name] = (False, "Claimed", "claimed; waiting for the format")
         else:
             self.conditions[name] = (False, d.step.value, d.message)
@@ -440,8 +442,12 @@ class KubeSync:
                 continue
             condition = self._condition(name, item)
             if not record.claimed:
-                if name in wanted and kube_logic.my_hostid(records, name, self.cfg.node) is record:
-                    self._claim(record, condition, mono)
+                # claim only when the decision says so: a node that refuses the lockspace (its
+                # watchdog is too slow) must not be chosen to format it
+                if name in self._claims:
+                    self.hostid_status.claim(record, condition, mono)
+                elif name in wanted:
+                    self.hostid_status.note(record, condition, mono)
                 continue
             if left is not None and item is None:
                 state = HostState.FREE
@@ -449,7 +455,10 @@ class KubeSync:
                 state = kube_logic.LOCAL_TO_HOST_STATE[item.state]
             else:
                 state = HostState.JOINING
-            self._write_status(record, state, item, condition, mono)
+            if self.hostid_status.write(record, state, item, condition, mono) and (
+                state == HostState.FREE
+            ):
+                self._left.pop(name, None)
 
     def _condition(self, name: str, item: Local | None) -> tuple[bool, str, str]:
         """The Joined condition: the local lockspace's own state once there is one (it changes
@@ -469,66 +478,6 @@ class KubeSync:
                 return exact[0]
         return kube_logic.my_hostid(mine, name, self.cfg.node)
 
-    def _hostid_model(self, record: HostIdRecord) -> HostId | None:
-        obj = self.hostids.get(record.name)
-        if obj is None:
-            return None
-        try:
-            return HostId.model_validate(obj)
-        except ValidationError:
-            return None
-
-    def _claim(self, record: HostIdRecord, condition: tuple[bool, str, str], mono: float) -> None:
-        """Write Joining with the resourceVersion the keeper rule was applied to (see
-        ``vmlease_operator.allocator`` point 3)."""
-        model = self._hostid_model(record)
-        old = model.status if model is not None else HostIdStatus()
-        status = kube_logic.own_status(
-            old, HostState.JOINING, self.cfg.node, _now(self.wall), None, self.wall(), condition
-        )
-        try:
-            new = self.api.patch_status(
-                HOSTIDS, record.name, status.to_api(), record.resource_version
-            )
-        except (Conflict, NotFound):
-            return  # changed or gone: the watch brings the new state, the next pass decides
-        self.hostids.apply("MODIFIED", new)
-        self._gate.done(record.name, kube_logic.status_key(status), mono)
-        log.info("claimed HostId %s (host_id %d)", record.name, record.host_id)
-
-    def _write_status(
-        self,
-        record: HostIdRecord,
-        state: HostState,
-        item: Local | None,
-        condition: tuple[bool, str, str],
-        mono: float,
-    ) -> None:
-        model = self._hostid_model(record)
-        if model is None:
-            return
-        old = model.status
-        status = kube_logic.own_status(
-            old, state, self.cfg.node, _now(self.wall), item, self.wall(), condition
-        )
-        key = kube_logic.status_key(status)
-        if not self._gate.due(record.name, key, mono):
-            return
-        patch = kube_logic.merge_patch(old.to_api(), status.to_api())
-        if patch:
-            try:
-                new = self.api.patch_status(HOSTIDS, record.name, patch)
-            except NotFound:
-                self._gate.forget(record.name)
-                return
-            except Refused as error:
-                self._say_once(f"refused:{record.name}", f"HostId {record.name}: {error}")
-                return
-            self.hostids.apply("MODIFIED", new)
-        self._gate.done(record.name, key, mono)
-        if state == HostState.FREE:
-            self._left.pop(record.lockspace, None)
-
     # ---- other hosts ----------------------------------------------------------------------------
 
     def _report_peers(self, local: dict[str, Local], mono: float) -> None:
@@ -544,19 +493,7 @@ class KubeSync:
             if not kube_logic.is_reporter(rows, item.host_id):
                 continue
             self._report_at[name] = mono + self.cfg.status_interval
-            items, _ = self.api.list(HOSTIDS, f"{naming.LABEL_LOCKSPACE}={name}")
-            models = []
-            for obj in items:
-                with contextlib.suppress(ValidationError):
-                    models.append(HostId.model_validate(obj))
-            for report in kube_logic.peer_reports(models, rows, self.cfg.node, _now(self.wall)):
-                try:
-                    self.api.patch_status(
-                        HOSTIDS, report.name, report.status, report.resource_version
-                    )
-                except (Conflict, NotFound):
-                    continue
-                log.info("reported HostId %s as %s (read on disk)", report.name, report.state)
+            self.hostid_status.report_peers(name, rows)
 
     # ---- disk leases ----------------------------------------------------------------------------
 
@@ -603,10 +540,6 @@ class KubeSync:
         with open(tmp, "w") as f:
             json.dump({"lockspaces": sorted(self.managed)}, f)
         os.replace(tmp, path)
-
-
-def _now(wall: Callable[[], float]) -> Any:
-    return kube_logic.utc(wall())
 
 
 def _iso(ts: float) -> str:

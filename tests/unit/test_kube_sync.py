@@ -82,12 +82,14 @@ def api() -> FakeKubeApi:
     return api
 
 
-def make_sync(api: FakeKubeApi, tmp_path, agent=None, name: str = "n1", clock=None) -> KubeSync:
+def make_sync(
+    api: FakeKubeApi, tmp_path, agent=None, name: str = "n1", clock=None, fire_timeout: int = 10
+) -> KubeSync:
     cfg = KubeConfig(
         node=name,
         shared_dir=str(tmp_path / "shared"),
         run_dir=str(tmp_path / f"run-{name}"),
-        fire_timeout=10,
+        fire_timeout=fire_timeout,
         status_interval=30,
     )
     os.makedirs(cfg.run_dir, exist_ok=True)
@@ -177,6 +179,18 @@ def test_only_the_designated_node_formats_and_an_existing_area_is_adopted(api, t
     # a lost "formatted" write: the next round finds the area formatted and does not write it
     geometry = kube_format.Geometry("ls", str(area), 0, 512, 1024 * 1024, 1)
     assert kube_format.format_or_adopt(geometry) == kube_format.FOUND
+
+
+def test_a_node_that_refuses_the_lockspace_never_claims_so_is_never_asked_to_format(api, tmp_path):
+    api.put("lockspaces", lockspace(fire_timeout=10))
+    api.create("hostids", hostid("ls", "n1", 1))
+    sync = make_sync(api, tmp_path, fire_timeout=60)
+    run(sync, 3)
+    status = api.obj("hostids", "ls.1").get("status") or {}
+    assert "state" not in status  # unclaimed: the operator will not pick this node
+    (joined,) = status["conditions"]
+    assert joined["reason"] == "Refused" and "--watchdog-fire-timeout 10" in joined["message"]
+    assert sync.agent.joined == []
 
 
 def test_formatting_refuses_live_leases_and_foreign_data(tmp_path):
