@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, client_cli, direct
+from . import __version__, client_cli, direct, libvirt_cli
 from .engine import errors
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     direct.add_parser(sub)
     client_cli.add_parser(sub)
+    libvirt_cli.add_parser(sub)
     return parser
 
 
