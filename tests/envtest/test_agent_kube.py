@@ -9,7 +9,9 @@ processes. What must hold:
 * every node gets a HostId, exactly one agent formats the lockspace, all join (HostId Live);
 * ``kubectl get disklease`` names the holder (node, host_id, pid) while a process holds the
   lease, shows it Free once the holder is killed, and names the new node once another takes it;
-* a lease in the Lockspace's automatic directory gets a DiskLease created by the agent.
+* a lease in the Lockspace's automatic directory gets a DiskLease created by the agent;
+* deleting the Lockspace makes every agent leave (HostIds Free), and the operator lets it go
+  after the safe time.
 
 Timings: io_timeout N = 1 s and a 10 s watchdog promise (the schema's minimum) keep a join at
 ~2 s (write, wait 2N, re-read). The operator issues formatRequest on its reconcile pass (every
@@ -59,6 +61,8 @@ N, W = 1, 10
 ALL_LIVE_TIMEOUT = 45
 #: A DiskLease follows an acquire or release within the sync's 1 s poll plus two API calls.
 LEASE_TIMEOUT = 15
+#: The operator reuses an id only after its lease was Free or Dead for 8N + W.
+SAFE_SECONDS = 8 * N + W
 
 
 @dataclass
@@ -361,3 +365,44 @@ def test_an_automatic_disk_lease_gets_its_disklease(cluster: Cluster):
     assert obj["spec"]["lease"] == {"path": f"leases/{resource}", "offset": 0}
     assert obj["status"]["holder"]["node"] == c.node
     cluster.kill(holder)
+
+
+def test_deleting_the_lockspace_makes_every_agent_leave_then_it_goes(cluster: Cluster):
+    """Runs last (it ends the module's lockspace): the agents leave once no lease is held and
+    say Free; the operator then frees the ids after the safe time (8N + W = 18 s) and lets the
+    Lockspace go."""
+    for holder in cluster.holders:
+        with contextlib.suppress(ProcessLookupError):
+            holder.kill()
+        holder.wait()
+    started = time.monotonic()
+    client.CustomObjectsApi(cluster.api).delete_cluster_custom_object(
+        GROUP, VERSION, "lockspaces", cluster.name
+    )
+    wait_for(
+        lambda: all(
+            (o.get("status") or {}).get("state") == "Free" for o in cluster.hostids().values()
+        ),
+        LEASE_TIMEOUT,
+        "every HostId Free after the agents left",
+        describe=lambda: {
+            n: (o.get("status") or {}).get("state") for n, o in cluster.hostids().items()
+        },
+    )
+    left = time.monotonic() - started
+    for agent in cluster.agents:
+        assert agent.get("/readyz")[0] == 200  # nothing wanted, nothing missing
+        assert "left lockspace" in agent.log()
+
+    def gone() -> bool:
+        try:
+            cluster.get("lockspaces", cluster.name)
+        except client.exceptions.ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_for(gone, SAFE_SECONDS + 30, "the Lockspace to be deleted once its ids were released")
+    print(
+        f"\nagents left {left:.1f} s after the delete; Lockspace gone after "
+        f"{time.monotonic() - started:.1f} s"
+    )
