@@ -17,6 +17,8 @@ Several requests may be sent on one connection, one at a time. Operations:
 op                 arguments                                    result
 =================  ===========================================  ===================================
 status             -                                            node, watchdog, lockspaces, leases
+events             -                                            the last 200 events (joins, leases,
+                                                                fencing), with monotonic times
 host_status        lockspace                                    rows: host_id, name, state, ...
 add_lockspace      lockspace "LS:HOST_ID:PATH:OFFSET",          the lockspace
                    io_timeout (opt), wait (opt, default true)
@@ -119,6 +121,10 @@ class Handlers:
 
     def status(self, req: dict, uid: int) -> object:
         return self.agent.status()
+
+    def events(self, req: dict, uid: int) -> object:
+        with self.agent.lock:
+            return list(self.agent.events)
 
     def host_status(self, req: dict, uid: int) -> object:
         name = str(_require(req, "lockspace", str)).split(":")[0]

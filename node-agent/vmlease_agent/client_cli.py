@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from . import leasespec
 from .client import AgentClient
@@ -53,6 +54,13 @@ def render_status(st: dict) -> None:
     )
     print("\nleases")
     _table(st["leases"], ["lease", "pid", "owner", "lver", "shared", "path", "offset"])
+
+
+def render_events(events: list[dict]) -> None:
+    for e in events:
+        when = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+        rest = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("time", "at", "event"))
+        print(f"{when} {e['event']:<16} {rest}")
 
 
 def cmd(args: argparse.Namespace) -> int:
@@ -117,6 +125,8 @@ def cmd(args: argparse.Namespace) -> int:
         )
     elif a == "command":
         return command(c, args)
+    elif a == "events":
+        _print(c.call("events"), args.json, render_events)
     elif a == "shutdown":
         c.call("shutdown", clean=args.clean)
         print("shutdown requested")
@@ -155,6 +165,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     client.add_argument("--json", action="store_true", help="machine-readable output")
     csub = client.add_subparsers(dest="action", required=True, metavar="ACTION")
     csub.add_parser("status", help="lockspaces and leases of this node")
+    csub.add_parser("events", help="what the agent did lately: joins, leases, fencing")
     p = csub.add_parser("host_status", help="every host of a lockspace, as this node sees it")
     p.add_argument("-s", dest="lockspace", required=True, metavar="LS")
     p = csub.add_parser("add_lockspace", help="join a lockspace")

@@ -35,14 +35,15 @@ class Cluster:
     resource: str
     nodes: list[SimNode]
 
-    def node(self, i: int, **kw) -> SimNode:
+    def node(self, i: int, ls_path: str | None = None, **kw) -> SimNode:
+        """Start node ``i`` (host_id i); ``ls_path``: its own path to the lockspace file."""
         name = f"node-{chr(ord('a') + i - 1)}"
         n = SimNode(
             name,
             self.work,
             io_timeout=N,
             fire_timeout=W,
-            lockspaces=[f"{LS}:{i}:{self.ls_path}:0:{N}"],
+            lockspaces=[f"{LS}:{i}:{ls_path or self.ls_path}:0:{N}"],
             **kw,
         )
         self.nodes.append(n)
