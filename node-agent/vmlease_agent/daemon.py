@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 
-from . import __version__, leasespec, services
+from . import __version__, leasespec, libvirt_events, services
 from .agent import Agent, AgentConfig
 from .api import SOCKET_NAME, ApiServer, Handlers
 from .client import DEFAULT_RUN_DIR
@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default=os.environ.get("VMLEASE_LOG_LEVEL", "INFO"))
     services.add_arguments(p)
+    libvirt_events.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -127,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         server.shutdown()
         agent.stop(clean=False)
         return 1
+    watcher = libvirt_events.start(args, agent)
     log.info("vmlease-agent %s ready on %s", __version__, server.path)
     done.wait()
+    if watcher is not None:
+        watcher.stop()
     extras.stop()
     server.shutdown()
     agent.stop(clean=outcome["clean"])
