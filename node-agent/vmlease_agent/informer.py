@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .kube_api import Expired, KubeApi, Refused
+from .kube_api import Expired, KubeApi, NotFound, Refused
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,11 @@ class Informer:
                 continue
             except Exception as error:  # never let the thread die: the agent runs for months
                 self.error = f"{type(error).__name__}: {error}"
+                if isinstance(error, NotFound):
+                    error = NotFound(
+                        f"{error}; the {self.kind} resource is not served: install the vmlease "
+                        f"CRDs (kubectl apply -f crds/, or the chart)"
+                    )
                 delay = self.backoff.next()
                 level = logging.ERROR if isinstance(error, Refused) else logging.WARNING
                 log.log(
