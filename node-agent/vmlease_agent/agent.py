@@ -103,6 +103,7 @@ class Agent:
         self.last_tick = 0.0  # monotonic time of the last main-loop pass (health endpoint)
         self._fencing: set[str] = set()
         self._armed = False
+        self._exiting: dict[str, Client] = {}  # exited holders whose leases are being released
 
     # ---- events and state -----------------------------------------------------------------
 
@@ -378,8 +379,13 @@ class Agent:
             log.error("release of %s failed: %s", held.label, e)
 
     def _shared_elsewhere(self, held: HeldLease) -> bool:
+        """Does another live local holder still hold this (shared) lease?"""
         with self.lock:
-            return any(held.label in c.leases for c in self.registry.clients.values())
+            return any(
+                held.label in c.leases
+                for c in self.registry.clients.values()
+                if c.key not in self._exiting
+            )
 
     def release(self, holder: Holder, labels: list[str] | None) -> list[str]:
         """Release the named leases of ``holder`` (all of them if ``labels`` is None)."""
@@ -404,11 +410,21 @@ class Agent:
                 self.registry.forget(client.key)
 
     def _on_client_exit(self, client: Client) -> None:
-        """The holder exited: release its leases at once (on disk if our lockspace is valid)."""
-        for held in list(client.leases.values()):
-            self._release_on_disk(held, dead_holder=True)
-            self.event("released", lease=held.label, holder=client.key, reason="holder exited")
-        client.leases.clear()
+        """The holder exited: release its leases at once (on disk if our lockspace is valid).
+
+        Until the release is on disk the leases still show in ``status``: nobody should be told
+        a lease is free before it is.
+        """
+        with self.lock:
+            self._exiting[client.key] = client
+        try:
+            for held in list(client.leases.values()):
+                self._release_on_disk(held, dead_holder=True)
+                self.event("released", lease=held.label, holder=client.key, reason="holder exited")
+        finally:
+            with self.lock:
+                client.leases.clear()
+                self._exiting.pop(client.key, None)
         self.save()
 
     def set_kill_command(self, holder: Holder, command: list[str]) -> None:
@@ -469,7 +485,7 @@ class Agent:
                 "lockspaces": [ls.describe() for ls in self.lockspaces.values()],
                 "leases": [
                     self._lease_info(c, h)
-                    for c in self.registry.clients.values()
+                    for c in [*self.registry.clients.values(), *self._exiting.values()]
                     for h in c.leases.values()
                 ],
             }

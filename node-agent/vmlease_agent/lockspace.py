@@ -36,6 +36,15 @@ FEED_MARGIN = 1.0
 RENEW_RETRY_SECONDS = 0.5
 
 
+class ResumeExpired(errors.LeaseError):
+    code = -260
+    template = (
+        "lockspace {lockspace}: our host_id {host_id} lease was last renewed {ago:.0f}s ago, past "
+        "its {limit}s deadline while the agent was down; other hosts may own our leases now, so "
+        "their holders here are being stopped. Add the lockspace again once they are gone."
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LockspaceConfig:
     name: str
@@ -175,6 +184,15 @@ class Lockspace:
         current = delta.read_host(
             self.st, self.cfg.location, self.sizes, self.cfg.host_id, self.cfg.io_timeout
         )
+        expired = current.timestamp + timeouts.id_renewal_fail_seconds(self.cfg.io_timeout)
+        if self.clock.now() + FEED_MARGIN >= expired:
+            # others may already have judged us dead and taken our leases: never renew it
+            raise ResumeExpired(
+                lockspace=self.name,
+                host_id=self.cfg.host_id,
+                ago=self.clock.now() - current.timestamp,
+                limit=timeouts.id_renewal_fail_seconds(self.cfg.io_timeout),
+            )
         same = replace(current, timestamp=remembered.timestamp, checksum=0)
         if (
             current.timestamp == 0
@@ -212,6 +230,11 @@ class Lockspace:
                 continue
             if self.state == FAILED:
                 self._stop.wait(1.0)
+                continue
+            if now >= self.deadline():
+                # past T + 8N a renewal must not happen: others start counting our death from
+                # T, and a late write would only hide that we lost our leases
+                self._set(FAILED, f"no successful renewal for {now - self.last_success:.0f}s")
                 continue
             started = self.clock.now()
             try:

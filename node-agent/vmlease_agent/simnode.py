@@ -157,5 +157,5 @@ class SimNode:
         if self.harness and self.harness.poll() is None:
             self.harness.kill()
             self.harness.wait()
-        if self.agent and self.agent.poll() is None:
-            self.kill()
+        if self.agent:
+            self.kill()  # every process group this node ran, even if its agent already died
