@@ -1,0 +1,623 @@
+"""The Helm chart against a real kube-apiserver: lint, render, server-side dry run, and RBAC.
+
+* ``helm lint --strict`` with the default values and every ``charts/vmlease/ci/*-values.yaml``.
+* ``helm template`` of the defaults and the shared-volume variants (nfs, existing PVC,
+  hostPath with a Lockspace and ServiceMonitors), each applied with ``kubectl apply
+  --server-side --dry-run=server``: the API server validates every object (schemas, CRDs,
+  RBAC objects) without keeping any.
+* The schema refuses unknown keys and a missing setting fails the render by name.
+* The RBAC, for real: ``helm install`` into a namespace, then ``vmlease-operator`` and two
+  ``vmlease-agent --kubernetes`` processes run *as the chart runs them* (the container args
+  of the rendered Deployment and DaemonSet, with only ports and paths swapped for local ones),
+  authenticated by their ServiceAccounts' own tokens (TokenRequest API). They must do their
+  work (HostIds allocated, lockspace formatted, every node Live, an automatic DiskLease created
+  and showing its holder, Events posted) without one 403, and ``kubectl auth can-i`` as those
+  ServiceAccounts must say no to what they do not need.
+
+No kubelet runs here, so the Deployment and DaemonSet never get pods: their objects are checked
+by the server, the processes they would run are run here directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from vmlease_agent.libvirt_domain import disk_resource_name
+from vmlease_operator.api import GROUP, VERSION
+
+from .apiserver import REPO, APIServer
+from .operator_harness import (
+    Operator,
+    api_client,
+    apply_crds,
+    create_nodes,
+    delete_nodes,
+    remove_lockspace,
+    wait_for,
+)
+
+pytestmark = pytest.mark.envtest
+
+CHART = REPO / "charts" / "vmlease"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+#: Where the dry runs and the installed release live (created with the label NOTES asks for).
+NAMESPACE = "vmlease-chart"
+#: io_timeout 1 s and a 10 s watchdog (the schema's minimum) keep a join at about 2 s.
+N, W = 1, 10
+#: Lockspace created → every HostId Live: allocation at once, formatRequest on the operator's
+#: next 10 s pass, then format, join (2N) and a status write.
+ALL_LIVE_TIMEOUT = 60
+
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "nfs": ["-f", str(CHART / "ci" / "nfs-values.yaml")],
+    "pvc": ["-f", str(CHART / "ci" / "pvc-values.yaml")],
+    "hostpath": ["-f", str(CHART / "ci" / "hostpath-values.yaml")],
+}
+
+#: A stand-in for the Prometheus Operator's ServiceMonitor CRD (not available here), so the
+#: ServiceMonitor variant can be dry-run too; its own schema is therefore not checked.
+SERVICEMONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def helm(server: APIServer, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The pinned helm, talking to the envtest server as the admin (for install/uninstall)."""
+    env = {**server.env, "HELM_CACHE_HOME": str(server.dir / "helm-cache")}
+    env["HELM_CONFIG_HOME"] = str(server.dir / "helm-config")
+    env["HELM_DATA_HOME"] = str(server.dir / "helm-data")
+    result = subprocess.run(
+        [str(server.tools.helm), *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def render(server: APIServer, *args: str, release: str = "vml") -> str:
+    """``helm template`` for the envtest server's Kubernetes version (a helm built from source
+    defaults to v1.20, below the chart's kubeVersion)."""
+    return helm(
+        server, "template", release, str(CHART), "--namespace", NAMESPACE,
+        "--kube-version", server.tools.k8s_version, *args,
+    ).stdout  # fmt: skip
+
+
+def documents(manifest: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(manifest) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def container(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (workload,) = by_kind(docs, kind)
+    (one,) = workload["spec"]["template"]["spec"]["containers"]
+    return one
+
+
+def swap_args(args: list[str], **values: str) -> list[str]:
+    """The chart's ``--flag=value`` args with some values replaced (underscores for dashes);
+    every replaced flag must be in the chart, so a renamed flag fails here, not in a cluster."""
+    out, seen = [], set()
+    for arg in args:
+        flag, eq, _ = arg.partition("=")
+        key = flag.lstrip("-").replace("-", "_")
+        if eq and key in values:
+            out.append(f"{flag}={values[key]}")
+            seen.add(key)
+        else:
+            out.append(arg)
+    missing = set(values) - seen
+    assert not missing, f"the chart no longer passes {sorted(missing)} in {args}"
+    return out
+
+
+def kubeconfig_for(server: APIServer, token: str, path: Path) -> Path:
+    """The admin kubeconfig with a ServiceAccount's token instead of the admin's."""
+    config = json.loads(server.kubeconfig.read_text())
+    config["users"] = [{"name": "sa", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "sa"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
+
+
+def can_i(server: APIServer, token: str, *args: str) -> bool:
+    """``kubectl auth can-i`` as the token's owner (the real authenticator and authorizer)."""
+    result = server.kubectl("auth", "can-i", *args, token=token, check=False)
+    if result.returncode not in (0, 1):
+        raise AssertionError(f"kubectl auth can-i {args}: {result.stderr}")
+    return result.returncode == 0
+
+
+def permission_problems(log: str) -> list[str]:
+    """Log lines reporting a denied request: kopf's APIForbiddenError and "Not enough
+    permissions" warnings, the agent's "refused the agent (403: ...)". (Not a bare "403": uids
+    and lease hashes contain it.)"""
+    words = ("forbidden", "status=403", "(403", "not enough permissions", "refused the agent")
+    return [line for line in log.splitlines() if any(w in line.lower() for w in words)]
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(apiserver: APIServer) -> APIServer:
+    apply_crds(apiserver)
+    apiserver.kubectl("apply", "-f", "-", input=json.dumps(SERVICEMONITOR_CRD))
+    apiserver.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/servicemonitors.monitoring.coreos.com",
+    )  # fmt: skip
+    if apiserver.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
+        apiserver.kubectl("create", "namespace", NAMESPACE)
+    privileged = "pod-security.kubernetes.io/enforce=privileged"
+    apiserver.kubectl("label", "--overwrite", "namespace", NAMESPACE, privileged)
+    return apiserver
+
+
+# --- lint, render, dry run -------------------------------------------------------------------
+
+
+def test_chart_crds_are_the_generated_crds():
+    """The chart ships crds/ verbatim (Helm installs its crds/ untemplated): same files, same
+    bytes. On drift: cp crds/*.yaml charts/vmlease/crds/."""
+    ours = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert sorted(chart) == sorted(ours)
+    assert [n for n in ours if ours[n] != chart[n]] == []
+
+
+def test_helm_lint_strict(server: APIServer):
+    for extra in [[], *(["-f", str(p)] for p in CI_VALUES)]:
+        result = helm(server, "lint", "--strict", str(CHART), *extra)
+        assert "0 chart(s) failed" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_rendered_chart_passes_a_server_side_dry_run(server: APIServer, variant: str):
+    manifest = render(server, *VARIANTS[variant])
+    docs = documents(manifest)
+    result = server.kubectl(
+        "apply", "--server-side", "--dry-run=server", "--field-manager=helm", "-f", "-",
+        input=manifest,
+    )  # fmt: skip
+    applied = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
+    assert len(applied) == len(docs), result.stdout
+
+    agent = container(docs, "DaemonSet")
+    (daemonset,) = by_kind(docs, "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    assert pod["hostPID"] is True and agent["securityContext"]["privileged"] is True
+    assert agent["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert daemonset["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
+    assert volumes["run"]["hostPath"] == {"path": "/run/vmlease", "type": "DirectoryOrCreate"}
+    operator = by_kind(docs, "Deployment")[0]
+    assert operator["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+    shared = volumes["shared"]
+    if variant == "nfs":
+        assert shared["nfs"] == {"server": "nfs.example.internal", "path": "/exports/vmlease"}
+    elif variant == "pvc":
+        assert shared["persistentVolumeClaim"] == {"claimName": "vmlease-shared"}
+    elif variant == "hostpath":
+        assert shared["hostPath"] == {"path": "/srv/vmlease", "type": "Directory"}
+        assert mounts["shared"]["mountPropagation"] == "HostToContainer"
+        assert volumes["watchdog"]["hostPath"]["path"] == "/dev/watchdog1"
+        assert "libvirt-run" not in volumes and "annotations" not in daemonset["spec"]["template"]
+        assert [d["metadata"]["name"] for d in by_kind(docs, "Lockspace")] == ["vms"]
+        assert len(by_kind(docs, "ServiceMonitor")) == 2
+        assert by_kind(docs, "PodDisruptionBudget") == []  # one replica: no PDB
+    else:
+        assert shared["hostPath"]["path"] == "/var/lib/vmlease/shared"
+        assert volumes["watchdog"]["hostPath"] == {"path": "/dev/watchdog", "type": "CharDevice"}
+        assert {"libvirt-run", "libvirt-hooks"} <= set(volumes)
+        assert by_kind(docs, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1
+        assert operator["spec"]["replicas"] == 2
+        annotations = daemonset["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == "8081"
+
+
+def test_values_are_checked_by_name(server: APIServer):
+    cases = {
+        ("--set", "agent.sharedVolume.tpye=nfs"): "additional properties 'tpye' not allowed",
+        ("--set", "agent.updateStrategy.rollingUpdate.maxSurge=1"): "'maxSurge' not allowed",
+        ("--set", "agent.sharedVolume.type=nfs"): "agent.sharedVolume.nfs.server is required",
+        ("--set", "agent.sharedVolume.type=existingClaim"): "existingClaim.name is required",
+        ("--set", "agent.watchdog.device=/tmp/wd"): "/agent/watchdog/device",
+    }
+    for args, message in cases.items():
+        result = helm(
+            server, "template", "vml", str(CHART), "--kube-version", server.tools.k8s_version,
+            *args, check=False,
+        )  # fmt: skip
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+
+
+# --- the installed release and its ServiceAccounts -------------------------------------------
+
+
+@dataclass
+class Release:
+    name: str
+    peering: str
+    manifest: list[dict[str, Any]]
+    notes: str
+    operator_sa: str
+    agent_sa: str
+    operator_token: str
+    agent_token: str
+
+
+@pytest.fixture(scope="module")
+def release(server: APIServer) -> Iterator[Release]:
+    """``helm install`` of the defaults (plus a peering name of its own, so no other test's
+    operator shares it): ServiceAccounts, ClusterRoles, bindings, the peering object are real."""
+    name, peering = f"rb{secrets.token_hex(2)}", f"vmlease-{secrets.token_hex(3)}"
+    result = helm(
+        server, "install", name, str(CHART), "--namespace", NAMESPACE,
+        "--set", f"operator.peeringName={peering}",
+    )  # fmt: skip
+    manifest = documents(helm(server, "get", "manifest", name, "-n", NAMESPACE).stdout)
+    operator_sa, agent_sa = f"{name}-vmlease-operator", f"{name}-vmlease-agent"
+    try:
+        yield Release(
+            name=name,
+            peering=peering,
+            manifest=manifest,
+            notes=result.stdout,
+            operator_sa=operator_sa,
+            agent_sa=agent_sa,
+            operator_token=server.service_account_token(NAMESPACE, operator_sa),
+            agent_token=server.service_account_token(NAMESPACE, agent_sa),
+        )
+    finally:
+        helm(server, "uninstall", name, "-n", NAMESPACE, check=False)
+
+
+def test_helm_install_prints_what_to_do_next(release: Release):
+    notes = release.notes
+    assert f"kubectl label namespace {NAMESPACE} pod-security.kubernetes.io/enforce=privileged" in (
+        notes
+    )
+    assert "kind: Lockspace" in notes and "watchdogFireTimeoutSeconds: 60" in notes
+    assert "kubectl get lockspaces,hostids" in notes
+    assert "modprobe softdog" in notes
+    assert "kubectl apply --server-side -f <chart>/crds/" in notes
+    kinds = sorted({d["kind"] for d in release.manifest})
+    assert kinds == sorted(
+        [
+            "ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment",
+            "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount",
+        ]
+    )  # fmt: skip
+
+
+# (verb, resource[, extra kubectl args]) → whether the ServiceAccount may. The "no" rows are the
+# point: each is something the component's code never does.
+OPERATOR_CAN = [
+    ("list", "lockspaces.vmlease.io"), ("watch", "lockspaces.vmlease.io"),
+    ("patch", "lockspaces.vmlease.io"), ("patch", "lockspaces.vmlease.io", "--subresource=status"),
+    ("create", "hostids.vmlease.io"), ("delete", "hostids.vmlease.io"),
+    ("patch", "hostids.vmlease.io"), ("patch", "diskleases.vmlease.io"),
+    ("list", "nodes"), ("watch", "nodes"), ("create", "events", "-n", "default"),
+    ("list", "clusterkopfpeerings.kopf.dev"), ("create", "clusterkopfpeerings.kopf.dev"),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+]  # fmt: skip
+OPERATOR_CANNOT = [
+    ("delete", "nodes"), ("patch", "nodes"), ("get", "nodes"),
+    ("get", "secrets", "-A"), ("list", "secrets", "-n", NAMESPACE), ("create", "pods", "-A"),
+    ("create", "lockspaces.vmlease.io"), ("delete", "lockspaces.vmlease.io"),
+    ("update", "lockspaces.vmlease.io"),
+    ("patch", "hostids.vmlease.io", "--subresource=status"),
+    ("create", "diskleases.vmlease.io"), ("delete", "diskleases.vmlease.io"),
+    ("patch", "diskleases.vmlease.io", "--subresource=status"),
+    ("create", "events", "-n", NAMESPACE), ("create", "events", "-n", "kube-system"),
+    ("delete", "events", "-n", "default"), ("patch", "events", "-n", "default"),
+    ("patch", "clusterkopfpeerings.kopf.dev/someone-elses"),
+    ("delete", "clusterkopfpeerings.kopf.dev"),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+    ("create", "serviceaccounts", "--subresource=token", "-n", NAMESPACE),
+]  # fmt: skip
+AGENT_CAN = [
+    ("get", "lockspaces.vmlease.io"), ("list", "lockspaces.vmlease.io"),
+    ("watch", "lockspaces.vmlease.io"),
+    ("patch", "lockspaces.vmlease.io", "--subresource=status"),
+    ("list", "hostids.vmlease.io"), ("watch", "hostids.vmlease.io"),
+    ("patch", "hostids.vmlease.io", "--subresource=status"),
+    ("get", "diskleases.vmlease.io"), ("list", "diskleases.vmlease.io"),
+    ("create", "diskleases.vmlease.io"),
+    ("patch", "diskleases.vmlease.io", "--subresource=status"),
+    ("list", "nodes"), ("watch", "nodes"),
+]  # fmt: skip
+AGENT_CANNOT = [
+    ("create", "hostids.vmlease.io"), ("delete", "hostids.vmlease.io"),
+    ("patch", "hostids.vmlease.io"), ("update", "hostids.vmlease.io"),
+    ("patch", "lockspaces.vmlease.io"), ("create", "lockspaces.vmlease.io"),
+    ("delete", "lockspaces.vmlease.io"),
+    ("patch", "diskleases.vmlease.io"), ("delete", "diskleases.vmlease.io"),
+    ("watch", "diskleases.vmlease.io"),
+    ("patch", "nodes"), ("delete", "nodes"), ("update", "nodes", "--subresource=status"),
+    ("get", "secrets", "-A"), ("list", "secrets", "-n", NAMESPACE),
+    ("create", "pods", "-A"), ("create", "events", "-A"),
+    ("patch", "clusterkopfpeerings.kopf.dev"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("who", ["operator", "agent"])
+def test_service_accounts_may_do_only_what_their_code_does(
+    server: APIServer, release: Release, who: str
+):
+    token = release.operator_token if who == "operator" else release.agent_token
+    can = OPERATOR_CAN if who == "operator" else AGENT_CAN
+    cannot = OPERATOR_CANNOT if who == "operator" else AGENT_CANNOT
+    if who == "operator":
+        can = [*can, ("patch", f"clusterkopfpeerings.kopf.dev/{release.peering}")]
+    assert [row for row in can if not can_i(server, token, *row)] == []
+    assert [row for row in cannot if can_i(server, token, *row)] == []
+    # Real requests too, not only the authorizer's opinion.
+    for args in (("get", "secrets", "-A"), ("delete", "node", "any-node")):
+        denied = server.kubectl(*args, token=token, check=False)
+        assert denied.returncode != 0 and "Forbidden" in denied.stderr, denied.stderr
+
+
+def test_agent_token_cannot_allocate_a_host_id(server: APIServer, release: Release):
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "HostId",
+        "metadata": {"name": "stolen.7", "labels": {f"{GROUP}/lockspace": "stolen"}},
+        "spec": {"lockspace": "stolen", "nodeName": "n", "hostId": 7},
+    }
+    result = server.kubectl(
+        "create", "-f", "-", token=release.agent_token, input=json.dumps(body), check=False
+    )
+    assert result.returncode != 0 and "Forbidden" in result.stderr, result.stderr
+
+
+class AgentRun:
+    """``vmlease-agent`` with the DaemonSet's args; paths, ports and the watchdog made local."""
+
+    def __init__(self, args: list[str], node: str, run_dir: Path, env: dict[str, str]) -> None:
+        self.node, self.run_dir = node, run_dir
+        self.argv = [sys.executable, "-m", "vmlease_agent.daemon", *args]
+        self.env = {**env, "NODE_NAME": node, "PYTHONUNBUFFERED": "1"}
+        self.log_path = run_dir / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentRun:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # The kubelet expands $(NODE_NAME) in args; do the same.
+        argv = [a.replace("$(NODE_NAME)", self.node) for a in self.argv]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def test_operator_and_agents_work_with_only_their_rbac(server: APIServer, release: Release):
+    """The chart's processes, each with its ServiceAccount's token: every write they need goes
+    through (no 403 anywhere in their logs), with nothing more than the chart grants."""
+    work = Path(tempfile.mkdtemp(prefix="vmlease-chart-"))
+    shared = Path(tempfile.mkdtemp(prefix="vmlease-chart-shared-", dir="/var/tmp"))
+    op_env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig_for(server, release.operator_token, work / "op")),
+    }
+    agent_env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig_for(server, release.agent_token, work / "ag")),
+    }
+    name = f"rb-{secrets.token_hex(3)}"
+    nodes = [f"{name}-n1", f"{name}-n2"]
+    selector = {f"envtest.vmlease.io/{name}": "yes"}
+    api = api_client(server)
+    objects = client.CustomObjectsApi(api)
+
+    op_args = swap_args(
+        container(release.manifest, "Deployment")["args"],
+        metrics_port="0",
+        liveness="http://127.0.0.1:{port}/healthz",
+    )
+    operator = Operator(_EnvOnly(op_env), name="chart-operator")
+    # The harness adds its own --liveness/--metrics-port; use the chart's, on the harness port.
+    operator.argv = [
+        sys.executable, "-m", "vmlease_operator.main",
+        *(a.replace("{port}", str(operator.liveness_port)) for a in op_args),
+    ]  # fmt: skip
+    ag_args = swap_args(
+        container(release.manifest, "DaemonSet")["args"],
+        shared_dir=str(shared),
+        watchdog="none",
+        watchdog_fire_timeout=str(W),
+        health_port="0",
+    )
+    agents = [
+        AgentRun(
+            [*swap_args(ag_args, run_dir=str(work / node)), "--status-interval=5"],
+            node,
+            work / node,
+            agent_env,
+        )
+        for node in nodes
+    ]
+    holder: subprocess.Popen[bytes] | None = None
+    failed = True
+    try:
+        create_nodes(api, nodes, selector)
+        with operator:
+            for agent in agents:
+                agent.start()
+            started = time.monotonic()
+            objects.create_cluster_custom_object(
+                GROUP, VERSION, "lockspaces",
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "Lockspace",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "path": f"lockspaces/{name}", "ioTimeoutSeconds": N,
+                        "watchdogFireTimeoutSeconds": W, "nodeSelector": {"matchLabels": selector},
+                        "autoDiskLeases": {"enabled": True, "directory": "leases"},
+                    },
+                },
+            )  # fmt: skip
+
+            def hostids() -> dict[str, dict[str, Any]]:
+                items = objects.list_cluster_custom_object(
+                    GROUP, VERSION, "hostids", label_selector=f"{GROUP}/lockspace={name}"
+                )["items"]
+                return {i["spec"]["nodeName"]: i for i in items}
+
+            def all_live() -> bool:
+                ids = hostids()
+                return set(ids) == set(nodes) and all(
+                    (o.get("status") or {}).get("state") == "Live" for o in ids.values()
+                )
+
+            wait_for(
+                all_live, ALL_LIVE_TIMEOUT, "both HostIds Live",
+                describe=lambda: {n: o.get("status") for n, o in hostids().items()},
+            )  # fmt: skip
+            live_after = time.monotonic() - started
+            ids = {node: obj["spec"]["hostId"] for node, obj in hostids().items()}
+            assert sorted(ids.values()) == [1, 2]
+            status = objects.get_cluster_custom_object(GROUP, VERSION, "lockspaces", name)["status"]
+            assert status["formatted"] is True and status["formattedBy"] in nodes
+            assert status["failoverSeconds"] == 8 * N + W
+
+            # An automatic disk lease: the agent creates its DiskLease and writes the holder.
+            resource = disk_resource_name("/var/lib/libvirt/images/rbac.qcow2")
+            path = shared / "leases" / resource
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as f:
+                f.truncate(1024 * 1024)
+            spec = f"{name}:{resource}:{path}:0"
+            subprocess.run(
+                [sys.executable, "-m", "vmlease_agent.cli", "direct", "init", "-r", spec],
+                check=True,
+            )
+            holder = subprocess.Popen(
+                [
+                    sys.executable, "-m", "vmlease_agent.cli", "client",
+                    "--run-dir", str(agents[0].run_dir), "command", "-r", spec,
+                    "--owner", "rbac-vm", "-c", "sleep", "600",
+                ],
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+
+            def held() -> dict[str, Any] | None:
+                try:
+                    body = objects.get_cluster_custom_object(
+                        GROUP, VERSION, "diskleases", f"{name}.{resource}"
+                    )
+                except client.exceptions.ApiException:
+                    return None
+                st = body.get("status") or {}
+                return body if st.get("phase") == "Held" else None
+
+            lease = wait_for(held, 20, "the automatic DiskLease, Held")
+            assert lease["status"]["holder"]["node"] == agents[0].node
+            managers = {m["manager"] for m in lease["metadata"]["managedFields"]}
+            assert "vmlease-agent" in managers
+
+            events = server.kubectl("get", "events", "-n", "default", "-o", "json").stdout
+            reasons = {
+                e["reason"] for e in json.loads(events)["items"] if name in e["message"]
+                or e["involvedObject"].get("name", "").startswith(name)
+            }  # fmt: skip
+            assert "HostIdAllocated" in reasons, reasons
+            problems = permission_problems(operator.log_path.read_text(errors="replace"))
+            for agent in agents:
+                problems += permission_problems(agent.log())
+            assert problems == []
+            print(f"\nwith the chart's RBAC: both HostIds Live {live_after:.1f} s after creation")
+            failed = False
+    finally:
+        if holder is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(holder.pid, signal.SIGKILL)
+            holder.wait()
+        for agent in agents:
+            agent.stop()
+            if failed:
+                print(f"--- agent {agent.node} ---\n{agent.log()[-4000:]}")
+        with contextlib.suppress(client.exceptions.ApiException):
+            for item in objects.list_cluster_custom_object(GROUP, VERSION, "diskleases")["items"]:
+                if item["spec"]["lockspace"] == name:
+                    objects.delete_cluster_custom_object(
+                        GROUP, VERSION, "diskleases", item["metadata"]["name"]
+                    )
+        delete_nodes(api, nodes)
+        remove_lockspace(api, name)
+        shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class _EnvOnly:
+    """What ``Operator`` needs of a server: the environment its process runs with."""
+
+    env: dict[str, str]
