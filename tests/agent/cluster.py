@@ -41,10 +41,8 @@ class Cluster:
         n = SimNode(
             name,
             self.work,
-            io_timeout=N,
-            fire_timeout=W,
             lockspaces=[f"{LS}:{i}:{ls_path or self.ls_path}:0:{N}"],
-            **kw,
+            **{"io_timeout": N, "fire_timeout": W, **kw},
         )
         self.nodes.append(n)
         n.start()

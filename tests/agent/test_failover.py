@@ -121,3 +121,22 @@ def test_restart_without_harm(cluster):
     vm.kill()
     vm.wait()
     wait_for(lambda: not a.client.call("status")["leases"], 3, "release after holder exit")
+
+
+def test_restart_after_the_deadline_fences_instead_of_resuming_safety(cluster):
+    # a watchdog slower than the restart, so only the agent's own check can stop the holder
+    a = cluster.node(1, fire_timeout=30)
+    vm = cluster.writer(a, os.path.join(cluster.work, "a.log"))
+    wait_for(lambda: a.client.call("status")["leases"], 10, "node-a to hold the lease")
+    a.agent.send_signal(signal.SIGKILL)
+    a.agent.wait()
+    time.sleep(8 * N + 1.5)  # past T + 8N while the agent is down
+    a.start()
+    assert vm.wait(timeout=20) is not None, "the holder of an expired lease kept running"
+    assert any(e["event"] == "fence" for e in a.client.call("events"))
+    wait_for(
+        lambda: any(e["event"] == "lockspace_lost" for e in a.client.call("events")),
+        5,
+        "the expired lockspace to be left",
+    )
+    assert a.client.call("status")["lockspaces"] == []
