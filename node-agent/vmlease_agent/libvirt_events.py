@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3
 #: Full reconcile this often even without events (a missed event must not hide a gap for long).
 RECONCILE_SECONDS = 60.0
+#: How long stopping waits for the watcher's threads in total.
+STOP_SECONDS = 2.0
 #: Reconnect backoff after libvirtd went away: 1 s doubling up to 10 s.
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 10.0
 
@@ -144,8 +146,10 @@ class LibvirtWatcher:
         self._stop.set()
         self._closed.set()
         self._work.put(None)
+        # daemon threads: a libvirt call stuck on a hung libvirtd must not delay the agent's exit
+        deadline = time.monotonic() + STOP_SECONDS
         for t in self._threads:
-            t.join(timeout=2)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _connect_loop(self) -> None:
         import libvirt
