@@ -8,6 +8,7 @@ for other nodes. Timings in ``vmlease_lab`` (N = 1 s, W = 6 s: a dead host's lea
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -359,6 +360,7 @@ def test_agent_restart_with_a_domain_running_adopts_it(
     assert not [e for e in vml.events(a, "libvirt_unprotected") if e["uuid"] == tiny_domain.uuid]
     os.kill(pid, signal.SIGKILL)  # still tied to QEMU after the restart
     wait_for(lambda: not vml.leases_of(a), 5, "the lease to be released")
+    wait_for(lambda: not tiny_domain.domain().isActive(), 10, "libvirt to notice QEMU's death")
 
 
 def test_a_running_domain_without_its_lease_is_reported_loudly(
@@ -523,3 +525,30 @@ def test_fencing_destroys_the_domain_through_libvirt_before_its_lease_can_be_tak
             vml.nodes.remove(a2)
         fs.close()
         shutil.rmtree(mnt, ignore_errors=True)
+
+
+def test_pause_policy_pauses_through_libvirt_and_hands_the_leases_back(
+    vml: VmleaseLab, a: SimNode, tiny_domain: TinyDomain
+):
+    """<on_lockfailure>pause</on_lockfailure>: the fencing command the hook set pauses the domain
+    through libvirt and gives its leases back (a paused guest holds none, as with libvirt's lock
+    driver), so the agent does not SIGKILL it; resuming it is reported as unprotected."""
+    xml = tiny_domain.xml().replace("<devices>", "<on_lockfailure>pause</on_lockfailure><devices>")
+    tiny_domain.conn.defineXML(xml)
+    tiny_domain.start()
+    pid = tiny_domain.qemu_pid()
+    saved = json.loads((Path(a.run_dir) / "state.json").read_text())
+    command = next(c for c in saved["clients"] if c["key"] == key_of(tiny_domain))["kill_command"]
+    assert command[command.index("--policy") + 1] == "pause"
+    subprocess.run([*command, str(pid)], check=True, timeout=60)  # what the agent runs at D
+    dom = tiny_domain.domain()
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    assert vml.leases_of(a, key_of(tiny_domain)) == []
+    assert os.path.exists(f"/proc/{pid}")  # paused, not killed
+    dom.resume()
+    event = wait_for(
+        lambda: [e for e in vml.events(a, "libvirt_unprotected") if e["uuid"] == tiny_domain.uuid],
+        10,
+        "the resumed domain to be reported",
+    )[-1]
+    assert event["state"] == "running"
