@@ -21,8 +21,10 @@ by the server, the processes they would run are run here directly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -173,6 +175,20 @@ def can_i(server: APIServer, token: str, *args: str) -> bool:
     return result.returncode == 0
 
 
+@functools.cache
+def help_text(module: str) -> str:
+    """``--help`` of an entry point: the flags it accepts."""
+    argv = [sys.executable, "-m", module, "--help"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def unknown_flags(args: list[str], module: str) -> list[str]:
+    """Flags in a container's args that the entry point does not know (a renamed flag would
+    crash-loop every pod of a real cluster)."""
+    known = set(re.findall(r"--[a-z][-a-z]*", help_text(module)))
+    return [a for a in args if a.startswith("--") and a.split("=")[0] not in known]
+
+
 def permission_problems(log: str) -> list[str]:
     """Log lines reporting a denied request: kopf's APIForbiddenError and "Not enough
     permissions" warnings, the agent's "refused the agent (403: ...)". (Not a bare "403": uids
@@ -222,6 +238,8 @@ def test_rendered_chart_passes_a_server_side_dry_run(server: APIServer, variant:
     assert len(applied) == len(docs), result.stdout
 
     agent = container(docs, "DaemonSet")
+    assert unknown_flags(agent["args"], "vmlease_agent.daemon") == []
+    assert unknown_flags(container(docs, "Deployment")["args"], "vmlease_operator.main") == []
     (daemonset,) = by_kind(docs, "DaemonSet")
     pod = daemonset["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -239,6 +257,13 @@ def test_rendered_chart_passes_a_server_side_dry_run(server: APIServer, variant:
     shared = volumes["shared"]
     if variant == "nfs":
         assert shared["nfs"] == {"server": "nfs.example.internal", "path": "/exports/vmlease"}
+        assert "--libvirt=qemu:///system" in agent["args"]
+        assert "--libvirt-config=/etc/vmlease/libvirt.conf" in agent["args"]
+        assert mounts["libvirt-config"] == {
+            "name": "libvirt-config",
+            "mountPath": "/etc/vmlease",
+            "readOnly": True,
+        }
     elif variant == "pvc":
         assert shared["persistentVolumeClaim"] == {"claimName": "vmlease-shared"}
     elif variant == "kind":
@@ -258,6 +283,7 @@ def test_rendered_chart_passes_a_server_side_dry_run(server: APIServer, variant:
         assert shared["hostPath"]["path"] == "/var/lib/vmlease/shared"
         assert volumes["watchdog"]["hostPath"] == {"path": "/dev/watchdog", "type": "CharDevice"}
         assert {"libvirt-run", "libvirt-hooks"} <= set(volumes)
+        assert "libvirt-config" not in volumes and not any("--libvirt" in a for a in agent["args"])
         assert by_kind(docs, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1
         assert operator["spec"]["replicas"] == 2
         annotations = daemonset["spec"]["template"]["metadata"]["annotations"]
