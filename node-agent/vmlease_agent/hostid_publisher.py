@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from vmlease_operator.allocation import HostIdRecord
 from vmlease_operator.api import naming
 from vmlease_operator.api.models import HostId, HostIdStatus, HostState
+from vmlease_operator.api.patch import merge_patch
 
 from . import kube_logic
 from .informer import Informer
@@ -117,7 +118,7 @@ class HostIdPublisher:
         key = kube_logic.status_key(status)
         if not self.gate.due(record.name, key, mono):
             return old.state == state
-        patch = kube_logic.merge_patch(old.to_api(), status.to_api())
+        patch = merge_patch(old.to_api(), status.to_api())
         if patch:
             try:
                 new = self.api.patch_status(HOSTIDS, record.name, patch)

@@ -363,18 +363,3 @@ def peer_reports(
         }
         out.append(PeerReport(h.metadata.name, h.metadata.resource_version, status, seen))
     return out
-
-
-def merge_patch(old: Any, new: Any) -> Any:
-    """The RFC 7386 merge patch turning ``old`` into ``new`` ({} when equal; lists whole)."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return new
-    patch: dict[str, Any] = {}
-    for key in old.keys() - new.keys():
-        patch[key] = None
-    for key, value in new.items():
-        if key not in old:
-            patch[key] = value
-        elif old[key] != value:
-            patch[key] = merge_patch(old[key], value)
-    return patch

@@ -15,10 +15,11 @@ from typing import Any
 
 from pydantic import ValidationError
 from vmlease_operator.api.models import DiskLease, DiskLeaseStatus, Lockspace
+from vmlease_operator.api.patch import merge_patch
 
 from . import lease_status
 from .kube_api import DISKLEASES, Conflict, KubeApi, NotFound
-from .kube_logic import merge_patch, utc
+from .kube_logic import utc
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from vmlease_operator.api.models import (
     LockspaceSpec,
     LockspaceStatus,
 )
+from vmlease_operator.api.patch import merge_patch
 from vmlease_operator.formatting import format_request
 from vmlease_operator.selector import matches
 
@@ -101,7 +102,7 @@ def plan(
         if r.state in (HostState.FAILING, HostState.DEAD)
     )
     _conditions(spec, new, waiting, failing, now)
-    out.status_patch = _merge_patch(old.to_api(), new.to_api())
+    out.status_patch = merge_patch(old.to_api(), new.to_api())
     out.events = _condition_events(lockspace.metadata.name, old, new)
     return out
 
@@ -193,18 +194,3 @@ def _had(status: LockspaceStatus, type_: str, reason: str | None = None) -> bool
         c.type == type_ and c.status == ConditionStatus.TRUE and reason in (None, c.reason)
         for c in status.conditions
     )
-
-
-def _merge_patch(old: Any, new: Any) -> Any:
-    """The RFC 7386 merge patch turning ``old`` into ``new`` ({} when equal); lists whole."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return new
-    patch: dict[str, Any] = {}
-    for key in old.keys() - new.keys():
-        patch[key] = None
-    for key, value in new.items():
-        if key not in old:
-            patch[key] = value
-        elif old[key] != value:
-            patch[key] = _merge_patch(old[key], value)
-    return patch

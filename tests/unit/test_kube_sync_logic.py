@@ -11,6 +11,7 @@ from vmlease_agent import kube_logic
 from vmlease_agent.kube_logic import Local, Step
 from vmlease_operator.allocation import HostIdRecord
 from vmlease_operator.api.models import HostId, HostIdStatus, HostState, Lockspace
+from vmlease_operator.api.patch import merge_patch
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 T1 = T0 + datetime.timedelta(seconds=30)
@@ -230,4 +231,4 @@ def test_peer_reports_only_claimed_ids_whose_disk_record_is_theirs():
     ],
 )
 def test_merge_patch(old, new, patch):
-    assert kube_logic.merge_patch(old, new) == patch
+    assert merge_patch(old, new) == patch

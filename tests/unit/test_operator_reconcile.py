@@ -167,7 +167,9 @@ def test_departed_formatter_request_is_removed_from_status():
 
 
 def test_merge_patch():
+    from vmlease_operator.api.patch import merge_patch
+
     old = {"a": 1, "b": {"c": 2, "d": 3}, "e": [1]}
     new = {"a": 1, "b": {"c": 2, "d": 4}, "e": [1, 2], "f": 5}
-    assert reconcile._merge_patch(old, new) == {"b": {"d": 4}, "e": [1, 2], "f": 5}
-    assert reconcile._merge_patch({"x": 1}, {}) == {"x": None}
+    assert merge_patch(old, new) == {"b": {"d": 4}, "e": [1, 2], "f": 5}
+    assert merge_patch({"x": 1}, {}) == {"x": None}
