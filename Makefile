@@ -3,12 +3,17 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps envtest-tools crds test unit lint demo bench clean
+.PHONY: core deps envtest-tools crds test unit lint demo bench e2e clean
 
-deps:
+# What the engine, the agent and the demo need: sanlock for reference, the venv with the project.
+core:
 	@bash scripts/install-core.sh
+
+# Everything the test tiers need; a tier whose tools fail to install is skipped, loudly.
+deps: core
 	@bash scripts/install-libvirt.sh || echo "WARNING: libvirt not installed; the libvirt tier will be skipped"
 	@bash scripts/install-envtest.sh || echo "WARNING: envtest tools not built; the envtest tier will be skipped"
+	@bash hack/image/lint.sh >/dev/null || echo "WARNING: hadolint not installed; the Dockerfile lint check will be skipped"
 
 # Builds kube-apiserver, etcd, kubectl and helm once (minutes), strictly: fails if they do not build.
 envtest-tools:
@@ -29,11 +34,15 @@ test: deps
 unit: deps
 	$(PY) -m pytest -m "not interop and not libvirt and not envtest and not e2e" $(PYTEST_ARGS)
 
-demo: deps
+demo: core
 	$(PY) -m vmlease_agent.demo
 
-bench: deps
+bench: core
 	$(PY) bench/run.py
+
+# kind end-to-end tier: needs a Docker engine (builds kind, the image, installs the chart).
+e2e: deps
+	bash tests/e2e/run.sh
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache
