@@ -125,6 +125,9 @@ def cmd(args: argparse.Namespace) -> int:
         )
     elif a == "command":
         return command(c, args)
+    elif a == "killpath":
+        c.call("set_kill_command", pid=args.pid, command=args.command_path or [])
+        print("killpath done" if args.command_path else "killpath cleared: SIGTERM again")
     elif a == "events":
         _print(c.call("events"), args.json, render_events)
     elif a == "shutdown":
@@ -190,6 +193,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--owner", help="what the process is, shown to other hosts' users")
     p = csub.add_parser("inquire", help="the leases a process holds")
     p.add_argument("-p", dest="pid", type=int, required=True)
+    p = csub.add_parser(
+        "killpath", help="run a program (with the pid appended) instead of SIGTERM when fencing"
+    )
+    p.add_argument("-p", dest="pid", type=int, required=True)
+    p.add_argument("-c", dest="command_path", nargs=argparse.REMAINDER, metavar="PATH ARGS")
     p = csub.add_parser("command", help="acquire leases, then run a command holding them")
     p.add_argument(
         "-r", dest="resource", action="append", required=True, metavar="LS:RES:PATH:OFFSET[:SH]"

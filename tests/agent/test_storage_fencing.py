@@ -101,3 +101,33 @@ def test_holder_stuck_in_io_watchdog_resets_node_before_takeover_safety(cluster,
     fired = [e for e in a.watchdog_events() if e["event"] == "fired"]
     assert fired, "the holder could not be killed, so the watchdog had to fire"
     assert fired[0]["at"] < b_first
+
+
+#: A holder that ignores SIGTERM: only its kill command (or SIGKILL later) can stop it.
+DEAF_HOLDER = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "f = open(sys.argv[1], 'a', buffering=1)\n"
+    "while True:\n"
+    "    f.write(f'{time.monotonic()}\\n')\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+def test_kill_command_runs_instead_of_sigterm(cluster, a_path):
+    a = cluster.node(1, ls_path=a_path.path)
+    a_log = os.path.join(cluster.work, "a.log")
+    mark = os.path.join(cluster.work, "fenced")
+    holder = a.spawn_holder(
+        [cluster.resource], [sys.executable, "-c", DEAF_HOLDER, a_log], owner="vm1"
+    )
+    wait_for(lambda: intervals(a_log), 10, "the holder to write")
+    pid = a.client.call("status")["leases"][0]["pid"]
+    script = f'echo "$0" >> {mark}; kill -KILL "$0"'
+    a.client.call("set_kill_command", pid=pid, command=["/bin/sh", "-c", script])
+    a_path.fail()
+    assert holder.wait(timeout=8 * N + 15) is not None
+    with open(mark) as f:
+        assert f.read().split() == [str(pid)]
+    actions = [e["action"] for e in a.client.call("events") if e["event"] == "fence"]
+    assert actions[0] == "command" and "SIGTERM" not in actions
