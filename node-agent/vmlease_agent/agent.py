@@ -511,7 +511,15 @@ class Agent:
         for ls in list(self.lockspaces.values()):
             if ls.check_deadline(now):
                 self._fence(ls, now)
-        if all(ls.healthy(now) for ls in self.lockspaces.values()):
+        healthy = all(ls.healthy(now) for ls in self.lockspaces.values())
+        if not healthy and self._armed:
+            # Keep the reset where it is (last feed + W) even if we die now: closing the device
+            # counts as a keepalive, so let it run with only the time left, minus a second for
+            # the tick between two calls (see README, "Limits of the proof").
+            left = int(self.last_feed + self.watchdog.fire_timeout - now) - 1
+            if left >= 1:
+                self.watchdog.shorten(left)
+        if healthy:
             # armed only here, after a health check: opening a device the previous agent left
             # counting is itself a keepalive, which a failed lockspace must not get
             if not self._armed:

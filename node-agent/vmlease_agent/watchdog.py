@@ -9,6 +9,9 @@ proof that a lease is never taken while its old holder could still write.
 Lifecycle, as the agent uses it:
   ``arm``        at start, before any lockspace is joined (re-arming an armed device only feeds it);
   ``keepalive``  every main-loop tick while every lockspace is healthy;
+  ``shorten``    while a lockspace has failed and holders may live: the device runs with only the
+                 time left until last keepalive + W, so that a close (an agent crash) cannot
+                 postpone the reset; the next ``keepalive`` restores W;
   ``disarm``     clean shutdown only, once every lease is released: the node is NOT reset;
   ``abandon``    any other exit (SIGTERM for an upgrade, a fatal error): the device keeps counting,
                  and a restarted agent must re-arm it before it fires. On Linux the close itself
@@ -61,6 +64,12 @@ class Watchdog(Protocol):
 
         Only while feeding would still be allowed: on Linux the close counts as a keepalive.
         """
+
+    def shorten(self, seconds: int) -> None:
+        """Make the device fire ``seconds`` from now (>= 1): the same moment it would fire
+        anyway when the caller passes the time left. Used while a lockspace has failed, so that
+        a later close of the device (the agent dying: a keepalive on Linux) cannot push the
+        reset past it. The next ``keepalive`` restores ``fire_timeout``."""
 
 
 def open_watchdog(spec: str, fire_timeout: int) -> Watchdog:
@@ -129,6 +138,7 @@ class LinuxWatchdog:
         self.requested = fire_timeout
         self.fire_timeout = fire_timeout
         self._fd: int | None = None
+        self._current = fire_timeout  # the timeout the device runs with now (see shorten)
         # The main loop feeds while ``stop`` may close: once closed, the fd number can be reused
         # by any other open, and an ioctl or a 'V' must never reach that other file.
         self._lock = threading.Lock()
@@ -137,6 +147,7 @@ class LinuxWatchdog:
         with self._lock:
             if self._fd is None:
                 self._fd = self._open_and_set_timeout()
+                self._current = self.fire_timeout
                 log.info("watchdog %s armed: %d s", self.path, self.fire_timeout)
             else:
                 self._ping(self._fd)
@@ -145,7 +156,30 @@ class LinuxWatchdog:
         with self._lock:
             if self._fd is None:
                 raise WatchdogError(f"keepalive on the watchdog {self.path}, which is not armed")
-            self._ping(self._fd)
+            if self._current != self.fire_timeout:
+                self._set_timeout(self._fd, self.fire_timeout)  # pings too
+                self._current = self.fire_timeout
+            else:
+                self._ping(self._fd)
+
+    def shorten(self, seconds: int) -> None:
+        with self._lock:
+            if self._fd is None or seconds < 1 or seconds >= self._current:
+                return
+            self._set_timeout(self._fd, seconds)  # the kernel pings with the new timeout
+            self._current = seconds
+
+    def _set_timeout(self, fd: int, seconds: int) -> None:
+        try:
+            fcntl.ioctl(fd, WDIOC_SETTIMEOUT, struct.pack("i", seconds))
+            got = struct.unpack("i", fcntl.ioctl(fd, WDIOC_GETTIMEOUT, struct.pack("i", 0)))[0]
+        except OSError as e:
+            raise WatchdogError(
+                f"setting the timeout of the watchdog {self.path} to {seconds} s failed: "
+                f"{e.strerror}"
+            ) from e
+        if got > seconds:
+            log.error("watchdog %s rounded a %d s timeout up to %d s", self.path, seconds, got)
 
     def disarm(self) -> None:
         with self._lock:
@@ -339,6 +373,11 @@ class FileWatchdog:
                 raise WatchdogError(f"keepalive on the watchdog {self.path}, which is not armed")
             self._write(armed=True)
 
+    def shorten(self, seconds: int) -> None:
+        with self._lock:
+            if self._armed and seconds >= 1:
+                write_state(self.path, DeviceState(True, seconds, time.monotonic(), os.getpid()))
+
     def disarm(self) -> None:
         with self._lock:
             if self._armed:
@@ -370,6 +409,9 @@ class NullWatchdog:
         )
 
     def keepalive(self) -> None:
+        pass
+
+    def shorten(self, seconds: int) -> None:
         pass
 
     def disarm(self) -> None:

@@ -437,3 +437,30 @@ def test_linux_timeout_refused_by_the_driver(
     with pytest.raises(WatchdogError, match="refused a 100000 s timeout"):
         open_watchdog(path, 100_000).arm()
     assert written(master) == b"V"
+
+
+def test_linux_shorten_keeps_the_reset_where_it_was_safety(
+    pty_device: tuple[str, int, FakeDriver],
+) -> None:
+    path, _, driver = pty_device
+    wd = open_watchdog(path, 10)
+    wd.arm()
+    driver.calls.clear()
+    wd.shorten(4)  # the time left: a later close (a keepalive) now only buys 4 s, not 10
+    assert driver.timeout == 4 and driver.calls == [WDIOC_SETTIMEOUT, WDIOC_GETTIMEOUT]
+    wd.shorten(7)  # never lengthened by shorten
+    wd.shorten(0)  # nothing below a second
+    assert driver.timeout == 4
+    wd.keepalive()  # healthy again: the full fire timeout comes back
+    assert driver.timeout == 10
+
+
+def test_file_shorten_moves_the_harness_deadline(device: Path) -> None:
+    wd = open_watchdog(f"file:{device}", 30)
+    wd.arm()
+    before = time.monotonic()
+    wd.shorten(3)
+    s = read_state(str(device))
+    assert s.armed and s.fire_timeout == 3 and s.fed_at >= before
+    wd.keepalive()
+    assert read_state(str(device)).fire_timeout == 30
