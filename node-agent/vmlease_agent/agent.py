@@ -154,7 +154,7 @@ class Agent:
         except (ProcessLookupError, OSError):
             log.warning("pid %d exited while the agent was down: releasing its leases", saved.pid)
             for held in saved.leases:
-                self._release_on_disk(held, dead_holder=True)
+                self._release_on_disk(held)
             return
         client.kill_command = saved.kill_command
         for held in saved.leases:
@@ -361,7 +361,7 @@ class Agent:
             client.leases[res.label] = h
         return h
 
-    def _release_on_disk(self, held: HeldLease, dead_holder: bool = False) -> None:
+    def _release_on_disk(self, held: HeldLease) -> None:
         ls = self.lockspaces.get(held.res.lockspace)
         if ls is None or ls.state != LIVE:
             # our host_id lease is not valid: writing now could clobber a new owner's lease
@@ -419,7 +419,7 @@ class Agent:
             self._exiting[client.key] = client
         try:
             for held in list(client.leases.values()):
-                self._release_on_disk(held, dead_holder=True)
+                self._release_on_disk(held)
                 self.event("released", lease=held.label, holder=client.key, reason="holder exited")
         finally:
             with self.lock:

@@ -328,10 +328,6 @@ class Leader:
     def sizes(self) -> Sizes:
         return Sizes.from_leader(self.sector_size, self.flags)
 
-    @property
-    def is_free(self) -> bool:
-        return self.timestamp == 0
-
 
 def leader_checksum_ok(buf: bytes | memoryview) -> tuple[bool, int, int]:
     """(ok, stored, computed) for the leader record at the start of ``buf``."""
