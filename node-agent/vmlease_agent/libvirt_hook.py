@@ -21,14 +21,22 @@ stdin. It talks to the local agent (``api``) under the holder key ``libvirt:<uui
 Any other op (``start``, ``migrate``, ``restore``, ``attach``) is passed with exit 0 and no
 stdout (for ``migrate``/``restore`` libvirt would take stdout as replacement XML).
 
-Never hang libvirtd: libvirt waits for the hook to exit, holding the domain's job lock. The
-process libvirt waits for only reads stdin, forks a worker and waits for it until the overall
-deadline (``hook_timeout``). Anything that can block in the kernel — canonicalising disk paths on a
-dead NFS mount, writing a lease file — happens in the worker, whose stdin/stdout/stderr are not
-libvirt's pipes; at the deadline the worker is abandoned (SIGKILL; a worker stuck in
-uninterruptible I/O dies when the I/O returns) and the start is refused, naming the stage that did
-not finish. Bad input is never let through silently: unparseable XML, a path that cannot be
+Never hang libvirtd: libvirt waits for the hook to exit, holding the domain's job lock. For
+``prepare`` and ``reconnect``, the process libvirt waits for only reads stdin, forks a worker and
+waits for it until the overall deadline (``hook_timeout``). Anything that can block in the kernel —
+canonicalising disk paths on a dead NFS mount, writing a lease file — happens in the worker, whose
+stdin/stdout/stderr are not libvirt's pipes; at the deadline the worker is abandoned (SIGKILL; a
+worker stuck in uninterruptible I/O dies when the I/O returns) and the start is refused, naming
+the stage that did not finish. ``started``, ``stopped`` and ``release`` do nothing that can block
+in the kernel (agent calls with timeouts, libvirt's pid file on /run) and run in the hook process
+itself. Bad input is never let through silently: unparseable XML, a path that cannot be
 canonicalised, an agent that does not answer, all refuse the start with the reason.
+
+Cost (``bench/libvirt_start.py``): the start path runs ``prepare`` and ``started`` in Python, so
+every import counts: the shim answers the ops we ignore in ``sh``, runs Python with ``-I -S``,
+this module and its helpers import only C modules and small pure modules (``libvirt_rpc`` instead
+of ``client``), a restart reuses the domain's cached lease plan (``libvirt_plancache``) instead of
+importing the XML parser, and the process ends with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -44,6 +52,11 @@ HANDLED = ("prepare", "started", "stopped", "release", "reconnect")
 #: ops whose non-zero exit stops the start (libvirt ignores failures of stopped/release, and a
 #: failing reconnect would kill a running domain, so that one always exits 0)
 REFUSING = ("prepare", "started")
+
+#: ops that run in the hook process itself, without the worker: they do no I/O that can block in
+#: the kernel (only calls on the agent's unix socket, bounded by timeouts, and a read of libvirt's
+#: pid file on /run), and a fork is a tenth of ``started``'s cost, which is on the start path
+INLINE = ("started", "stopped", "release")
 
 #: agent error codes meaning "a ballot collided or a lease file is being created": retried
 #: until the deadline. -212/-213 lost ballot, -244/-245 concurrent acquire, -223 no lease magic
@@ -134,30 +147,31 @@ class Context:
         self.out = out  # the pipe to the waiting parent
 
     def stage(self, text: str) -> None:
-        os.write(self.out, f"stage:{' '.join(text.split())}\n".encode())
+        if self.out >= 0:
+            os.write(self.out, f"stage:{' '.join(text.split())}\n".encode())
 
     def left(self) -> float:
         return max(0.05, self.deadline - time.monotonic() - REPORT_MARGIN)
 
     def call(self, op: str, **args: object) -> object:
-        from .client import AgentClient, AgentUnavailable
+        from .libvirt_rpc import Unreachable, call
 
         self.stage(f"asking the agent at {self.cfg.run_dir} ({op})")
         try:
-            return AgentClient(self.cfg.run_dir, timeout=self.left()).call(op, **args)
-        except AgentUnavailable as e:
+            return call(self.cfg.run_dir, self.left(), op, **args)
+        except Unreachable as e:
             raise AgentDown(
                 domain=self.name,
-                detail=str(e).split(";")[0],
+                detail=str(e),
                 consequence=CONSEQUENCES.get(self.op, "nothing was changed"),
                 config=self.cfg.path or "defaults",
             ) from None
 
 
 def _is_refusal(e: BaseException, code: int | None = None) -> bool:
-    from .client import AgentRefused
+    from .libvirt_rpc import Refused
 
-    return isinstance(e, AgentRefused) and (code is None or e.code == code)
+    return isinstance(e, Refused) and (code is None or e.code == code)
 
 
 def _element_text(xml: bytes, tag: bytes, last: bool = False) -> str | None:
@@ -207,13 +221,13 @@ def _alive(pid: int) -> bool:
 # ---- the operations ---------------------------------------------------------------------------
 
 
-def _parse(ctx: Context, xml: bytes):
+def _parse(ctx: Context, xml: bytes, resolve=None):
     """The domain's leases; errors name the domain once (libvirt_domain's messages mostly do)."""
-    from .libvirt_domain import DomainXMLError, UnparseableDomainXML, parse_domain
+    from .libvirt_domain import DomainXMLError, UnparseableDomainXML, canonical_path, parse_domain
 
     ctx.stage("parsing the domain XML and canonicalising its disk paths")
     try:
-        leases = parse_domain(xml)
+        leases = parse_domain(xml, resolve=resolve or canonical_path)
     except UnparseableDomainXML as e:
         raise HookError(detail=f"domain {ctx.name!r}: {e}") from None
     except DomainXMLError as e:
@@ -223,26 +237,51 @@ def _parse(ctx: Context, xml: bytes):
     return leases
 
 
-def prepare(ctx: Context, xml: bytes) -> str:
-    from .libvirt_leases import holder_key, plan
+def _plan(ctx: Context, xml: bytes):
+    """The domain's lease plan: from the cache when provably unchanged (``libvirt_plancache``),
+    else parsed (and cached for the next start)."""
+    from . import libvirt_plancache as cache
+    from .libvirt_leases import plan
 
-    leases = _parse(ctx, xml)
-    wants = plan(ctx.cfg, leases)
-    if not wants:
-        return "no leases needed"
+    uuid = _element_text(xml, b"uuid")
+    if uuid:
+        ctx.stage("canonicalising the disk paths of the cached lease plan")
+        hit = cache.load(ctx.cfg, uuid, xml)
+        if hit is not None:
+            return hit
+    paths: dict[str, str] = {}
+
+    def resolve(source: str) -> str:
+        paths[source] = cache.canonical(source)
+        return paths[source]
+
+    leases = _parse(ctx, xml, resolve)
+    result = cache.Plan(leases.name, leases.uuid, leases.on_lockfailure, plan(ctx.cfg, leases))
+    _policy(ctx, result.on_lockfailure)
+    cache.store(ctx.cfg, xml, result, paths)
+    return result
+
+
+def _policy(ctx: Context, on_lockfailure: str | None) -> str:
     try:
-        ctx.cfg.policy_for(leases.on_lockfailure)
+        return ctx.cfg.policy_for(on_lockfailure)
     except ValueError as e:
         raise HookError(detail=f"domain {ctx.name!r}: {e}") from None
-    key = holder_key(leases.uuid)
-    # libvirt prepares only a domain that does not run here, so anything its key still holds is
-    # left over from a start that never finished (a hook abandoned at its deadline): drop it
-    _release_unbound(ctx, key, stale=True)
-    for w in wants:
+
+
+def prepare(ctx: Context, xml: bytes) -> str:
+    from .libvirt_leases import holder_key
+
+    plan = _plan(ctx, xml)
+    if not plan.wants:
+        return "no leases needed"
+    _policy(ctx, plan.on_lockfailure)
+    key = holder_key(plan.uuid)
+    for w in plan.wants:
         if w.auto and not os.path.exists(w.path):
             _create_lease_file(ctx, w)
-    _acquire(ctx, key, leases.name, wants)
-    return "acquired " + " ".join(f"{w.label}{':SH' if w.shared else ''}" for w in wants)
+    _acquire(ctx, key, plan.name, plan.wants)
+    return "acquired " + " ".join(f"{w.label}{':SH' if w.shared else ''}" for w in plan.wants)
 
 
 def _create_lease_file(ctx: Context, w) -> None:
@@ -265,6 +304,7 @@ def _create_lease_file(ctx: Context, w) -> None:
 def _acquire(ctx: Context, key: str, owner: str, wants: list) -> None:
     specs = [w.spec for w in wants]
     holder_until = time.monotonic() + ctx.cfg.acquire_wait
+    stale_dropped = False
     while True:
         try:
             ctx.call("acquire", key=key, resources=specs, owner=owner, wait=False)
@@ -280,6 +320,13 @@ def _acquire(ctx: Context, key: str, owner: str, wants: list) -> None:
             if not _is_refusal(e):
                 raise
             code = e.code  # type: ignore[attr-defined]
+            if code == -17 and key in str(e) and not stale_dropped:
+                # held by this very key: libvirt prepares only a domain that does not run
+                # here, so it is left from a start that never finished (a hook abandoned at
+                # its deadline while the agent was still acquiring): drop it, try again
+                _release_unbound(ctx, key, stale=True)
+                stale_dropped = True
+                continue
             now = time.monotonic()
             if now + RETRY_PAUSE < ctx.deadline - REPORT_MARGIN and (
                 code in RETRY_TRANSIENT or (code in RETRY_HOLDER and now < holder_until)
@@ -340,12 +387,18 @@ def started(ctx: Context, xml: bytes) -> str:
 
     uuid, olf = _uuid_of(xml, ctx.name)
     key = holder_key(uuid)
-    held = ctx.call("inquire", key=key) or []
-    if not held:
-        return "no leases held"
-    pid = _qemu_pid(ctx)
-    if held[0].get("pid") != pid:  # type: ignore[index, union-attr]
-        ctx.call("bind", key=key, pid=pid)
+    try:
+        pid = _qemu_pid(ctx)
+    except NoQemuPid:
+        if not ctx.call("inquire", key=key):
+            return "no leases held"
+        raise
+    try:
+        ctx.call("bind", key=key, pid=pid)  # (binding the same pid again is a no-op)
+    except Exception as e:
+        if _is_refusal(e, -2):  # ENOENT: the key holds nothing (the domain needs no lease)
+            return "no leases held"
+        raise
     try:
         policy = ctx.cfg.policy_for(olf)
     except ValueError:
@@ -418,8 +471,22 @@ def _worker(cfg: LibvirtConfig, name: str, op: str, xml: bytes, deadline: float,
         return 1
 
 
+def run_inline(cfg: LibvirtConfig, name: str, op: str, xml: bytes) -> tuple[bool, str]:
+    """Run ``op`` in this process (see :data:`INLINE`): (succeeded, one-line message)."""
+    ctx = Context(cfg, name, op, time.monotonic() + cfg.hook_timeout, -1)
+    try:
+        return True, " ".join(OPS[op](ctx, xml).split())
+    except HookError as e:
+        return False, str(e)
+    except Exception as e:  # a bug must refuse the start, not let it through
+        detail = " ".join(f"{type(e).__name__}: {e}".split())
+        return False, str(WorkerFailed(domain=name, op=op, detail=detail))
+
+
 def run(cfg: LibvirtConfig, name: str, op: str, xml: bytes) -> tuple[bool, str]:
     """Run ``op`` in a worker within ``cfg.hook_timeout``: (succeeded, one-line message)."""
+    if op in INLINE:
+        return run_inline(cfg, name, op, xml)
     deadline = time.monotonic() + cfg.hook_timeout
     r, w = os.pipe()
     pid = os.fork()
@@ -523,6 +590,14 @@ def main(argv: list[str] | None = None) -> int:
     if op == "reconnect":
         return 0
     return 0 if ok else 1
+
+
+def exit_main() -> None:
+    """The shim's entry point: ``main`` then ``os._exit``, skipping the interpreter's teardown
+    (milliseconds of module and GC cleanup per call, for nothing: the hook holds no state)."""
+    code = main()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -355,7 +355,7 @@ def test_prepare_creates_the_lease_file_and_acquires_under_the_domain_key(hook_e
     agent.replies["inquire"] = [{"ok": True, "result": []}]
     done = run("prepare")
     assert done.returncode == 0, done.stderr
-    assert agent.ops() == ["inquire", "acquire"]
+    assert agent.ops() == ["acquire"]
     acquire = agent.requests[-1]
     resource = parse_domain(domain_xml(disk(str(image)))).disks[0].resource
     assert acquire["key"] == f"libvirt:{UUID}" and acquire["wait"] is False
@@ -446,20 +446,40 @@ def test_no_agent_or_a_silent_one_refuses_within_the_deadline(hook_env, tmp_path
 def test_started_binds_the_key_to_qemus_pid_and_sets_the_fencing_command(hook_env, tmp_path):
     run, agent, _ = hook_env
     (tmp_path / "qemu" / "vm1.pid").write_text("4242")
-    agent.replies["inquire"] = [{"ok": True, "result": [{"lease": "L:r", "pid": 0}]}]
     xml = domain_xml(extra="<on_lockfailure>pause</on_lockfailure>")
     assert run("started", xml).returncode == 0
-    assert agent.ops() == ["inquire", "bind", "set_kill_command"]
-    assert agent.requests[1] == {"op": "bind", "key": f"libvirt:{UUID}", "pid": 4242}
-    command = agent.requests[2]["command"]
+    assert agent.ops() == ["bind", "set_kill_command"]
+    assert agent.requests[0] == {"op": "bind", "key": f"libvirt:{UUID}", "pid": 4242}
+    command = agent.requests[1]["command"]
     assert command[command.index("--policy") + 1] == "pause"
 
 
-def test_started_without_a_pid_file_refuses(hook_env):
+def test_started_without_a_pid_file_refuses_only_if_leases_are_held(hook_env):
     run, agent, _ = hook_env
     agent.replies["inquire"] = [{"ok": True, "result": [{"lease": "L:r", "pid": 0}]}]
     done = run("started", domain_xml())
     assert done.returncode == 1 and b"cannot read QEMU's pid" in done.stderr
+    agent.replies["inquire"] = [{"ok": True, "result": []}]
+    assert run("started", domain_xml()).returncode == 0
+
+
+def test_started_for_a_domain_without_leases_binds_nothing(hook_env, tmp_path):
+    run, agent, _ = hook_env
+    (tmp_path / "qemu" / "vm1.pid").write_text("4242")
+    agent.replies["bind"] = [refuse(-2, f"pid libvirt:{UUID} holds no lease (any) on this node")]
+    assert run("started", domain_xml()).returncode == 0
+    assert agent.ops() == ["bind"]
+
+
+def test_prepare_drops_leases_its_own_key_still_holds_from_an_abandoned_start(hook_env):
+    run, agent, _ = hook_env
+    agent.replies["acquire"] = [
+        refuse(-17, f"disk lease L:r is already held on this node by pid libvirt:{UUID} (vm1)"),
+        {"ok": True, "result": []},
+    ]
+    agent.replies["inquire"] = [{"ok": True, "result": [{"lease": "L:r", "pid": 0}]}]
+    assert run("prepare").returncode == 0
+    assert agent.ops() == ["acquire", "inquire", "release", "acquire"]
 
 
 def test_stopped_releases_only_an_unbound_key_and_nothing_after_a_refused_prepare(hook_env):
@@ -541,3 +561,57 @@ def test_fence_falls_back_to_sigterm_when_libvirt_cannot_do_it(test_driver, tmp_
         assert fence(uri, dom.UUIDString(), "destroy", "/x", str(tmp_path), str(victim.pid)) == 1
         assert victim.wait(10) == -15  # SIGTERM
     assert dom.isActive()
+
+
+def test_the_hooks_lean_client_speaks_the_agents_json():
+    from vmlease_agent.libvirt_rpc import decode, encode
+
+    request = {"op": "acquire", "key": 'libvirt:"é"', "resources": ["L:R:/a\\:b:0", "x"],
+               "wait": False, "pid": 42, "n": None, "t": 1.5}  # fmt: skip
+    assert json.loads(encode(request)) == request
+    reply = {"ok": True, "result": [{"lease": "L:R", "pid": 0, "shared": False, "s": 1.25}]}
+    assert decode(json.dumps(reply)) == reply
+    for bad in ('{"ok": true} junk', '{"ok": ', ""):
+        with pytest.raises(ValueError):
+            decode(bad)
+
+
+# ---- the plan cache ------------------------------------------------------------------------------
+
+
+def test_plan_cache_hits_only_when_every_input_of_the_plan_is_unchanged(tmp_path):
+    from vmlease_agent import libvirt_plancache as cache
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"")
+    link = tmp_path / "link.img"
+    link.symlink_to(image)
+    cfg = LibvirtConfig(run_dir=str(tmp_path / "run"))
+    xml = domain_xml(disk(str(link))).replace("<domain type='qemu'>", "<domain type='qemu' id='3'>")
+    leases = parse_domain(xml.encode())
+    result = cache.Plan("vm1", UUID, None, plan(cfg, leases))
+    cache.store(cfg, xml.encode(), result, {str(link): str(image)})
+
+    again = xml.replace("id='3'", "id='4'").encode()  # libvirt numbers each start
+    hit = cache.load(cfg, UUID, again)
+    assert hit is not None and hit.wants == result.wants and hit.name == "vm1"
+    assert cache.load(cfg, UUID, again.replace(b"vda", b"vdb")) is None  # other XML
+    assert cache.load(cfg.replace(disk_lease_dir="/other"), UUID, again) is None  # other config
+    other = tmp_path / "other.img"
+    other.write_bytes(b"")
+    link.unlink()
+    link.symlink_to(other)  # the path now leads elsewhere: another lease name
+    assert cache.load(cfg, UUID, again) is None
+    link.unlink()
+    assert cache.load(cfg, UUID, again) is None  # gone: the full parse reports it
+    (tmp_path / "run" / "libvirt-plans" / UUID).write_text('{"xml": ')
+    assert cache.load(cfg, UUID, again) is None
+
+
+def test_prepare_uses_the_cached_plan_and_acquires_the_same_leases(hook_env, tmp_path):
+    run, agent, _ = hook_env
+    assert run("prepare").returncode == 0
+    assert run("prepare").returncode == 0
+    first, second = (r for r in agent.requests if r["op"] == "acquire")
+    assert first == second
+    assert (tmp_path / "run" / "libvirt-plans" / UUID).exists()
