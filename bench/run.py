@@ -16,7 +16,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: In the order they run.
-BENCHES = ["engine_latency.py", "agent_failover.py", "agent_footprint.py"]
+BENCHES = ["engine_latency.py", "agent_failover.py", "agent_footprint.py", "libvirt_start.py"]
 
 
 def main(argv: list[str]) -> int:
