@@ -111,12 +111,11 @@ def run(starts: int, kills: int) -> dict:
         key = f"libvirt:{domain.uuid}"
         for _ in range(kills):
             domain.start()
-            seen = len(vml.events(a, "released"))
             killed = time.monotonic()
             os.kill(domain.qemu_pid(), signal.SIGKILL)
-            event = wait_for(
-                lambda seen=seen: [
-                    e for e in vml.events(a, "released")[seen:] if e["holder"] == key
+            event = wait_for(  # (the agent keeps its last 200 events: match by time, not index)
+                lambda killed=killed: [
+                    e for e in vml.events(a, "released") if e["holder"] == key and e["at"] >= killed
                 ],
                 10,
                 "the lease to be released",

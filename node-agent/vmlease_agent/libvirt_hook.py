@@ -77,6 +77,9 @@ CONSEQUENCES = {
     "reconnect": "the running domain could not be re-adopted; the agent reconciles it later",
 }
 
+#: The hook log is renamed to ``.1`` beyond this size (one ~150-byte line per call: ~30,000 calls).
+LOG_ROTATE_BYTES = 4 << 20
+
 #: Seconds kept from the deadline for the worker to report and the hook to exit.
 REPORT_MARGIN = 0.5
 #: Seconds the hook waits for its worker to exit after the verdict (it exits at once).
@@ -555,6 +558,11 @@ def _log(cfg: LibvirtConfig, text: str) -> None:
         return
     try:
         os.makedirs(os.path.dirname(cfg.log_file), exist_ok=True)
+        try:
+            if os.stat(cfg.log_file).st_size > LOG_ROTATE_BYTES:
+                os.replace(cfg.log_file, cfg.log_file + ".1")
+        except FileNotFoundError:
+            pass
         with open(cfg.log_file, "a") as f:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] {text}\n")
     except OSError:
