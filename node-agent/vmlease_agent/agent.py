@@ -140,6 +140,7 @@ class Agent:
         for c in saved.clients:
             self._adopt_client(c)
         self.save()
+        self.tick()  # arm and feed now if every resumed lockspace is healthy: no lease waits
         self._loop = threading.Thread(target=self._run, name="main-loop", daemon=True)
         self._loop.start()
 
