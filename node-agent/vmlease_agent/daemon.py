@@ -113,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         os.path.join(args.run_dir, SOCKET_NAME), Handlers(agent, shutdown), args.socket_group
     )
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+    # The handler only flips a flag: taking the Event's lock inside a signal handler can
+    # deadlock with the main thread holding it in wait(); the main thread polls instead.
+    signalled: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, lambda signum, _frame: signalled.append(signum))
     for ls_cfg in wanted:
         if ls_cfg.name not in agent.lockspaces:
             try:
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     watcher = libvirt_events.start(args, agent)
     log.info("vmlease-agent %s ready on %s", __version__, server.path)
-    done.wait()
+    while not signalled and not done.wait(0.2):
+        pass
     if watcher is not None:
         watcher.stop()
     extras.stop()
