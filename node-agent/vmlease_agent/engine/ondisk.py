@@ -363,6 +363,7 @@ def watchdog_fire_timeout_of(leader: Leader, default: int) -> int:
 
 _REQUEST = struct.Struct("<IIQI4x")
 _DBLOCK = struct.Struct("<QQQQQQII")
+_DBLOCK_BODY = struct.Struct("<QQQQQQ")
 _MODE = struct.Struct("<I4xQ")
 
 
@@ -394,10 +395,12 @@ class Dblock:
     checksum: int = 0
     flags: int = 0
 
+    def _body(self) -> bytes:
+        """The checksummed bytes 0..47 (everything but checksum and flags)."""
+        return _DBLOCK_BODY.pack(self.mbal, self.bal, self.inp, self.inp2, self.inp3, self.lver)
+
     def pack(self) -> bytes:
-        body = struct.pack(
-            "<QQQQQQ", self.mbal, self.bal, self.inp, self.inp2, self.inp3, self.lver
-        )
+        body = self._body()
         return body + struct.pack("<II", crc(body), self.flags)
 
     @classmethod
@@ -407,10 +410,7 @@ class Dblock:
     def checksum_ok(self) -> bool:
         if not (self.checksum or self.mbal or self.bal or self.inp or self.lver):
             return True  # never written
-        body = struct.pack(
-            "<QQQQQQ", self.mbal, self.bal, self.inp, self.inp2, self.inp3, self.lver
-        )
-        return crc(body) == self.checksum
+        return crc(self._body()) == self.checksum
 
 
 @dataclass(frozen=True, slots=True)
