@@ -35,9 +35,10 @@ import os
 import stat
 import struct
 import threading
-import time
 from dataclasses import asdict, dataclass
 from typing import Protocol
+
+from .engine.clock import boottime
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +311,9 @@ def _magic_close(fd: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class DeviceState:
-    """The content of a file-backed device. ``fed_at`` is CLOCK_MONOTONIC seconds, which every
-    process on the machine shares, so the harness can compare it with its own clock."""
+    """The content of a file-backed device. ``fed_at`` is CLOCK_BOOTTIME seconds
+    (``engine.clock.boottime``), which every process on the machine shares, so the harness can
+    compare it with its own clock."""
 
     armed: bool
     fire_timeout: int
@@ -376,7 +378,7 @@ class FileWatchdog:
     def shorten(self, seconds: int) -> None:
         with self._lock:
             if self._armed and seconds >= 1:
-                write_state(self.path, DeviceState(True, seconds, time.monotonic(), os.getpid()))
+                write_state(self.path, DeviceState(True, seconds, boottime(), os.getpid()))
 
     def disarm(self) -> None:
         with self._lock:
@@ -389,7 +391,7 @@ class FileWatchdog:
             self._armed = False
 
     def _write(self, armed: bool) -> None:
-        write_state(self.path, DeviceState(armed, self.fire_timeout, time.monotonic(), os.getpid()))
+        write_state(self.path, DeviceState(armed, self.fire_timeout, boottime(), os.getpid()))
 
 
 # ---- no watchdog ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from .engine.clock import boottime
 from .watchdog import DeviceState, read_state
 
 #: How often the device is read: the harness fires at most this late.
@@ -100,7 +101,7 @@ def supervise(device: str, pgids: list[int], events: str | None) -> int:
                 f"watchdog harness: unreadable {device}, keeping its last state: {e}",
                 file=sys.stderr,
             )
-        now = time.monotonic()
+        now = boottime()
         if state.armed and now - state.fed_at > state.fire_timeout:
             fire(now, state, pgids, events)
             return 0

@@ -17,13 +17,13 @@ N = 1
 W = 4
 LS = "agentls"
 
-#: A "VM": appends its monotonic clock to a file every 50 ms while it runs. Two holders'
-#: intervals overlapping would be two writers at once.
+#: A "VM": appends the agent's clock (CLOCK_BOOTTIME) to a file every 50 ms while it runs. Two
+#: holders' intervals overlapping would be two writers at once.
 WRITER = (
     "import sys, time\n"
     "f = open(sys.argv[1], 'a', buffering=1)\n"
     "while True:\n"
-    "    f.write(f'{time.monotonic()}\\n')\n"
+    "    f.write(f'{time.clock_gettime(time.CLOCK_BOOTTIME)}\\n')\n"
     "    time.sleep(0.05)\n"
 )
 

@@ -87,7 +87,7 @@ STUCK_HOLDER = (
     "f = open(sys.argv[1], 'a', buffering=1)\n"
     "fd = os.open(sys.argv[2], os.O_RDONLY)\n"
     "while True:\n"
-    "    f.write(f'{time.monotonic()}\\n')\n"
+    "    f.write(f'{time.clock_gettime(time.CLOCK_BOOTTIME)}\\n')\n"
     "    os.pread(fd, 512, 0)\n"
     "    time.sleep(0.05)\n"
 )
@@ -109,7 +109,7 @@ DEAF_HOLDER = (
     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
     "f = open(sys.argv[1], 'a', buffering=1)\n"
     "while True:\n"
-    "    f.write(f'{time.monotonic()}\\n')\n"
+    "    f.write(f'{time.clock_gettime(time.CLOCK_BOOTTIME)}\\n')\n"
     "    time.sleep(0.05)\n"
 )
 

@@ -8,15 +8,30 @@ import time
 
 import pytest
 from leasekit import make_lockspace
-from vmlease_agent.engine.clock import REAL_CLOCK, Aborted, Clock, FakeClock
+from vmlease_agent.engine import clock as clock_module
+from vmlease_agent.engine.clock import REAL_CLOCK, Aborted, Clock, FakeClock, boottime
 
 
-def test_monotime_is_whole_clock_monotonic_seconds():
-    before = int(time.clock_gettime(time.CLOCK_MONOTONIC))
+def test_monotime_is_whole_boot_time_seconds():
+    before = int(time.clock_gettime(time.CLOCK_BOOTTIME))
     m = Clock().monotime()
-    after = int(time.clock_gettime(time.CLOCK_MONOTONIC))
+    after = int(time.clock_gettime(time.CLOCK_BOOTTIME))
     assert isinstance(m, int)
     assert before <= m <= after
+
+
+def test_deadlines_count_suspended_time_safety(monkeypatch):
+    """A suspend must not stop our clock (CLOCK_MONOTONIC does): peers keep counting, so after
+    resume our deadlines must have moved on by the suspended time, never less."""
+    real = time.clock_gettime
+    suspended = 600.0
+
+    def after_suspend(clk: int) -> float:
+        return real(clk) + (suspended if clk == time.CLOCK_BOOTTIME else 0.0)
+
+    monkeypatch.setattr(clock_module.time, "clock_gettime", after_suspend)
+    assert Clock().now() - time.monotonic() >= suspended - 1
+    assert boottime() - time.monotonic() >= suspended - 1
 
 
 def test_monotime_is_never_zero_because_zero_means_free():
@@ -28,18 +43,18 @@ def test_monotime_is_never_zero_because_zero_means_free():
 def test_real_sleep_is_cut_short_by_abort():
     abort = threading.Event()
     threading.Timer(0.1, abort.set).start()
-    t0 = time.monotonic()
+    t0 = boottime()
     with pytest.raises(Aborted):
         REAL_CLOCK.sleep(10, abort)
-    assert time.monotonic() - t0 < 2
+    assert boottime() - t0 < 2
 
 
 def test_real_sleep_sleeps():
-    t0 = time.monotonic()
+    t0 = boottime()
     REAL_CLOCK.sleep(0.2, threading.Event())
     REAL_CLOCK.sleep(0)
     REAL_CLOCK.sleep(-1)
-    assert 0.2 <= time.monotonic() - t0 < 1
+    assert 0.2 <= boottime() - t0 < 1
 
 
 def test_fake_sleep_advances_time_and_runs_hooks():
@@ -67,7 +82,7 @@ def test_fake_clock_accounts_time_like_the_real_clock(lease_dir):
     """The same delta-lease acquire (io_timeout 1: waits 2N = 2 s) on both clocks: the fake's
     elapsed time equals the real elapsed time, up to the I/O time the fake does not count."""
     ls = make_lockspace(lease_dir)
-    fake = FakeClock(start=time.monotonic())
+    fake = FakeClock(start=boottime())
     fake_start = fake.now()
     ls.lease(1, fake, name="a").acquire()
     fake_elapsed = fake.now() - fake_start
@@ -78,5 +93,5 @@ def test_fake_clock_accounts_time_like_the_real_clock(lease_dir):
     real_elapsed = real.now() - t0
     assert fake_elapsed == 2.0
     assert fake_elapsed <= real_elapsed < fake_elapsed + 0.5
-    # and both write the same kind of timestamp: whole monotonic seconds near "now"
-    assert abs(rec.timestamp - time.monotonic()) <= 3
+    # and both write the same kind of timestamp: whole boot-time seconds near "now"
+    assert abs(rec.timestamp - boottime()) <= 3

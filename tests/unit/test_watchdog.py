@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from vmlease_agent import watchdog
+from vmlease_agent.engine.clock import boottime
 from vmlease_agent.watchdog import (
     WDIOC_GETTIMEOUT,
     WDIOC_KEEPALIVE,
@@ -108,10 +109,10 @@ class Node:
 
 
 def death_time(pidfd: int, timeout: float) -> float | None:
-    """Monotonic time at which the process died, or None if it is alive after ``timeout``."""
+    """Boot time at which the process died, or None if it is alive after ``timeout``."""
     p = select.poll()
     p.register(pidfd, select.POLLIN)
-    return time.monotonic() if p.poll(timeout * 1000) else None
+    return boottime() if p.poll(timeout * 1000) else None
 
 
 def fired_events(events: Path) -> list[dict]:
