@@ -7,12 +7,15 @@ seconds after the last keepalive; other hosts wait 8N + W before taking a lease,
 proof that a lease is never taken while its old holder could still write.
 
 Lifecycle, as the agent uses it:
-  ``arm``        at start, before any lockspace is joined (re-arming an armed device only feeds it);
-  ``keepalive``  every main-loop tick while every lockspace is healthy;
+  ``arm``        before the first write of the first lease acquisition, and only while every
+                 lockspace is healthy (opening a device still counting is itself a keepalive);
+  ``keepalive``  every main-loop tick while every lockspace is healthy, with the W our delta
+                 leases advertise if that is less than the configured one;
   ``shorten``    while a lockspace has failed and holders may live: the device runs with only the
                  time left until last keepalive + W, so that a close (an agent crash) cannot
                  postpone the reset; the next ``keepalive`` restores W;
-  ``disarm``     clean shutdown only, once every lease is released: the node is NOT reset;
+  ``disarm``     as soon as nothing is held (no lease, no acquisition in flight): the node is NOT
+                 reset, so uninstalling or stopping an agent that protects nothing is harmless;
   ``abandon``    any other exit (SIGTERM for an upgrade, a fatal error): the device keeps counting,
                  and a restarted agent must re-arm it before it fires. On Linux the close itself
                  counts as one last keepalive (see ``LinuxWatchdog``): abandon only while every
@@ -54,8 +57,11 @@ class Watchdog(Protocol):
     def arm(self) -> None:
         """Open the device and set its timeout; arming an armed device only feeds it."""
 
-    def keepalive(self) -> None:
-        """Feed the device: the reset moves to ``fire_timeout`` seconds from now."""
+    def keepalive(self, seconds: int | None = None) -> None:
+        """Feed the device: the reset moves to ``seconds`` (default and at most ``fire_timeout``)
+        from now. A shorter ``seconds`` keeps the device within the W that other hosts judge us
+        by while our delta lease still advertises a smaller W than configured (a W raised across
+        an agent restart: see ``Agent``)."""
 
     def disarm(self) -> None:
         """Clean shutdown only: stop the device (magic close); the node is not reset."""
@@ -153,13 +159,13 @@ class LinuxWatchdog:
             else:
                 self._ping(self._fd)
 
-    def keepalive(self) -> None:
+    def keepalive(self, seconds: int | None = None) -> None:
+        want = self.fire_timeout if seconds is None else min(seconds, self.fire_timeout)
         with self._lock:
             if self._fd is None:
                 raise WatchdogError(f"keepalive on the watchdog {self.path}, which is not armed")
-            if self._current != self.fire_timeout:
-                self._set_timeout(self._fd, self.fire_timeout)  # pings too
-                self._current = self.fire_timeout
+            if self._current != want:
+                self._set_timeout_at_most(self._fd, want)  # the kernel pings too
             else:
                 self._ping(self._fd)
 
@@ -167,20 +173,39 @@ class LinuxWatchdog:
         with self._lock:
             if self._fd is None or seconds < 1 or seconds >= self._current:
                 return
-            self._set_timeout(self._fd, seconds)  # the kernel pings with the new timeout
-            self._current = seconds
+            self._set_timeout_at_most(self._fd, seconds)  # the kernel pings with the new timeout
 
-    def _set_timeout(self, fd: int, seconds: int) -> None:
-        try:
-            fcntl.ioctl(fd, WDIOC_SETTIMEOUT, struct.pack("i", seconds))
-            got = struct.unpack("i", fcntl.ioctl(fd, WDIOC_GETTIMEOUT, struct.pack("i", 0)))[0]
-        except OSError as e:
-            raise WatchdogError(
-                f"setting the timeout of the watchdog {self.path} to {seconds} s failed: "
-                f"{e.strerror}"
-            ) from e
-        if got > seconds:
-            log.error("watchdog %s rounded a %d s timeout up to %d s", self.path, seconds, got)
+    def _set_timeout_at_most(self, fd: int, seconds: int) -> None:
+        """Make the device fire at most ``seconds`` from now, trusting only what it reads back.
+
+        A driver may round a timeout up (granularity); then the reset would come later than
+        the moment we promised, so smaller requests are tried until the value read back fits.
+        ``_current`` is always what the driver reports, never what we asked for.
+        """
+        for ask in range(seconds, 0, -1):
+            try:
+                fcntl.ioctl(fd, WDIOC_SETTIMEOUT, struct.pack("i", ask))
+                got = struct.unpack("i", fcntl.ioctl(fd, WDIOC_GETTIMEOUT, struct.pack("i", 0)))[0]
+            except OSError as e:
+                raise WatchdogError(
+                    f"setting the timeout of the watchdog {self.path} to {ask} s failed: "
+                    f"{e.strerror}"
+                ) from e
+            self._current = got
+            if got <= seconds:
+                if ask != seconds:
+                    log.warning(
+                        "watchdog %s: asked %d s for a %d s limit; it runs with %d s",
+                        self.path,
+                        ask,
+                        seconds,
+                        got,
+                    )
+                return
+        raise WatchdogError(
+            f"the watchdog driver of {self.path} cannot run with a timeout of {seconds} s or "
+            f"less (it reports {self._current} s): the node is reset later than promised"
+        )
 
     def disarm(self) -> None:
         with self._lock:
@@ -369,11 +394,12 @@ class FileWatchdog:
             self._write(armed=True)
             self._armed = True
 
-    def keepalive(self) -> None:
+    def keepalive(self, seconds: int | None = None) -> None:
+        want = self.fire_timeout if seconds is None else min(seconds, self.fire_timeout)
         with self._lock:
             if not self._armed:
                 raise WatchdogError(f"keepalive on the watchdog {self.path}, which is not armed")
-            self._write(armed=True)
+            write_state(self.path, DeviceState(True, want, boottime(), os.getpid()))
 
     def shorten(self, seconds: int) -> None:
         with self._lock:
@@ -410,7 +436,7 @@ class NullWatchdog:
             "Development only."
         )
 
-    def keepalive(self) -> None:
+    def keepalive(self, seconds: int | None = None) -> None:
         pass
 
     def shorten(self, seconds: int) -> None:

@@ -254,7 +254,7 @@ def test_harness_keeps_counting_on_an_unreadable_device_safety(
 def test_file_watchdog_states(device: Path) -> None:
     wd = open_watchdog(f"file:{device}", 7)
     assert isinstance(wd, FileWatchdog)
-    before = time.monotonic()
+    before = boottime()
     wd.arm()
     s = read_state(str(device))
     assert s.armed and s.fire_timeout == 7 and s.pid == os.getpid() and s.fed_at >= before
@@ -456,10 +456,55 @@ def test_linux_shorten_keeps_the_reset_where_it_was_safety(
     assert driver.timeout == 10
 
 
+def test_linux_shorten_trusts_the_timeout_read_back_safety(
+    pty_device: tuple[str, int, FakeDriver],
+) -> None:
+    """A driver that rounds up (granularity 4: 7 -> 8) must not push the reset past the time
+    left: smaller values are asked until the one read back fits."""
+    path, _, driver = pty_device
+    driver.granularity = 4
+    wd = open_watchdog(path, 12)
+    wd.arm()
+    wd.shorten(7)
+    assert driver.timeout <= 7
+    assert driver.timeout == wd._current == 4  # what the device runs with, as read back
+    wd.keepalive(seconds=6)  # an effective W below the configured one: never rounded up either
+    assert driver.timeout == 4
+    wd.keepalive()
+    assert driver.timeout == 12
+
+
+def test_linux_shorten_that_cannot_fit_is_an_error(pty_device: tuple[str, int, FakeDriver]) -> None:
+    path, _, driver = pty_device
+    driver.granularity = 10
+    wd = open_watchdog(path, 10)
+    wd.arm()
+    with pytest.raises(WatchdogError, match="cannot run with a timeout of 5 s or less"):
+        wd.shorten(5)
+
+
+def test_keepalive_runs_with_an_effective_timeout_no_longer_than_configured(
+    pty_device: tuple[str, int, FakeDriver], device: Path
+) -> None:
+    path, _, driver = pty_device
+    wd = open_watchdog(path, 10)
+    wd.arm()
+    wd.keepalive(seconds=6)
+    assert driver.timeout == 6
+    wd.keepalive(seconds=30)  # never more than the configured W
+    assert driver.timeout == 10
+    fw = open_watchdog(f"file:{device}", 10)
+    fw.arm()
+    fw.keepalive(seconds=6)
+    assert read_state(str(device)).fire_timeout == 6
+    fw.keepalive(seconds=30)
+    assert read_state(str(device)).fire_timeout == 10
+
+
 def test_file_shorten_moves_the_harness_deadline(device: Path) -> None:
     wd = open_watchdog(f"file:{device}", 30)
     wd.arm()
-    before = time.monotonic()
+    before = boottime()
     wd.shorten(3)
     s = read_state(str(device))
     assert s.armed and s.fire_timeout == 3 and s.fed_at >= before
