@@ -58,7 +58,7 @@ from collections.abc import Callable
 from . import leasespec
 from .agent import Agent
 from .clients import process_uid
-from .engine import errors
+from .engine import errors, timeouts
 from .lockspace import LockspaceConfig
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,7 @@ class Handlers:
         spec = leasespec.parse_lockspace(str(_require(req, "lockspace", str)))
         if spec.host_id < 1:
             raise ApiError(detail="add_lockspace needs a host_id >= 1 (LS:HOST_ID:PATH:OFFSET)")
-        io = req.get("io_timeout") or 10
-        if not isinstance(io, int) or not 1 <= io <= 255:
-            raise ApiError(detail=f"io_timeout {io!r} must be 1..255 seconds")
+        io = req.get("io_timeout") or timeouts.DEFAULT_IO_TIMEOUT
         cfg = LockspaceConfig(spec.name, spec.host_id, spec.path, spec.offset, io)
         return self.agent.add_lockspace(cfg, wait=req.get("wait", True) is not False)
 

@@ -76,7 +76,14 @@ def lockspace_config(text: str) -> LockspaceConfig:
     parts = leasespec.split_escaped(text)
     io = timeouts.DEFAULT_IO_TIMEOUT
     if len(parts) == 5:
-        io = int(parts.pop())
+        raw = parts.pop()
+        try:
+            io = int(raw)
+        except ValueError:
+            raise errors.InvalidArgument(
+                what=f"--lockspace {text}: io_timeout {raw!r}",
+                detail=f"must be a whole number of seconds in 1..{timeouts.MAX_IO_TIMEOUT}",
+            ) from None
         text = ":".join([parts[0], parts[1], leasespec.escape_path(parts[2]), parts[3]])
     spec = leasespec.parse_lockspace(text)
     return LockspaceConfig(spec.name, spec.host_id, spec.path, spec.offset, io)

@@ -32,9 +32,7 @@ def _sizes(args: argparse.Namespace, st: Storage) -> Sizes:
 
 def _io_timeout(args: argparse.Namespace) -> int:
     n = args.io_timeout if args.io_timeout is not None else timeouts.DEFAULT_IO_TIMEOUT
-    if not 1 <= n <= timeouts.MAX_IO_TIMEOUT:
-        raise errors.InvalidArgument(what=f"io_timeout -o {n}", detail="must be 1..255 seconds")
-    return n
+    return delta.check_io_timeout(n, "-o")
 
 
 def cmd_init(args: argparse.Namespace) -> int:

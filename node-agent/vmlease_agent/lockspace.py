@@ -53,6 +53,10 @@ class LockspaceConfig:
     offset: int
     io_timeout: int = timeouts.DEFAULT_IO_TIMEOUT
 
+    def __post_init__(self) -> None:
+        # every way in (--lockspace, the API, Kubernetes, saved state) builds one of these
+        delta.check_io_timeout(self.io_timeout, f"lockspace {self.name}")
+
     @property
     def location(self) -> delta.Location:
         return delta.Location(self.name, self.path, self.offset)

@@ -94,6 +94,14 @@ def test_agent_errors_carry_code_and_message(server):
     assert r["error"]["code"] == -28 and "not joined" in r["error"]["message"]
 
 
+def test_add_lockspace_refuses_an_io_timeout_the_record_cannot_hold_safety(server):
+    req = {"op": "add_lockspace", "lockspace": "LS:1:/p:0", "io_timeout": 300}
+    r = ask(server.path, json.dumps(req).encode() + b"\n")
+    assert r["ok"] is False and r["error"]["code"] == -22
+    assert "io_timeout 300: must be a whole number of seconds in 1..255" in r["error"]["message"]
+    assert server.agent.calls == []
+
+
 def test_unprivileged_peer_cannot_add_lockspaces_safety(server):
     os.chmod(server.path, 0o666)  # let uid 65534 connect, to test the check behind the mode
     code = (

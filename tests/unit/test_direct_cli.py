@@ -82,8 +82,8 @@ def test_init_4k_2m(capsys, lease_dir):
     [
         (["-Z", "512", "-A", "2M"], -230, "invalid sector/align size combination 512/2097152"),
         (["-A", "3M"], -22, "use one of 1M, 2M, 4M, 8M"),
-        (["-o", "0"], -22, "io_timeout -o 0: must be 1..255 seconds"),
-        (["-o", "256"], -22, "must be 1..255"),
+        (["-o", "0"], -22, "-o: io_timeout 0: must be a whole number of seconds in 1..255"),
+        (["-o", "256"], -22, "in 1..255 (the delta lease records it in one byte)"),
     ],
 )
 def test_init_bad_options_write_nothing(capsys, files, args, code, text):

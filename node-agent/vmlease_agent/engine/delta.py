@@ -53,6 +53,25 @@ def check_offset(loc: Location, sizes: Sizes, what: str) -> None:
         )
 
 
+def check_io_timeout(io_timeout: object, what: str) -> int:
+    """``io_timeout`` if the delta lease can record it, else InvalidArgument naming ``what``.
+
+    Every entry point goes through here: the record stores N in one byte (sanlock writes
+    ``N & 0xFF``), so 300 would be read back as 44 by every other host while we wait out 8 x 300.
+    """
+    if (
+        isinstance(io_timeout, bool)
+        or not isinstance(io_timeout, int)
+        or not 1 <= io_timeout <= timeouts.MAX_IO_TIMEOUT
+    ):
+        raise errors.InvalidArgument(
+            what=f"{what}: io_timeout {io_timeout!r}",
+            detail=f"must be a whole number of seconds in 1..{timeouts.MAX_IO_TIMEOUT} "
+            "(the delta lease records it in one byte)",
+        )
+    return io_timeout
+
+
 def check_host_id(loc: Location, sizes: Sizes, host_id: int) -> None:
     if not 1 <= host_id <= sizes.max_hosts:
         raise errors.HostIdOutOfRange(**loc.describe(), host_id=host_id, max_hosts=sizes.max_hosts)
@@ -188,10 +207,7 @@ def init_lockspace(
             on_disk=sizes.sector_size,
             detail=f"the storage has {st.sector_size}-byte sectors (use -Z {st.sector_size})",
         )
-    if not 1 <= io_timeout <= timeouts.MAX_IO_TIMEOUT:
-        raise errors.InvalidArgument(
-            what=f"io_timeout {io_timeout}", detail="must be 1..255 seconds"
-        )
+    check_io_timeout(io_timeout, f"lockspace {loc.name}")
     image, commit = lockspace_image(loc.name, sizes, io_timeout)
     if not force:
         from .inspect import refuse_overwrite
@@ -328,6 +344,9 @@ class DeltaLease:
     record: Leader | None = None
     bitmap: bytes = bytes(ondisk.HOSTID_BITMAP_SIZE)
 
+    def __post_init__(self) -> None:
+        check_io_timeout(self.io_timeout, f"lockspace {self.loc.name}")
+
     @property
     def generation(self) -> int:
         return self.record.owner_generation if self.record else 0
@@ -345,7 +364,7 @@ class DeltaLease:
         return replace(
             base,
             timestamp=self.clock.monotime(),
-            io_timeout=self.io_timeout & 0xFF,
+            io_timeout=self.io_timeout,
             owner_id=self.host_id,
             owner_generation=gen,
             resource_name=self.host_name,
