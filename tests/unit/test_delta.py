@@ -210,6 +210,105 @@ def test_fast_reacquire_by_the_same_host_name(lease_dir):
     assert again.owner_generation == 2
 
 
+# ---- which machine, which boot (an agent that lost its saved state) --------------------------
+
+MACHINE_A, MACHINE_B = "a" * 32, "b" * 32
+
+
+def test_previous_boot_of_this_machine_is_reacquired_at_once(lease_dir):
+    ls = make_lockspace(lease_dir)
+    clock = FakeClock()
+    ls.lease(2, clock, name="n", identity=ondisk.Identity.of(MACHINE_A, "boot-1")).acquire()
+    clock.sleeps.clear()
+    again = ls.lease(2, clock, name="n", identity=ondisk.Identity.of(MACHINE_A, "boot-2"))
+    assert again.acquire().owner_generation == 2
+    assert clock.sleeps == [2]  # every process of boot-1 is gone: no wait
+
+
+def test_earlier_agent_of_this_boot_is_waited_out_until_its_deadline_plus_w_safety(lease_dir):
+    """Saved state lost (deleted, another run directory): the old agent's holders may still run,
+    so the host_id is re-taken only after its deadline T + 8N + W (and the record unchanged)."""
+    ls = make_lockspace(lease_dir, io_timeout=1)
+    me = ondisk.Identity.of(MACHINE_A, "boot-1")
+    clock = FakeClock(start=1000)
+    old = ls.lease(2, clock, name="n", identity=me, fire_timeout=10)
+    t = old.acquire().timestamp  # T = 1000
+    clock.advance(3)
+    clock.sleeps.clear()
+    new = ls.lease(2, clock, name="n", identity=me, fire_timeout=10)
+    seen: list[float] = []
+    clock.on_sleep.append(lambda c: seen.append(new.previous_until))
+    started = clock.now()
+    rec = new.acquire()
+    assert clock.sleeps[0] == t + 1 + 8 * 1 + 10 - started  # until T + 1 + 8N + W, our clock
+    assert seen[0] == t + 1 + 8 + 10 and new.previous_until == 0.0
+    assert rec.owner_generation == 2
+
+
+def test_earlier_agent_of_this_boot_still_renewing_is_busy_safety(lease_dir):
+    ls = make_lockspace(lease_dir)
+    me = ondisk.Identity.of(MACHINE_A, "boot-1")
+    clock = FakeClock()
+    old = ls.lease(2, clock, name="n", identity=me)
+    old.acquire()
+    clock.advance(1)
+    clock.on_sleep.append(lambda c: old.renew())  # the old agent is alive after all
+    with pytest.raises(errors.HostIdBusy, match="in use"):
+        ls.lease(2, clock, name="n", identity=me).acquire()
+    assert ls.record(2) == old.record  # nothing of ours was written
+
+
+def test_same_name_without_an_identity_is_waited_out_like_another_host_safety(lease_dir):
+    """A record with our name but no identity (sanlock, an older vmlease) proves nothing."""
+    ls = make_lockspace(lease_dir)
+    clock = FakeClock()
+    ls.lease(2, clock, name="n").acquire()
+    clock.sleeps.clear()
+    ls.lease(2, clock, name="n", identity=ondisk.Identity.of(MACHINE_A, "b")).acquire()
+    assert clock.sleeps == [8 + 60, 2]
+
+
+def test_another_machine_with_our_name_is_refused_and_named_safety(lease_dir):
+    ls = make_lockspace(lease_dir)
+    clock = FakeClock()
+    theirs, ours = ondisk.Identity.of(MACHINE_B, "x"), ondisk.Identity.of(MACHINE_A, "y")
+    ls.lease(2, clock, name="n", identity=theirs).acquire()
+    before = digest(ls.path)
+    with pytest.raises(errors.HostNameCollision) as e:
+        ls.lease(2, clock, name="n", identity=ours).acquire()
+    assert e.value.code == -262
+    assert theirs.machine_hex in str(e.value) and ours.machine_hex in str(e.value)
+    assert "--node-name" in str(e.value)
+    assert digest(ls.path) == before
+
+
+def test_identity_is_bound_to_the_record_it_was_written_with(lease_dir):
+    ls = make_lockspace(lease_dir)
+    me = ondisk.Identity.of(MACHINE_A, "b")
+    rec = ls.lease(2, FakeClock(), name="n", identity=me).acquire()
+    sector = read_bytes(ls.path, 512, 512)
+    assert ondisk.Identity.unpack_for(sector, rec) == me
+    assert ondisk.Identity.unpack_for(sector, replace(rec, owner_generation=9)) is None
+    assert not any(sector[ondisk.LEADER_SIZE : ondisk.IDENTITY_OFFSET])
+
+
+# ---- W across restarts -----------------------------------------------------------------------
+
+
+def test_renew_advertises_the_current_w_after_a_resume_with_another_w_safety(lease_dir):
+    """An agent restarted with W 10 -> 60 resumes a record that says 10: its first renewal
+    must say 60, and until then ``advertised_fire_timeout`` says 10 (what peers judge by)."""
+    ls = make_lockspace(lease_dir, io_timeout=1)
+    clock = FakeClock(start=100)
+    rec = ls.lease(5, clock, name="n", fire_timeout=10).acquire()
+    resumed = ls.lease(5, clock, name="n", fire_timeout=60, record=rec)
+    assert resumed.advertised_fire_timeout == 10
+    clock.advance(2)
+    new, _ = resumed.renew()
+    assert ondisk.watchdog_fire_timeout_of(new, 0) == 60 == resumed.advertised_fire_timeout
+    assert ondisk.watchdog_fire_timeout_of(ls.record(5), 0) == 60
+
+
 def test_held_by_another_host_name_is_waited_out_8n_plus_60(lease_dir):
     ls = make_lockspace(lease_dir)
     clock = FakeClock()

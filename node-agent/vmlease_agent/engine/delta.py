@@ -6,15 +6,25 @@ waits long enough that a live owner *must* have renewed in between (see ``timeou
 
 Acquire (sanlock ``delta_lease_acquire``):
   1. read our sector; the previous owner's N and W come from it;
-  2. free (timestamp 0), or held under our own host name (our earlier incarnation, "fast
-     reacquire"): claim at once;
-  3. held by another host name: wait 8N+W (of the previous owner), re-read; the record unchanged
+  2. free (timestamp 0): claim at once;
+  3. held under our own host name (an earlier incarnation of us): sanlock claims at once ("fast
+     reacquire"), which is what ``identity=None`` (the direct CLI) does. The agent passes its
+     machine identity (``ondisk.Identity``) and claims at once only if the record proves a
+     *previous boot* of this machine, where every process of the old incarnation is gone. An
+     earlier agent of this same boot may have left holders running (its saved state lost), so
+     we wait until its deadline + W (``T + 1 + 8N + W`` on our own clock: same boot, same clock)
+     and re-read as in 4; a record without a usable identity proves nothing and is waited out
+     like another host's; another machine under our name is refused (-262, both named);
+  4. held by another host name: wait 8N+W (of the previous owner), re-read; the record unchanged
      (or free) proves the owner dead, else the host_id is busy (-262);
   4. claim: timestamp = now, generation + 1, our host name, N and W;
   5. wait 2N, re-read: the record must be exactly ours, else another host claimed too (-262).
 Renew: read the whole area (one I/O, also used to judge every other host), check our record is
 byte-identical to our last write (else -260/-261: someone else writes our host_id), write it with
-a new timestamp. Release: rewrite with timestamp 0, keeping owner, generation and name.
+a new timestamp and our *current* W (a record resumed after a restart may still carry the W of
+the previous agent; the caller's watchdog runs with the smaller of the two until this write is
+on disk: see ``advertised_fire_timeout``). Release: rewrite with timestamp 0, keeping owner,
+generation and name.
 """
 
 from __future__ import annotations
@@ -343,6 +353,10 @@ class DeltaLease:
     clock: Clock = REAL_CLOCK
     record: Leader | None = None
     bitmap: bytes = bytes(ondisk.HOSTID_BITMAP_SIZE)
+    #: which machine and boot we are (the agent); None: sanlock's fast reacquire by host name
+    identity: ondisk.Identity | None = None
+    #: while acquire waits out an earlier incarnation of this host name: until when (our clock)
+    previous_until: float = 0.0
 
     def __post_init__(self) -> None:
         check_io_timeout(self.io_timeout, f"lockspace {self.loc.name}")
@@ -354,25 +368,42 @@ class DeltaLease:
     def _offset(self) -> int:
         return sector_offset(self.loc, self.sizes, self.host_id)
 
+    @property
+    def advertised_fire_timeout(self) -> int:
+        """The W our record on disk tells other hosts to judge us by (60 without a tag)."""
+        if self.record is None:
+            return self.fire_timeout
+        return ondisk.watchdog_fire_timeout_of(self.record, timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT)
+
     def _read_own(self) -> tuple[Leader, bytes]:
+        """Our record and our whole sector (the identity block follows the record)."""
         buf = self.st.read(self._offset(), self.sizes.sector_size, self.io_timeout)
         leader = verify_delta(self.loc, buf, self.st.sector_size)
-        return leader, bytes(buf[: ondisk.LEADER_SIZE])
+        return leader, bytes(buf)
 
     def _claim(self, base: Leader) -> Leader:
-        gen = base.owner_generation + 1
-        return replace(
-            base,
-            timestamp=self.clock.monotime(),
-            io_timeout=self.io_timeout,
-            owner_id=self.host_id,
-            owner_generation=gen,
-            resource_name=self.host_name,
-            unused1=ondisk.fire_timeout_field(self.fire_timeout, self.host_name, self.host_id, gen),
-        ).sealed()
+        return self._seal(
+            replace(
+                base,
+                timestamp=self.clock.monotime(),
+                io_timeout=self.io_timeout,
+                owner_id=self.host_id,
+                owner_generation=base.owner_generation + 1,
+                resource_name=self.host_name,
+            )
+        )
+
+    def _seal(self, leader: Leader) -> Leader:
+        """``leader`` with our current W tag (owner, generation and name as in ``leader``)."""
+        tag = ondisk.fire_timeout_field(
+            self.fire_timeout, leader.resource_name, leader.owner_id, leader.owner_generation
+        )
+        return replace(leader, unused1=tag).sealed()
 
     def _write(self, leader: Leader, timeout: float) -> None:
         parts = [(0, leader.pack())]
+        if self.identity is not None and leader.timestamp:
+            parts.append((ondisk.IDENTITY_OFFSET, self.identity.pack_for(leader)))
         if any(self.bitmap):
             parts.append((ondisk.HOSTID_BITMAP_OFFSET, self.bitmap))
         self.st.write(self._offset(), ondisk.sector(self.sizes.sector_size, *parts), timeout)
@@ -384,10 +415,17 @@ class DeltaLease:
         current, raw = self._read_own()
         other_n = current.io_timeout or self.io_timeout
         other_w = ondisk.watchdog_fire_timeout_of(current, timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT)
-        if current.timestamp != 0 and current.resource_name != self.host_name:
-            self.clock.sleep(timeouts.delta_acquire_held_wait(other_n, other_w), abort)
+        wait = self._held_wait(current, raw, other_n, other_w) if current.timestamp else 0.0
+        if wait > 0:
+            try:
+                self.clock.sleep(wait, abort)
+            finally:
+                self.previous_until = 0.0
             again, raw_again = self._read_own()
-            if again.timestamp != 0 and raw_again != raw:
+            if (
+                again.timestamp != 0
+                and raw_again[: ondisk.LEADER_SIZE] != raw[: ondisk.LEADER_SIZE]
+            ):
                 raise errors.HostIdBusy(
                     **self.loc.describe(), host_id=self.host_id, holder=host_label(again)
                 )
@@ -403,6 +441,34 @@ class DeltaLease:
             )
         self.record = claim
         return claim
+
+    def _held_wait(self, current: Leader, sector: bytes, other_n: int, other_w: int) -> float:
+        """Seconds to wait before claiming a held host_id (steps 3 and 4 of the docstring)."""
+        held_wait = float(timeouts.delta_acquire_held_wait(other_n, other_w))
+        if current.resource_name != self.host_name:
+            return held_wait
+        if self.identity is None:
+            return 0.0  # sanlock's fast reacquire
+        theirs = ondisk.Identity.unpack_for(sector, current)
+        if theirs is not None and theirs.machine != self.identity.machine:
+            raise errors.HostNameCollision(
+                **self.loc.describe(),
+                host_id=self.host_id,
+                name=self.host_name,
+                theirs=theirs.machine_hex,
+                ours=self.identity.machine_hex,
+            )
+        if theirs is not None and theirs.boot != self.identity.boot:
+            return 0.0  # a previous boot of this machine: none of its processes survived
+        if theirs is not None:
+            # this boot: the timestamp is on our clock, truncated to whole seconds (+1)
+            until = current.timestamp + 1 + timeouts.host_dead_seconds(other_n, other_w)
+            wait = until - self.clock.now()
+        else:
+            wait, until = held_wait, self.clock.now() + held_wait
+        if wait > 0:
+            self.previous_until = until
+        return wait
 
     def resume(self) -> Leader:
         """Adopt our delta lease after an agent restart, without bumping the generation.
@@ -434,7 +500,7 @@ class DeltaLease:
             raise errors.RenewDiff(**self.loc.describe(), host_id=self.host_id)
         if bitmap is not None:
             self.bitmap = bitmap
-        new = replace(mine, timestamp=self.clock.monotime()).sealed()
+        new = self._seal(replace(mine, timestamp=self.clock.monotime()))
         self._write(new, timeouts.host_dead_seconds(self.io_timeout, self.fire_timeout))
         self.record = new
         return new, area

@@ -180,6 +180,15 @@ class HostIdBusy(LeaseError):
     )
 
 
+class HostNameCollision(LeaseError):
+    code = -262  # SANLK_HOSTID_BUSY: the host_id is in use, by a machine with our name
+    template = (
+        "{lease} at {path}:{offset}: host_id {host_id} is held under our host name {name!r} by "
+        "another machine (machine {theirs}; this machine is {ours}): two machines use the same "
+        "node name; give each a unique name (--node-name) before joining"
+    )
+
+
 class RenewOwner(LeaseError):
     code = -260
     template = (

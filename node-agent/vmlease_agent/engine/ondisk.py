@@ -68,6 +68,24 @@ and a sanlock host that later acquires the host_id rewrites the host name and bu
 generation, so a stale tag no longer matches and the host is judged with sanlock's 60 s. A host
 is judged with W only when the tag matches its current record.
 
+Machine identity (vmlease extension, invisible to sanlock)
+----------------------------------------------------------
+Bytes 0xC8..0xEF of a host's own sector (zero in everything sanlock writes, never read by it)
+say which machine and which boot wrote the record, so that an agent that lost its saved state
+can tell a previous boot of its own machine (every process gone: re-take the host_id at once)
+from an earlier agent of this same boot (its holders may still run: wait out its deadline + W)
+and from another machine using our host name (refuse):
+
+======  =====  ============  =============================================================
+0xC8    u32    magic         0x494c4d56 ("VMLI")
+0xCC    u32    checksum      crc(bytes 0xD0..0xEF + resource_name[48] + owner_id + generation)
+0xD0    16 B   machine       sha256("vmlease-machine:" + /etc/machine-id)[:16]
+0xE0    16 B   boot          sha256("vmlease-boot:" + machine-id + ":" + boot_id)[:16]
+======  =====  ============  =============================================================
+
+Like the fire-timeout tag it is bound to the record's owner and generation: a sanlock host that
+takes the host_id writes zeros there, and a stale block from an older generation never matches.
+
 Paxos (resource) lease area
 ===========================
 ====================  ======================================================================
@@ -89,6 +107,7 @@ shared holder.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass, replace
 
@@ -357,6 +376,53 @@ def watchdog_fire_timeout_of(leader: Leader, default: int) -> int:
     if value and tag == _fire_tag(leader.resource_name, leader.owner_id, leader.owner_generation):
         return value
     return default
+
+
+# ---- machine identity -----------------------------------------------------------------------
+
+IDENTITY_OFFSET = 0xC8
+IDENTITY_MAGIC = 0x494C4D56
+_IDENTITY = struct.Struct("<II16s16s")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Which machine and which boot of it wrote a delta lease (hashed: see the format above)."""
+
+    machine: bytes
+    boot: bytes
+
+    @classmethod
+    def of(cls, machine_id: str, boot_id: str) -> Identity:
+        m = hashlib.sha256(f"vmlease-machine:{machine_id}".encode()).digest()[:16]
+        b = hashlib.sha256(f"vmlease-boot:{machine_id}:{boot_id}".encode()).digest()[:16]
+        return cls(m, b)
+
+    @property
+    def machine_hex(self) -> str:
+        return self.machine.hex()[:12]
+
+    def pack_for(self, leader: Leader) -> bytes:
+        body = self.machine + self.boot
+        return _IDENTITY.pack(
+            IDENTITY_MAGIC, _identity_check(body, leader), self.machine, self.boot
+        )
+
+    @classmethod
+    def unpack_for(cls, sector_bytes: bytes | memoryview, leader: Leader) -> Identity | None:
+        """The identity in a host's sector if it belongs to ``leader`` (that sector's record)."""
+        end = IDENTITY_OFFSET + _IDENTITY.size
+        if len(sector_bytes) < end:
+            return None
+        magic, check, machine, boot = _IDENTITY.unpack(bytes(sector_bytes[IDENTITY_OFFSET:end]))
+        if magic != IDENTITY_MAGIC or check != _identity_check(machine + boot, leader):
+            return None
+        return cls(machine, boot)
+
+
+def _identity_check(body: bytes, leader: Leader) -> int:
+    owner = struct.pack("<QQ", leader.owner_id, leader.owner_generation)
+    return crc(body + _pad_name(leader.resource_name) + owner)
 
 
 # ---- request record, dblock, mode block ---------------------------------------------------
