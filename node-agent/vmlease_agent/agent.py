@@ -4,11 +4,20 @@ Everything the local API can ask for is a method here; the socket server (``api`
 and checks credentials. A main-loop thread (``tick``, 5 times a second) checks deadlines, drives
 fencing and feeds the watchdog only while every lockspace holding our delta lease is healthy.
 
+The watchdog protects holders, not the node: it is armed before the first write of the first
+acquisition (an acquisition in flight counts as a holder from then on, so a lockspace failing
+mid-ballot is fenced, not left), fed only while every lockspace is healthy, run with the smallest
+W any of our delta leases advertises on disk, and disarmed (magic close) as soon as nothing is
+held. So stopping, uninstalling or crash-looping an agent that protects nothing resets nobody.
+
 Restart without harm: the state needed to carry on (lockspaces with our last delta-lease record,
 every lease with its holder's pid and start time) is saved in the run directory after each change.
 A new agent started with the same run directory adopts it: the delta leases are resumed, not
 re-acquired (same host_id, same generation), so the leases on disk stay valid and no holder is
 disturbed, as long as it is back before the deadline T + 8N (and before the watchdog fires).
+A new agent that cannot adopt (state lost, another node name or run directory) fails closed: its
+delta leases' machine identity makes it wait out the earlier agent's deadline + W before it
+re-joins, and it does not open the watchdog (a keepalive of the old countdown) until then.
 """
 
 from __future__ import annotations
@@ -21,12 +30,12 @@ from dataclasses import dataclass
 
 from . import fencing, state
 from .clients import Client, ClientRegistry, HeldLease, pid_key, process_start_time
-from .engine import errors, paxos, timeouts
-from .engine.clock import REAL_CLOCK, Clock
+from .engine import errors, ondisk, paxos, timeouts
+from .engine.clock import REAL_CLOCK, Aborted, Clock
 from .engine.directio import Storage
 from .engine.paxos import Resource
 from .lockspace import LIVE, STOPPED, Lockspace, LockspaceConfig
-from .watchdog import Watchdog
+from .watchdog import Watchdog, WatchdogError
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +82,19 @@ class Busy(AgentError):
     template = "{detail}"
 
 
+class Stopping(AgentError):
+    code = -errno.ESHUTDOWN
+    template = "the agent is stopping: no new leases (ask the next agent)"
+
+
 @dataclass
 class AgentConfig:
     run_dir: str
     node_name: str
     watchdog_fire_timeout: int = timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
     kill_grace: int | None = None  # default: timeouts.kill_grace_seconds(W)
+    #: this machine's /etc/machine-id ("" if unknown: then no restart can prove a reboot)
+    machine_id: str = ""
 
     @property
     def grace(self) -> int:
@@ -102,8 +118,16 @@ class Agent:
         self.last_feed = 0.0
         self.last_tick = 0.0  # monotonic time of the last main-loop pass (health endpoint)
         self._fencing: set[str] = set()
-        self._armed = False
         self._exiting: dict[str, Client] = {}  # exited holders whose leases are being released
+        # The device: every decision to arm, feed, shorten, disarm or let go is taken under
+        # ``_device`` (then ``lock`` if needed), so an acquisition never writes unprotected.
+        self._device = threading.Lock()
+        self._armed = False
+        self._released = False  # let go of at stop: never touched again by this agent
+        self._stopping = False
+        #: acquisitions in flight: (client, lockspace name); they count as holders
+        self._inflight: list[tuple[Client, str]] = []
+        self.identity = ondisk.Identity.of(cfg.machine_id, state.boot_id())
 
     # ---- events and state -----------------------------------------------------------------
 
@@ -127,10 +151,14 @@ class Agent:
     def start(self) -> None:
         """Adopt the saved state (restart without harm), arm the watchdog, run the main loop."""
         saved = state.load(self.cfg.run_dir, self.cfg.node_name)
-        if not saved.lockspaces:
-            # nothing to protect yet: arm now, so a missing or busy device stops us at start
-            self.watchdog.arm()
-            self._armed = True
+        if saved.problem:
+            log.error("%s", saved.problem)
+            self.event("state_not_adopted", detail=saved.problem)
+        if not self.cfg.machine_id:
+            log.warning(
+                "no machine id (/etc/machine-id): after a lost state or a reboot this agent can "
+                "never prove its earlier incarnation gone, so it always waits out 8N + W to re-join"
+            )
         for item in saved.lockspaces:
             self._add(item.cfg, resume=item.record)
         for item in saved.lockspaces:
@@ -139,7 +167,8 @@ class Agent:
                 log.error("lockspace %s could not be resumed: %s", ls.name, ls.error)
         for c in saved.clients:
             self._adopt_client(c)
-        self.save()
+        if saved.lockspaces or saved.clients:
+            self.save()  # an empty start keeps whatever file is there until something changes
         self.tick()  # arm and feed now if every resumed lockspace is healthy: no lease waits
         self._loop = threading.Thread(target=self._run, name="main-loop", daemon=True)
         self._loop.start()
@@ -166,38 +195,62 @@ class Agent:
         """Stop the agent.
 
         ``clean``: release everything and disarm the watchdog (refused while leases are held).
-        Otherwise (SIGTERM, an upgrade) keep every lease and the delta leases on disk, keep the
-        saved state, and leave the watchdog counting: a new agent must be back before it fires.
+        Otherwise (SIGTERM, an upgrade) keep every lease and the delta leases on disk and the
+        saved state. The device is decided about first, before anything waits on storage:
+        nothing held, it is disarmed (the node is not reset); leases held, it is let go of while
+        every lockspace is healthy and keeps counting (the restart window: a new agent must
+        adopt them within W); a lockspace failing, we stay and fence until it is healthy again
+        or the watchdog resets the node (``_let_go_of_device``).
         """
         if clean:
             self.check_clean_stop()
+        with self._device:
+            self._stopping = True
+        if clean:
+            with self._device:
+                self._disarm("clean stop")
+                self._released = True
         else:
-            self._finish_fencing()
+            self._let_go_of_device()
         self._stop.set()
         if self._loop:
             self._loop.join(timeout=2)
         if not clean:
             self.save()  # while the lockspaces are still live: the next agent resumes them
         for ls in list(self.lockspaces.values()):
-            ls.stop(release=clean)
+            ls.stop(release=clean, wait=clean)
         if clean:
             state.clear(self.cfg.run_dir)
-            if self._armed:
-                self.watchdog.disarm()
-        elif self._armed:
-            self.watchdog.abandon()
         self.registry.close()
 
-    def _finish_fencing(self) -> None:
-        """Never exit while a lockspace is failed and its holders may live.
+    def _let_go_of_device(self) -> None:
+        """SIGTERM: decide about the device now, never after waiting on storage.
 
-        Closing the watchdog (even by exiting: the kernel closes the fd) counts as a keepalive;
-        after a deadline that would push the reset past the moment other hosts take our leases.
-        So we stay, fencing, until every lockspace is healthy again (its holders gone) — or the
-        watchdog resets the node.
+        Closing a Linux watchdog without the magic character counts as one last keepalive, and
+        so does exiting (the kernel closes the fd): after a deadline that would push the reset
+        past the moment other hosts take our leases. So with leases held we let go only while
+        every lockspace is healthy (feeding would still be allowed), and otherwise stay, the
+        main loop fencing, until that is true again or the node is reset.
         """
         warned = False
-        while not all(ls.healthy() for ls in list(self.lockspaces.values())):
+        while True:
+            with self._device:
+                now = self.clock.now()
+                if not self._armed or not self._holding():
+                    self._disarm("stopping with nothing held")
+                    self._released = True
+                    return
+                if all(ls.healthy(now) for ls in list(self.lockspaces.values())):
+                    self.watchdog.abandon()
+                    self._armed, self._released = False, True
+                    log.warning(
+                        "STOPPING WITH LEASES HELD (%s): the watchdog keeps counting; this node "
+                        "is reset in %d s unless a new agent adopts them (same run directory, "
+                        "node name and boot)",
+                        ", ".join(self._holder_keys()),
+                        self.device_timeout(),
+                    )
+                    return
             if not warned:
                 log.warning("stop requested while a lockspace is failing: fencing first")
                 warned = True
@@ -205,13 +258,94 @@ class Agent:
 
     def check_clean_stop(self) -> None:
         """A clean stop releases everything: refuse while processes hold leases."""
-        with self.lock:
-            held = sorted(c.key for c in self.registry.clients.values() if c.leases)
+        held = self._holder_keys()
         if held:
             raise Busy(
                 detail=f"{', '.join(held)} hold leases: release them (or stop them) first, "
                 "or stop the agent with SIGTERM to keep them across a restart"
             )
+
+    # ---- the watchdog device ----------------------------------------------------------------
+
+    def _holder_keys(self) -> list[str]:
+        with self.lock:
+            keys = {c.key for c in self.registry.clients.values() if c.leases}
+            keys |= {c.key for c in self._exiting.values() if c.leases}
+            keys |= {c.key for c, _ in self._inflight}
+        return sorted(keys)
+
+    def _holding(self) -> bool:
+        """Could anything of ours write under a lease: a holder, or an acquisition in flight?"""
+        return bool(self._holder_keys())
+
+    def device_timeout(self) -> int:
+        """The W the device may run with: the configured one, but never more than any of our
+        delta leases on disk advertises. After a restart with a larger W, peers still judge us
+        by the old record's W until our first renewal has written the new one."""
+        w = self.watchdog.fire_timeout
+        for ls in list(self.lockspaces.values()):
+            advertised = ls.advertised_fire_timeout
+            if advertised is not None:
+                w = min(w, advertised)
+        return w
+
+    def _quarantined(self, now: float) -> str:
+        """A lockspace whose join waits out an earlier holder of our host_id (maybe an earlier
+        agent of this boot whose holders still run): opening the device would feed its
+        countdown, so it stays closed until then. Returns the reason, or ""."""
+        for ls in list(self.lockspaces.values()):
+            if ls.previous_until > now:
+                return (
+                    f"lockspace {ls.name}: host_id {ls.cfg.host_id} was held until recently, "
+                    f"perhaps by an earlier agent of this node; waiting "
+                    f"{ls.previous_until - now:.0f}s more before the watchdog may be opened"
+                )
+        return ""
+
+    def _arm_and_feed(self, now: float) -> None:
+        """Under ``_device``, with every lockspace healthy and something to protect."""
+        if not self._armed:
+            self.watchdog.arm()
+            self._armed = True
+            self.event("watchdog_armed", fire_timeout=self.device_timeout())
+        self.watchdog.keepalive(self.device_timeout())
+        self.last_feed = now
+
+    def _disarm(self, why: str) -> None:
+        """Under ``_device``: nothing is held, so nothing needs the node reset."""
+        if self._armed:
+            self.watchdog.disarm()
+            self._armed = False
+            self.event("watchdog_disarmed", reason=why)
+
+    def _begin_acquisition(self, client: Client, ls: Lockspace) -> None:
+        """Before the first write of an acquisition: count it as a holder, and make sure the
+        device is armed (refused when it cannot be: the node could not be fenced)."""
+        with self._device:
+            if self._stopping:
+                raise Stopping()
+            now = self.clock.now()
+            sick = [x.name for x in list(self.lockspaces.values()) if not x.healthy(now)]
+            if sick:
+                raise Busy(
+                    detail=f"lockspace {', '.join(sick)} is failing (its holders are being "
+                    "fenced): no new leases on this node until it is healthy again"
+                )
+            reason = self._quarantined(now)
+            if reason:
+                raise Busy(detail=f"no new leases yet: {reason}")
+            try:
+                self._arm_and_feed(now)
+            except WatchdogError as e:
+                raise AgentError(
+                    detail=f"the watchdog cannot be armed, so this node could not be fenced: {e}"
+                ) from None
+            with self.lock:
+                self._inflight.append((client, ls.name))
+
+    def _end_acquisition(self, client: Client, ls: Lockspace) -> None:
+        with self.lock:
+            self._inflight.remove((client, ls.name))
 
     # ---- lockspaces -------------------------------------------------------------------------
 
@@ -222,6 +356,7 @@ class Agent:
             self.cfg.watchdog_fire_timeout,
             self.clock,
             on_change=self._on_lockspace_change,
+            identity=self.identity,
         )
         with self.lock:
             self.lockspaces[cfg.name] = ls
@@ -286,6 +421,7 @@ class Agent:
             ls.cfg.io_timeout,
             ls.owner_view(),
             self.clock,
+            abort=ls.lost,  # a wait under a lockspace we lost must not end in a new lease
         )
 
     def _client(self, holder: Holder, owner: str = "", create: bool = False) -> Client:
@@ -315,11 +451,6 @@ class Agent:
         wait: bool = True,
     ) -> list[dict]:
         """Acquire every resource for ``holder``, all or nothing (taken ones released on error)."""
-        if not self._armed:
-            raise AgentError(
-                detail="the watchdog is not armed, so this node could not be fenced: no leases "
-                "until it is (see the agent log for the device error)"
-            )
         client = self._client(holder, owner, create=True)
         taken: list[HeldLease] = []
         try:
@@ -356,11 +487,24 @@ class Agent:
                     h = HeldLease(res, held.token, True)
                     client.leases[res.label] = h
                     return h
-        token = self._acquirer(ls, res).acquire(shared=shared, nowait=not wait)
-        h = HeldLease(res, token, shared)
-        with self.lock:
-            client.leases[res.label] = h
-        return h
+        self._begin_acquisition(client, ls)
+        try:
+            try:
+                token = self._acquirer(ls, res).acquire(shared=shared, nowait=not wait)
+            except Aborted:
+                raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})") from None
+            h = HeldLease(res, token, shared)
+            with self.lock:
+                if self.lockspaces.get(ls.name) is not ls or not ls.healthy() or client.dead:
+                    # The lockspace failed (or the holder died) during the ballot: the lease
+                    # may be ours on disk, but our host_id lease is no longer valid, so it is
+                    # neither used nor released (no I/O); others take it after 8N + W.
+                    log.warning("lease %s won after its lockspace failed: dropped", res.label)
+                    raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})")
+                client.leases[res.label] = h
+            return h
+        finally:
+            self._end_acquisition(client, ls)
 
     def _release_on_disk(self, held: HeldLease) -> None:
         ls = self.lockspaces.get(held.res.lockspace)
@@ -481,7 +625,12 @@ class Agent:
                 "node": self.cfg.node_name,
                 "watchdog": {
                     "fire_timeout": self.cfg.watchdog_fire_timeout,
-                    "last_feed_ago": round(self.clock.now() - self.last_feed, 1),
+                    "device_timeout": self.device_timeout(),
+                    "armed": self._armed,
+                    "last_feed_ago": (
+                        round(self.clock.now() - self.last_feed, 1) if self._armed else None
+                    ),
+                    "on_sigterm": self._on_sigterm(),
                 },
                 "lockspaces": [ls.describe() for ls in self.lockspaces.values()],
                 "leases": [
@@ -490,6 +639,16 @@ class Agent:
                     for h in c.leases.values()
                 ],
             }
+
+    def _on_sigterm(self) -> str:
+        """What stopping the agent now (SIGTERM, a rolling update) would do to this node."""
+        held = self._holder_keys()
+        if not held:
+            return "disarm the watchdog: nothing is held, the node is not reset"
+        return (
+            f"keep the watchdog counting: {len(held)} holder(s) keep their leases, and the "
+            f"node is reset {self.device_timeout()} s later unless a new agent adopts them"
+        )
 
     def host_status(self, name: str) -> list[dict]:
         ls = self.lockspaces.get(name)
@@ -512,22 +671,26 @@ class Agent:
         for ls in list(self.lockspaces.values()):
             if ls.check_deadline(now):
                 self._fence(ls, now)
-        healthy = all(ls.healthy(now) for ls in self.lockspaces.values())
-        if not healthy and self._armed:
-            # Keep the reset where it is (last feed + W) even if we die now: closing the device
-            # counts as a keepalive, so let it run with only the time left, minus a second for
-            # the tick between two calls (see README, "Limits of the proof").
-            left = int(self.last_feed + self.watchdog.fire_timeout - now) - 1
-            if left >= 1:
-                self.watchdog.shorten(left)
-        if healthy:
-            # armed only here, after a health check: opening a device the previous agent left
-            # counting is itself a keepalive, which a failed lockspace must not get
-            if not self._armed:
-                self.watchdog.arm()
-                self._armed = True
-            self.watchdog.keepalive()
-            self.last_feed = now
+        healthy = all(ls.healthy(now) for ls in list(self.lockspaces.values()))
+        with self._device:
+            if self._released:
+                return
+            if not self._holding():
+                self._disarm("nothing is held")
+                return
+            if not healthy:
+                if self._armed:
+                    # Keep the reset where it is (last feed + W) even if we die now: closing the
+                    # device counts as a keepalive, so let it run with only the time left, minus
+                    # a second for the tick between two calls (README, "Limits of the proof").
+                    left = int(self.last_feed + self.device_timeout() - now) - 1
+                    if left >= 1:
+                        self.watchdog.shorten(left)
+                return
+            # Opening a device an earlier agent left counting is itself a keepalive: only after
+            # the health check above, and never while an earlier incarnation is waited out.
+            if self._armed or not self._quarantined(now):
+                self._arm_and_feed(now)
 
     def _fence(self, ls: Lockspace, now: float) -> None:
         with self.lock:
@@ -536,12 +699,19 @@ class Agent:
                 for c in self.registry.clients.values()
                 if any(h.res.lockspace == ls.name for h in c.leases.values())
             ]
+            # an acquisition in flight may still win its ballot: its holder is fenced too
+            # (a dead one cannot use what it wins: the acquisition drops it)
+            holders += [
+                c
+                for c, name in self._inflight
+                if name == ls.name and c not in holders and self.registry.alive(c)
+            ]
         if not holders:
             # nobody of ours can write under this lockspace any more: leave it, keep the node
             with self.lock:
                 if self.lockspaces.get(ls.name) is ls:
                     self.lockspaces.pop(ls.name)
-            ls.stop(release=False)
+            ls.stop(release=False, wait=False)  # the main loop never waits on storage
             self.event("lockspace_lost", lockspace=ls.name, error=ls.error)
             self.save()
             return

@@ -102,11 +102,17 @@ class AgentCollector(Collector):
             counts[key] = counts.get(key, 0) + 1
         for (name, mode), n in sorted(counts.items()):
             held.add_metric([name, mode], n)
-        feed = GaugeMetricFamily(
-            "vmlease_watchdog_last_feed_age_seconds", "Seconds since the watchdog was last fed"
+        armed = GaugeMetricFamily(
+            "vmlease_watchdog_armed", "1 while the watchdog is armed (something is held)"
         )
-        feed.add_metric([], st["watchdog"]["last_feed_ago"])
-        yield from (latency, age, deadline, state, held, feed)
+        armed.add_metric([], 1.0 if st["watchdog"]["armed"] else 0.0)
+        feed = GaugeMetricFamily(
+            "vmlease_watchdog_last_feed_age_seconds",
+            "Seconds since the watchdog was last fed (absent while it is disarmed)",
+        )
+        if st["watchdog"]["last_feed_ago"] is not None:
+            feed.add_metric([], st["watchdog"]["last_feed_ago"])
+        yield from (latency, age, deadline, state, held, armed, feed)
         if self.sync is not None:
             errors = CounterMetricFamily(
                 "vmlease_kube_sync_api_errors", "Passes of the Kubernetes sync that lost the API"

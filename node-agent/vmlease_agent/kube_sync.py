@@ -322,6 +322,8 @@ class KubeSync:
             kube_logic.resolve_path(self.cfg.shared_dir, spec.path),
             spec.offset,
             spec.io_timeout_seconds,
+            # every host of a Kubernetes Lockspace agrees to judge us by its promise
+            promised_fire_timeout=spec.watchdog_fire_timeout_seconds,
         )
         self._manage(name, True)
         self._left.pop(name, None)

@@ -52,6 +52,10 @@ class LockspaceConfig:
     path: str
     offset: int
     io_timeout: int = timeouts.DEFAULT_IO_TIMEOUT
+    #: The longest watchdog fire timeout the other hosts of this lockspace may assume of us.
+    #: sanlock hosts ignore our fire-timeout tag and assume 60 s, and nothing outside Kubernetes
+    #: keeps them out of a lockspace, so 60 unless a Kubernetes Lockspace promises otherwise.
+    promised_fire_timeout: int = timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
 
     def __post_init__(self) -> None:
         # every way in (--lockspace, the API, Kubernetes, saved state) builds one of these
@@ -66,6 +70,16 @@ class LockspaceConfig:
         return f"{self.name}:{self.host_id}:{self.path}:{self.offset}"
 
 
+class FireTimeoutTooLong(errors.LeaseError):
+    code = -22
+    template = (
+        "lockspace {lockspace}: this agent's watchdog fires {fire_timeout} s after its last "
+        "keepalive, but the other hosts of the lockspace judge it by {promised} s{why}: they "
+        "would take its leases before it is reset. Run the agent with --watchdog-fire-timeout "
+        "{promised} or less"
+    )
+
+
 class Lockspace:
     """Membership in one lockspace. ``on_change(lockspace)`` is called on state changes."""
 
@@ -76,11 +90,23 @@ class Lockspace:
         fire_timeout: int,
         clock: Clock = REAL_CLOCK,
         on_change: Callable[[Lockspace], None] | None = None,
+        identity: ondisk.Identity | None = None,
     ) -> None:
+        if fire_timeout > cfg.promised_fire_timeout:
+            sanlock = cfg.promised_fire_timeout == timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
+            raise FireTimeoutTooLong(
+                lockspace=cfg.name,
+                fire_timeout=fire_timeout,
+                promised=cfg.promised_fire_timeout,
+                why=" (sanlock hosts assume 60 s and ignore our tag)" if sanlock else "",
+            )
         self.cfg = cfg
         self.host_name = host_name
         self.fire_timeout = fire_timeout
+        self.identity = identity
         self.clock = clock
+        #: set once the lockspace has failed or stopped: aborts acquisitions waiting under it
+        self.lost = threading.Event()
         self.on_change = on_change or (lambda ls: None)
         self.state = JOINING
         self.error: str = ""
@@ -94,6 +120,12 @@ class Lockspace:
         self._stop = threading.Event()
         self._joined = threading.Event()
         self._thread: threading.Thread | None = None
+        # Who closes the storage: ``stop`` if the thread has finished, else the thread itself
+        # once its (maybe stalled) I/O returns; closing under a running I/O could let the fd
+        # number be reused by another open while a queued write still targets it.
+        self._closing = threading.Lock()
+        self._finished = False
+        self._close_on_exit = False
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -124,7 +156,23 @@ class Lockspace:
 
     def _set(self, state: str, error: str = "") -> None:
         self.state, self.error = state, error
+        if state in (FAILED, STOPPED):
+            self.lost.set()
         self._notify()
+
+    @property
+    def advertised_fire_timeout(self) -> int | None:
+        """The W our record on disk tells peers to judge us by (None: no record of ours yet)."""
+        if self.lease is None or self.lease.record is None or not self.lease.record.timestamp:
+            return None
+        return self.lease.advertised_fire_timeout
+
+    @property
+    def previous_until(self) -> float:
+        """While joining waits out an earlier holder of our host_id (perhaps an earlier agent of
+        this machine whose saved state was lost): until when. The watchdog must not be opened
+        before then: that would feed the earlier agent's countdown."""
+        return self.lease.previous_until if self.lease is not None else 0.0
 
     def _notify(self) -> None:
         try:
@@ -133,6 +181,15 @@ class Lockspace:
             log.exception("lockspace %s: change handler failed", self.name)
 
     def _run(self, resume: Leader | None) -> None:
+        try:
+            self._run_until_stopped(resume)
+        finally:
+            with self._closing:
+                self._finished = True
+                if self._close_on_exit:
+                    self.st.close()
+
+    def _run_until_stopped(self, resume: Leader | None) -> None:
         try:
             self._join(resume)
         except Aborted:
@@ -162,6 +219,7 @@ class Lockspace:
             cfg.io_timeout,
             fire_timeout=self.fire_timeout,
             clock=self.clock,
+            identity=self.identity,
         )
         if resume is not None:
             self.lease.record = self._adopt(resume)
@@ -279,17 +337,29 @@ class Lockspace:
             return True
         return self.state == FAILED
 
-    def stop(self, release: bool) -> None:
-        """Stop renewing; ``release`` frees the host_id on disk (only if our lease is healthy)."""
+    def stop(self, release: bool, wait: bool = True) -> None:
+        """Stop renewing; ``release`` frees the host_id on disk (only if our lease is healthy).
+
+        ``wait=False`` (an agent exiting for a restart) waits for nothing: a renewal stuck in I/O
+        is a daemon thread that ends with the process, and the delta lease stays on disk for the
+        next agent.
+        """
         self._stop.set()
-        if self._thread is not None:
+        self.lost.set()
+        if wait and self._thread is not None:
             self._thread.join(timeout=self.cfg.io_timeout * 2 + 1)
-        if release and self.lease is not None and self.lease.record and self.state == LIVE:
+        with self._closing:
+            done = self._finished or self._thread is None
+            self._close_on_exit = not done
+        live = self.state == LIVE
+        self.state = STOPPED
+        if not done:
+            return
+        if release and self.lease is not None and self.lease.record and live:
             try:
                 self.lease.release()
             except errors.LeaseError as e:
                 log.warning("lockspace %s: release of host_id failed: %s", self.name, e)
-        self.state = STOPPED
         self.st.close()
 
     # ---- views --------------------------------------------------------------------------------

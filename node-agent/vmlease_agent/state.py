@@ -6,6 +6,11 @@
     and per lease the committed leader and our dblock, exactly what ``release`` needs.
 It is only trusted if written by the same node name during the same boot (``boot_id``): after a
 reboot every process it names is gone and the watchdog has long fired.
+
+A file of this boot that cannot be adopted (another node name, another format version, not
+readable) is never overwritten: it is moved aside (``state.json.unusable-<time>``) and reported,
+and the agent fails closed: the delta leases' machine identity makes it wait out the previous
+incarnation's deadline + W before re-joining, and the watchdog stays closed meanwhile (``agent``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 
 from .clients import Client, HeldLease
@@ -52,6 +58,8 @@ class SavedClient:
 class Saved:
     lockspaces: list[SavedLockspace] = field(default_factory=list)
     clients: list[SavedClient] = field(default_factory=list)
+    #: why a state file of this boot was not adopted ("" when adopted, absent, or of another boot)
+    problem: str = ""
 
 
 def _lease_json(h: HeldLease) -> dict:
@@ -122,14 +130,27 @@ def save(
 
 
 def load(run_dir: str, node: str) -> Saved:
-    """The saved state, or nothing if absent, from another boot or another node name."""
+    """The saved state; nothing if absent or of another boot; ``problem`` if not adoptable."""
+    path = os.path.join(run_dir, STATE_FILE)
     try:
-        with open(os.path.join(run_dir, STATE_FILE)) as f:
+        with open(path) as f:
             doc = json.load(f)
     except FileNotFoundError:
         return Saved()
-    if doc.get("version") != VERSION or doc.get("boot_id") != boot_id() or doc.get("node") != node:
-        return Saved()
+    except (OSError, ValueError) as e:
+        return _unusable(path, f"it is not readable ({e})")
+    if not isinstance(doc, dict):
+        return _unusable(path, "it is not a state document")
+    if doc.get("boot_id") != boot_id():
+        return Saved()  # a previous boot: every process it names is gone
+    if doc.get("version") != VERSION:
+        return _unusable(
+            path, f"it has format version {doc.get('version')!r}, this agent reads {VERSION}"
+        )
+    if doc.get("node") != node:
+        return _unusable(
+            path, f"it was written by node {doc.get('node')!r}, and this agent is {node!r}"
+        )
     saved = Saved()
     for d in doc["lockspaces"]:
         record = Leader.unpack(bytes.fromhex(d.pop("record")))
@@ -146,6 +167,16 @@ def load(run_dir: str, node: str) -> Saved:
             )
         )
     return saved
+
+
+def _unusable(path: str, why: str) -> Saved:
+    aside = f"{path}.unusable-{int(time.time())}"
+    os.replace(path, aside)
+    return Saved(
+        problem=f"the saved state {path} was not adopted: {why}; it is kept as {aside}. The "
+        "holders it names may still run: lockspaces whose records show an earlier agent of this "
+        "boot are re-joined only after its deadline + W, and the watchdog stays closed until then"
+    )
 
 
 def clear(run_dir: str) -> None:

@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 from vmlease_agent import state
 from vmlease_agent.clients import Client, HeldLease
 from vmlease_agent.engine.ondisk import Dblock, Leader, Sizes
@@ -52,17 +53,49 @@ def test_round_trip(tmp_path):
     assert h.token.dblock.pack() == held().token.dblock.pack()
 
 
-def test_state_of_another_boot_or_node_is_ignored_safety(tmp_path):
+def test_state_of_another_node_this_boot_is_kept_aside_and_reported_safety(tmp_path):
+    """Not adoptable but of this boot: its holders may still run. It is never overwritten by our
+    next save (moved aside), and the problem names both node names."""
     cfg = LockspaceConfig("LS", 3, "/shared/ls", 0, 2)
     state.save(str(tmp_path), "node-a", {"LS": FakeLockspace(cfg, record())}, {})
-    assert state.load(str(tmp_path), "node-b").lockspaces == []
+    with open(tmp_path / state.STATE_FILE) as f:
+        written = f.read()
+    saved = state.load(str(tmp_path), "node-b")
+    assert saved.lockspaces == []
+    assert "written by node 'node-a', and this agent is 'node-b'" in saved.problem
+    assert not (tmp_path / state.STATE_FILE).exists()
+    (aside,) = tmp_path.glob("state.json.unusable-*")
+    assert aside.read_text() == written and str(aside) in saved.problem
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"version": 99}, "format version 99, this agent reads 1"),
+        (None, "it is not readable"),
+    ],
+)
+def test_unusable_state_of_this_boot_is_reported_not_silently_dropped_safety(tmp_path, change, why):
+    cfg = LockspaceConfig("LS", 3, "/shared/ls", 0, 2)
+    state.save(str(tmp_path), "node-a", {"LS": FakeLockspace(cfg, record())}, {})
+    path = tmp_path / state.STATE_FILE
+    doc = json.loads(path.read_text())
+    path.write_text("{not json" if change is None else json.dumps({**doc, **change}))
+    saved = state.load(str(tmp_path), "node-a")
+    assert saved.lockspaces == [] and why in saved.problem
+
+
+def test_state_of_another_boot_is_ignored_quietly(tmp_path):
+    cfg = LockspaceConfig("LS", 3, "/shared/ls", 0, 2)
+    state.save(str(tmp_path), "node-a", {"LS": FakeLockspace(cfg, record())}, {})
     path = os.path.join(tmp_path, state.STATE_FILE)
     with open(path) as f:
         doc = json.load(f)
     doc["boot_id"] = "another-boot"
     with open(path, "w") as f:
         json.dump(doc, f)
-    assert state.load(str(tmp_path), "node-a").lockspaces == []
+    saved = state.load(str(tmp_path), "node-a")
+    assert saved.lockspaces == [] and saved.problem == ""
 
 
 def test_missing_state_is_empty(tmp_path):
