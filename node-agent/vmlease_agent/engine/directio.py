@@ -209,29 +209,28 @@ class Storage:
     def read(self, offset: int, length: int, timeout: float) -> bytes:
         """Read ``length`` bytes at ``offset``; short reads (end of storage) return fewer bytes."""
         self._check_alignment(offset, length, "read")
-        fd = self.fd
-
-        def do() -> bytes:
-            view = _buffer(length)
-            n = os.preadv(fd, [view], offset)
-            return bytes(view[:n])
-
-        return self._run(do, "read", offset, length, timeout)
+        return self._run(lambda: self._pread(offset, length), "read", offset, length, timeout)
 
     def write(self, offset: int, data: bytes, timeout: float) -> None:
         """Write whole sectors at ``offset``; the file grows if needed (never a block device)."""
         length = len(data)
         self._check_alignment(offset, length, "write")
-        fd = self.fd
+        self._run(lambda: self._pwrite(offset, data), "write", offset, length, timeout)
 
-        def do() -> None:
-            view = _buffer(length)
-            view[:] = data
-            done = 0
-            while done < length:
-                n = os.pwritev(fd, [view[done:]], offset + done)
-                if n <= 0:
-                    raise OSError(errno.EIO, "short write")
-                done += n
+    # ---- the system calls, run in a worker (a test double replaces these and the pool) --------
 
-        self._run(do, "write", offset, length, timeout)
+    def _pread(self, offset: int, length: int) -> bytes:
+        view = _buffer(length)
+        n = os.preadv(self.fd, [view], offset)
+        return bytes(view[:n])
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        length = len(data)
+        view = _buffer(length)
+        view[:] = data
+        done = 0
+        while done < length:
+            n = os.pwritev(self.fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise OSError(errno.EIO, "short write")
+            done += n
