@@ -6,6 +6,7 @@ time out, and release it when the scenario needs it to land."""
 
 from __future__ import annotations
 
+import errno
 import threading
 
 import pytest
@@ -13,14 +14,17 @@ from leasekit import (
     S512,
     CountingStorage,
     MiB,
+    assert_refused,
     dblock_of,
     join,
     leader_of,
     make_file,
     make_lockspace,
+    read_bytes,
 )
 from vmlease_agent.engine import errors, paxos
 from vmlease_agent.engine.clock import FakeClock
+from vmlease_agent.engine.directio import Storage
 
 
 class HoldingStorage(CountingStorage):
@@ -31,12 +35,13 @@ class HoldingStorage(CountingStorage):
         self._armed = False
         self._release = threading.Event()
         self.landed = threading.Event()
+        self.fail_held = False  # the held write fails (EIO) instead of landing
 
     def hold_next_write(self) -> None:
         self._armed = True
 
     def land(self) -> None:
-        """Let the held write reach the disk, and wait until its system call has returned."""
+        """Let the held write return (reach the disk, or fail), and wait until it has."""
         self._release.set()
         assert self.landed.wait(5), "the held write never landed"
 
@@ -45,12 +50,15 @@ class HoldingStorage(CountingStorage):
             return super()._pwrite(offset, data)
         self._armed = False
         self._release.wait()
-        super()._pwrite(offset, data)
-        self.landed.set()
+        try:
+            if self.fail_held:
+                raise OSError(errno.EIO, "held write failed")
+            super()._pwrite(offset, data)
+        finally:
+            self.landed.set()
         return None
 
 
-@pytest.mark.xfail(strict=True, reason="issue item 5: a late abandoned write makes two owners")
 def test_late_abandoned_dblock_write_never_makes_two_owners_safety(lease_dir):
     """Host 1's phase-1 write is abandoned; host 1 retries and wins lver 1; the abandoned write
     then lands and wipes its phase-2 value; host 2, which read the area before host 1 won, runs
@@ -91,3 +99,38 @@ def test_late_abandoned_dblock_write_never_makes_two_owners_safety(lease_dir):
     )
     assert 2 in owners and owners[2].lver == 1
     assert [type(e) for e in refusals] == [errors.WriteAbandoned]
+
+
+def test_writes_over_an_abandoned_write_are_refused_until_it_lands_safety(lease_dir):
+    """Refused on any Storage of this process on the same file, for overlapping bytes only, with
+    a message naming the place, the age and the fix; allowed again once the write has returned."""
+    path = make_file(lease_dir, "f", MiB)
+    held, other = HoldingStorage(path), Storage(path)
+    held.hold_next_write()
+    with pytest.raises(errors.IoTimeout):
+        held.write(4096, b"\1" * 1024, 0.2)
+    err = assert_refused(path, errors.WriteAbandoned, lambda: other.write(4608, b"\2" * 512, 5))
+    assert err.code == -errno.EBUSY
+    assert f"at {path}:4608 refused" in str(err) and f"{path}:4096 was abandoned" in str(err)
+    assert "cannot be written until that write completes or fails" in str(err)
+    assert 0 <= err.ago < 1 and f"abandoned at its io_timeout {err.ago:.1f}s ago" in str(err)
+    other.write(3584, b"\3" * 512, 5)  # the sectors on either side are not fenced
+    other.write(5120, b"\3" * 512, 5)
+    assert other.read(4096, 512, 5) == bytes(512)  # reads are never refused
+    held.land()
+    other.write(4608, b"\4" * 512, 5)
+    assert read_bytes(path, 4096, 1024) == b"\1" * 512 + b"\4" * 512
+
+
+def test_a_timed_out_write_that_fails_in_the_kernel_stops_fencing_safety(lease_dir):
+    path = make_file(lease_dir, "f", MiB)
+    st = HoldingStorage(path)
+    st.hold_next_write()
+    st.fail_held = True
+    with pytest.raises(errors.IoTimeout):
+        st.write(0, b"\1" * 512, 0.2)
+    with pytest.raises(errors.WriteAbandoned):
+        st.write(0, b"\2" * 512, 5)
+    st.land()
+    st.write(0, b"\2" * 512, 5)
+    assert read_bytes(path, 0, 512) == b"\2" * 512

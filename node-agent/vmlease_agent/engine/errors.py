@@ -169,6 +169,16 @@ class IoFailed(LeaseError):
     template = "{op} of {length} bytes at {path}:{offset} failed: {detail}"
 
 
+class WriteAbandoned(LeaseError):
+    code = -errno.EBUSY
+    template = (
+        "write of {length} bytes at {path}:{offset} refused: our write of {held_length} bytes "
+        "at {path}:{held_offset} was abandoned at its io_timeout {ago:.1f}s ago and may still "
+        "land over it; this part of the lease area cannot be written until that write "
+        "completes or fails: check the path to the storage (multipath queueing, NFS server)"
+    )
+
+
 # ---- delta leases ---------------------------------------------------------------------------
 
 
