@@ -341,6 +341,27 @@ def test_owner_that_rejoined_with_a_new_generation_lost_the_lease(env):
     assert env.clock.sleeps == []
 
 
+def test_owner_judged_by_an_older_generations_record_is_refused_not_guessed_safety(env):
+    """Host 3 holds the lease at generation 3 (N=1, W=60). The lockspace is then re-initialised
+    and another node takes host_id 3 (generation 1, W=5) and goes silent. That record says
+    nothing about the owner: waiting out its 8+5 s would take the lease while the real owner's
+    watchdog (60 s) may not have fired. The acquire must refuse without writing anything."""
+    h3 = env.join(3)
+    for _ in range(2):
+        h3.lease.acquire()  # restarts: generation 3
+    replace(h3.acq, generation=h3.generation).acquire()
+    delta.init_lockspace(env.ls.st, env.ls.loc, env.ls.sizes, 1, force=True)
+    env.ls.lease(3, env.clock, name="intruder", fire_timeout=5).acquire()  # generation 1
+    h5 = env.join(5)
+    env.clock.sleeps.clear()
+    err = assert_refused(env.path, errors.OwnerRecordOlder, h5.acq.acquire)
+    assert err.code == -243
+    assert "held by host 3 generation 3" in str(err)
+    assert "older record for host_id 3 (generation 1)" in str(err)
+    assert f"vmlease direct init -r LS:RES:{env.path}:0" in str(err)
+    assert env.leader().owner_generation == 3
+
+
 def test_nowait_reports_owned_retry(env):
     h3 = env.join(3)
     h3.acq.acquire()

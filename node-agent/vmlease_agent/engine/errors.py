@@ -233,6 +233,19 @@ class AcquireIdLive(LeaseError):
     )
 
 
+class OwnerRecordOlder(LeaseError):
+    code = -243  # SANLK_ACQUIRE_IDLIVE: to its clients the lease is held, not takeable
+    template = (
+        "disk lease {lease} at {path}:{offset} is held by host {owner_id} generation "
+        "{owner_generation}, but the lockspace {lockspace} holds an older record for host_id "
+        "{owner_id} (generation {record_generation}): the lockspace area was re-initialised or "
+        "overwritten, and its owner's liveness, io_timeout and watchdog timeout are unknown, so "
+        "the lease cannot be taken safely; make sure that host is stopped (node powered off, "
+        "or its holders fenced), then re-initialise the lease with `vmlease direct init -r "
+        "{lease}:{path}:{offset}`"
+    )
+
+
 class AcquireOwned(LeaseError):
     code = -244
     template = (

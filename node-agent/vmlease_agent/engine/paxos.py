@@ -13,7 +13,9 @@ Acquire (``paxos_lease_acquire``):
      timestamp changes (or our monitor saw it live) the owner is alive: fail at once with
      IDLIVE (-243), unless the owner's dblock says RELEASED; if it stays unchanged for the
      owner's 8N + W, its watchdog has fired: run a ballot; if the owner's host_id was freed or
-     re-acquired with a newer generation, it lost the lease: run a ballot;
+     re-acquired with a newer generation, it lost the lease: run a ballot; if the record there
+     is of an *older* generation than the owner's (the lockspace area was re-initialised), it
+     does not describe the owner at all: refuse (OwnerRecordOlder), never guess its N and W;
   4. ballot: mbal = host_id the first time, else the next multiple of max_hosts above every mbal
      seen, plus host_id (so ballot numbers never collide); phase 1 writes (mbal, lver+1), reads
      all; phase 2 writes the value (our id/generation/time, or the highest-bal value another
@@ -311,6 +313,17 @@ class Acquirer:
                 return "run"  # owner freed its host_id: it cannot hold leases
             if d.owner_id != leader.owner_id or d.owner_generation > leader.owner_generation:
                 return "run"  # host_id re-acquired since: the old incarnation is gone
+            if d.owner_generation < leader.owner_generation:
+                # an older record (the lockspace was re-initialised or overwritten) says nothing
+                # about the owner: not when it last renewed, not its N and W. No wait is known
+                # to be long enough (W is each host's own), so refuse rather than guess.
+                raise errors.OwnerRecordOlder(
+                    **self._d(),
+                    owner_id=leader.owner_id,
+                    owner_generation=leader.owner_generation,
+                    record_generation=d.owner_generation,
+                    lockspace=self.res.lockspace,
+                )
             now = self.clock.now()
             owner_n = d.io_timeout or self.io_timeout
             owner_w = ondisk.watchdog_fire_timeout_of(d, timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT)
