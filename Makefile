@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: core deps envtest-tools crds test unit lint demo bench e2e clean
+.PHONY: core deps envtest-tools crds test unit lint demo bench e2e clean torture
 
 # What the engine, the agent and the demo need: sanlock for reference, the venv with the project.
 core:
@@ -39,6 +39,11 @@ demo: core
 
 bench: core
 	$(PY) bench/run.py
+
+# The engine's model-based test with many schedules, bounded in time (replay: VMLEASE_MODEL_SEED=S).
+torture: core
+	VMLEASE_MODEL_SCHEDULES=$${VMLEASE_MODEL_SCHEDULES:-1000000} VMLEASE_MODEL_SECONDS=$${VMLEASE_MODEL_SECONDS:-1800} \
+		$(PY) -m pytest tests/model -q -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # kind end-to-end tier: needs a Docker engine (builds kind, the image, installs the chart).
 e2e: deps

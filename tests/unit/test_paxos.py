@@ -341,6 +341,27 @@ def test_owner_that_rejoined_with_a_new_generation_lost_the_lease(env):
     assert env.clock.sleeps == []
 
 
+def test_owner_judged_by_an_older_generations_record_is_refused_not_guessed_safety(env):
+    """Host 3 holds the lease at generation 3 (N=1, W=60). The lockspace is then re-initialised
+    and another node takes host_id 3 (generation 1, W=5) and goes silent. That record says
+    nothing about the owner: waiting out its 8+5 s would take the lease while the real owner's
+    watchdog (60 s) may not have fired. The acquire must refuse without writing anything."""
+    h3 = env.join(3)
+    for _ in range(2):
+        h3.lease.acquire()  # restarts: generation 3
+    replace(h3.acq, generation=h3.generation).acquire()
+    delta.init_lockspace(env.ls.st, env.ls.loc, env.ls.sizes, 1, force=True)
+    env.ls.lease(3, env.clock, name="intruder", fire_timeout=5).acquire()  # generation 1
+    h5 = env.join(5)
+    env.clock.sleeps.clear()
+    err = assert_refused(env.path, errors.OwnerRecordOlder, h5.acq.acquire)
+    assert err.code == -243
+    assert "held by host 3 generation 3" in str(err)
+    assert "older record for host_id 3 (generation 1)" in str(err)
+    assert f"vmlease direct init -r LS:RES:{env.path}:0" in str(err)
+    assert env.leader().owner_generation == 3
+
+
 def test_nowait_reports_owned_retry(env):
     h3 = env.join(3)
     h3.acq.acquire()
@@ -485,6 +506,92 @@ def test_corrupt_dblock_is_skipped_in_a_ballot_but_refused_on_the_first_read(env
     write_bytes(env.path, (2 + 8 - 1) * 512, bytes(512))
     _inject_once(env, 3, lambda: write_bytes(env.path, (2 + 8 - 1) * 512, bytes(bad)))
     assert h3.acq.acquire().lver == 1
+
+
+# ---- retract after a failed acquire ------------------------------------------------------------
+
+
+def _fail_write(env: Env, host_id: int, when) -> list[int]:
+    """After host ``host_id`` writes a sector for which ``when(offset, data)`` holds, the write
+    has landed but reports EIO (as a path failure after the data reached the array can)."""
+    failed: list[int] = []
+    mine = (2 + host_id - 1) * 512
+
+    def hook(offset: int, data: bytes) -> None:
+        if offset in (0, mine) and when(offset, data):
+            failed.append(offset)
+            raise errors.IoFailed(op="write", length=len(data), path=env.path, offset=offset,
+                                  detail="Input/output error")  # fmt: skip
+
+    env.st.after_write.append(hook)
+    return failed
+
+
+def test_commit_error_retracts_our_lease_so_it_is_not_orphaned(env):
+    """Our commit landed but reported EIO: we do not hold the lease, so it must not stay held
+    on disk in our name (others would get IDLIVE while we live)."""
+    h3, h5 = env.join(3), env.join(5)
+    failed = _fail_write(env, 3, lambda off, data: off == 0 and not failed)
+    with pytest.raises(errors.IoFailed) as info:
+        h3.acq.acquire()
+    assert not getattr(info.value, "__notes__", None)  # the retract itself succeeded
+    lr = env.leader()
+    assert (lr.lver, lr.owner_id, lr.write_id, lr.timestamp) == (1, 3, 3, 0)
+    mine = env.dblock(3)
+    assert mine.flags == ondisk.DBLOCK_FL_RELEASED and (mine.bal, mine.inp, mine.lver) == (3, 3, 1)
+    env.clock.on_sleep.append(lambda c: h3.lease.renew())  # host 3 is alive
+    env.clock.sleeps.clear()
+    assert h5.acq.acquire().lver == 2
+    assert env.clock.sleeps == []
+
+
+def test_phase2_error_after_another_host_committed_our_value_is_retracted(env):
+    """Our phase-2 write reports EIO after landing; meanwhile host 5's ballot adopted our value and
+    committed us. The retract keeps our dblock's values (never going back) and marks it RELEASED,
+    so host 5 may take the lease from us although we are alive."""
+    h3, h5 = env.join(3), env.join(5)
+    committed_by_5: list[errors.LeaseError] = []
+
+    def phase2(off: int, data: bytes) -> bool:
+        if off == 0 or ondisk.Dblock.unpack(data).bal == 0 or failed:
+            return False
+        with pytest.raises(errors.AcquireOther) as info:
+            h5.acq.acquire()  # adopts our value and commits host 3
+        committed_by_5.append(info.value)
+        return True
+
+    failed = _fail_write(env, 3, phase2)
+    with pytest.raises(errors.IoFailed):
+        h3.acq.acquire()
+    assert committed_by_5
+    lr = env.leader()
+    assert (lr.lver, lr.owner_id, lr.write_id) == (1, 3, 5) and lr.timestamp != 0  # left alone
+    mine = env.dblock(3)
+    assert mine.flags == ondisk.DBLOCK_FL_RELEASED and (mine.bal, mine.inp) == (3, 3)
+    env.clock.on_sleep.append(lambda c: h3.lease.renew())  # host 3 is alive
+    token = h5.acq.acquire()
+    assert (token.lver, token.leader.owner_id) == (2, 5)
+
+
+def test_failed_retract_is_reported_on_the_error(env):
+    h3 = env.join(3)
+    _fail_write(env, 3, lambda off, data: off == 0 or ondisk.Dblock.unpack(data).flags)
+    with pytest.raises(errors.IoFailed) as info:
+        h3.acq.acquire()
+    (note,) = info.value.__notes__
+    assert "retracting our ballot for lver 1 failed too" in note
+    assert "may stay held on disk in our name (host 3 generation 1)" in note
+
+
+def test_failure_before_any_phase2_write_needs_no_retract(env):
+    h3 = env.join(3)
+    writes: list[int] = []
+    env.st.before_write.append(lambda off, data: writes.append(off))
+    _fail_write(env, 3, lambda off, data: True)
+    with pytest.raises(errors.IoFailed):
+        h3.acq.acquire()
+    assert writes == [(2 + 3 - 1) * 512]  # the phase-1 write only: nothing to retract
+    assert env.dblock(3).flags == 0
 
 
 # ---- shared leases ----------------------------------------------------------------------------

@@ -14,6 +14,28 @@ reused until then, and later I/O goes to other workers, so one stalled request n
 next.
 Workers are daemon threads: a process that gave up on a stalled I/O can still exit (a pool that
 joins its workers at exit would hang the CLI, or an agent's shutdown, until the kernel returns).
+
+Why abandoned writes fence later writes (``WriteGuard``): an abandoned write is not a failed
+write. It may still land long after we gave up (dm-multipath requeues a stuck request, an NFS
+server answers after a failover), and if it lands over a newer write of ours to the same bytes,
+our data goes back in time. For a dblock that breaks Disk Paxos: a retried ballot writes its
+phase-2 value, the old phase-1 write lands over it, and a concurrent ballot by another host no
+longer sees that value and commits itself for the same lver (two owners; sanlock has the same
+hole). So while a write of this process that overlaps a byte range may still land, i.e. until its
+system call has returned, every new write overlapping that range is refused (``WriteAbandoned``).
+The guard is process-wide and keyed by the file's (st_dev, st_ino): one process may open the same
+file through several Storage objects (one per lockspace or resource path).
+
+Why the overlapping byte range and not the whole lease area: the safety argument needs exactly one
+thing, that no *acceptor's dblock* regresses, and every dblock write covers exactly its own sector,
+so a held dblock write fences that sector and nothing else. A regressing leader sector (our late
+commit or release landing over a newer leader) is harmless to safety: every acquire runs a ballot
+for lver + 1 and a ballot re-adopts the highest-bal value of that lver, or aborts on a dblock of a
+newer lver, so a stale leader can only make a ballot adopt the real owner or fail (it may stall a
+lease, a liveness cost a guard of ours cannot prevent: the late write is the one doing it). A delta
+lease sector regressing to an older renewal of ours only makes us look alive longer. Fencing the
+whole area would also need the layout, which this module does not know, and would stop a lease
+release or a shared-block cleanup for no safety gain.
 """
 
 from __future__ import annotations
@@ -28,6 +50,7 @@ import struct
 import threading
 
 from . import errors
+from .clock import REAL_CLOCK, Clock
 
 BLKSSZGET = 0x1268  # logical sector size of a block device
 BLKGETSIZE64 = 0x80081272
@@ -118,14 +141,75 @@ class _IoWorkers:
             self._jobs.put(None)
 
 
+class _Write:
+    """A write of this process whose system call has not returned yet."""
+
+    __slots__ = ("abandoned_at", "end", "key", "start")
+
+    def __init__(self, key: tuple[int, int], start: int, end: int) -> None:
+        self.key = key
+        self.start = start
+        self.end = end
+        self.abandoned_at: float | None = None
+
+
+class WriteGuard:
+    """The writes of one process in flight, per file; refuses writes over abandoned ones."""
+
+    def __init__(self, clock: Clock = REAL_CLOCK) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._writes: dict[tuple[int, int], set[_Write]] = {}
+
+    def begin(self, key: tuple[int, int], path: str, offset: int, length: int) -> _Write:
+        """Register a write about to be submitted; refuse it over a write that may still land."""
+        end = offset + length
+        with self._lock:
+            for w in self._writes.get(key, ()):
+                if w.abandoned_at is not None and w.start < end and offset < w.end:
+                    raise errors.WriteAbandoned(
+                        path=path,
+                        offset=offset,
+                        length=length,
+                        held_offset=w.start,
+                        held_length=w.end - w.start,
+                        ago=self.clock.now() - w.abandoned_at,
+                    )
+            write = _Write(key, offset, end)
+            self._writes.setdefault(key, set()).add(write)
+            return write
+
+    def abandon(self, write: _Write) -> None:
+        """The caller gave up waiting; the write stays registered until its syscall returns."""
+        with self._lock:
+            if write in self._writes.get(write.key, ()):
+                write.abandoned_at = self.clock.now()
+
+    def end(self, write: _Write) -> None:
+        """The write's system call returned (or it was cancelled before it started)."""
+        with self._lock:
+            writes = self._writes.get(write.key)
+            if writes is not None:
+                writes.discard(write)
+                if not writes:
+                    del self._writes[write.key]
+
+
+#: The guard of this process: every Storage on the same file shares its record of writes.
+PROCESS_GUARD = WriteGuard()
+
+
 class Storage:
     """One open lease storage path. Offsets are absolute byte offsets in the file or device."""
 
     #: Workers per storage: enough that a few abandoned (stalled) I/Os leave room for new ones.
     MAX_WORKERS = 16
 
-    def __init__(self, path: str, *, writable: bool = True) -> None:
+    def __init__(
+        self, path: str, *, writable: bool = True, guard: WriteGuard = PROCESS_GUARD
+    ) -> None:
         self.path = path
+        self.guard = guard
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -135,6 +219,8 @@ class Storage:
                 "(e.g. `truncate -s 1M PATH`) or check the path",
             ) from None
         self.is_block = stat.S_ISBLK(st.st_mode)
+        #: the file's identity for the write guard (a device node's inode names the device)
+        self.key = (st.st_dev, st.st_ino)
         if not (self.is_block or stat.S_ISREG(st.st_mode)):
             raise errors.StorageUnusable(path=path, detail="not a regular file or block device")
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_DIRECT | os.O_SYNC | os.O_CLOEXEC
@@ -187,10 +273,17 @@ class Storage:
                 detail="direct I/O needs offsets and lengths in whole 512-byte sectors",
             )
 
-    def _run(self, fn, op: str, offset: int, length: int, timeout: float):
+    def _run(self, fn, op: str, offset: int, length: int, timeout: float, write=None):
         job = self._pool.submit(fn)
         if not job.done.wait(timeout):
-            self._pool.cancel(job)  # succeeds only if it never started; a started one is abandoned
+            # cancelling succeeds only if it never started; a started one is abandoned
+            if write is not None:
+                if self._pool.cancel(job):
+                    self.guard.end(write)
+                else:
+                    self.guard.abandon(write)
+            else:
+                self._pool.cancel(job)
             raise errors.IoTimeout(
                 op=op, length=length, path=self.path, offset=offset, timeout=timeout
             )
@@ -209,29 +302,40 @@ class Storage:
     def read(self, offset: int, length: int, timeout: float) -> bytes:
         """Read ``length`` bytes at ``offset``; short reads (end of storage) return fewer bytes."""
         self._check_alignment(offset, length, "read")
-        fd = self.fd
-
-        def do() -> bytes:
-            view = _buffer(length)
-            n = os.preadv(fd, [view], offset)
-            return bytes(view[:n])
-
-        return self._run(do, "read", offset, length, timeout)
+        return self._run(lambda: self._pread(offset, length), "read", offset, length, timeout)
 
     def write(self, offset: int, data: bytes, timeout: float) -> None:
-        """Write whole sectors at ``offset``; the file grows if needed (never a block device)."""
+        """Write whole sectors at ``offset``; the file grows if needed (never a block device).
+
+        Refused (``WriteAbandoned``) while an abandoned write of this process to overlapping
+        bytes may still land (module docstring).
+        """
         length = len(data)
         self._check_alignment(offset, length, "write")
-        fd = self.fd
+        write = self.guard.begin(self.key, self.path, offset, length)
 
         def do() -> None:
-            view = _buffer(length)
-            view[:] = data
-            done = 0
-            while done < length:
-                n = os.pwritev(fd, [view[done:]], offset + done)
-                if n <= 0:
-                    raise OSError(errno.EIO, "short write")
-                done += n
+            try:
+                self._pwrite(offset, data)
+            finally:
+                self.guard.end(write)
 
-        self._run(do, "write", offset, length, timeout)
+        self._run(do, "write", offset, length, timeout, write)
+
+    # ---- the system calls, run in a worker (a test double replaces these and the pool) --------
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        view = _buffer(length)
+        n = os.preadv(self.fd, [view], offset)
+        return bytes(view[:n])
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        length = len(data)
+        view = _buffer(length)
+        view[:] = data
+        done = 0
+        while done < length:
+            n = os.pwritev(self.fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise OSError(errno.EIO, "short write")
+            done += n

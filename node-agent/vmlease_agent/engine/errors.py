@@ -169,6 +169,16 @@ class IoFailed(LeaseError):
     template = "{op} of {length} bytes at {path}:{offset} failed: {detail}"
 
 
+class WriteAbandoned(LeaseError):
+    code = -errno.EBUSY
+    template = (
+        "write of {length} bytes at {path}:{offset} refused: our write of {held_length} bytes "
+        "at {path}:{held_offset} was abandoned at its io_timeout {ago:.1f}s ago and may still "
+        "land over it; this part of the lease area cannot be written until that write "
+        "completes or fails: check the path to the storage (multipath queueing, NFS server)"
+    )
+
+
 # ---- delta leases ---------------------------------------------------------------------------
 
 
@@ -229,6 +239,19 @@ class AcquireIdLive(LeaseError):
         "disk lease {lease} at {path}:{offset} is held by host {owner_id} "
         "(node {owner_name}, generation {owner_generation}){renewed}; it cannot be taken while "
         "that host is alive: stop its user there, or wait until it releases"
+    )
+
+
+class OwnerRecordOlder(LeaseError):
+    code = -243  # SANLK_ACQUIRE_IDLIVE: to its clients the lease is held, not takeable
+    template = (
+        "disk lease {lease} at {path}:{offset} is held by host {owner_id} generation "
+        "{owner_generation}, but the lockspace {lockspace} holds an older record for host_id "
+        "{owner_id} (generation {record_generation}): the lockspace area was re-initialised or "
+        "overwritten, and its owner's liveness, io_timeout and watchdog timeout are unknown, so "
+        "the lease cannot be taken safely; make sure that host is stopped (node powered off, "
+        "or its holders fenced), then re-initialise the lease with `vmlease direct init -r "
+        "{lease}:{path}:{offset}`"
     )
 
 

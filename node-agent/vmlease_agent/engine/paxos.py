@@ -13,7 +13,9 @@ Acquire (``paxos_lease_acquire``):
      timestamp changes (or our monitor saw it live) the owner is alive: fail at once with
      IDLIVE (-243), unless the owner's dblock says RELEASED; if it stays unchanged for the
      owner's 8N + W, its watchdog has fired: run a ballot; if the owner's host_id was freed or
-     re-acquired with a newer generation, it lost the lease: run a ballot;
+     re-acquired with a newer generation, it lost the lease: run a ballot; if the record there
+     is of an *older* generation than the owner's (the lockspace area was re-initialised), it
+     does not describe the owner at all: refuse (OwnerRecordOlder), never guess its N and W;
   4. ballot: mbal = host_id the first time, else the next multiple of max_hosts above every mbal
      seen, plus host_id (so ballot numbers never collide); phase 1 writes (mbal, lver+1), reads
      all; phase 2 writes the value (our id/generation/time, or the highest-bal value another
@@ -23,6 +25,31 @@ Acquire (``paxos_lease_acquire``):
      proposal, we lost (-245).
 Release: our dblock gets the RELEASED flag (values kept: a concurrent ballot may still read
 them), then, if we wrote the leader, its timestamp becomes 0.
+Retract (sanlock's T_RETRACT_PAXOS / R_ERASE_ALL): once we have written a phase-2 value, another
+host's ballot may adopt it and commit us, and our own commit may land although its write
+reported an error. An acquire failing after that point (an I/O error or timeout in phase 2 or at
+commit, an abort) would leave a lease held on disk in our name that we do not know we hold (an
+orphan: other hosts get IDLIVE while we live). So it retracts before raising: it rewrites its
+latest dblock with the RELEASED flag and frees the leader if the leader is exactly our own
+commit of this version; then it raises the original error (with a note if the retract failed).
+Why a retract never makes two owners:
+  * our dblock keeps the values of our latest write, so it never goes back in time (sanlock
+    writes a zeroed dblock here; that could erase a value our ballot had chosen, failing at
+    commit, and let a concurrent ballot choose another owner of the same lver while our commit
+    write is still landing). The flag is not part of the Paxos state: it only lets other hosts
+    skip *us* as owner of a leader someone else wrote, which is true: we never use this lver;
+  * the leader is freed only if it names us, was written by us and is at the version of this
+    ballot: then every later acquire runs a ballot for the next version. A concurrent commit of
+    the same version carries the same value (Paxos) with another writer: it is left alone, and
+    our RELEASED flag covers it, as in a release. A newer version cannot appear between our read
+    and our write: taking the lease from a live owner whose own commit is in the leader is
+    refused (IDLIVE), and a leader regressing is harmless anyway (directio's docstring);
+  * the retract's writes go through directio's guard like any write: one over a write of ours
+    that may still land is refused, so the retract cannot be undone by our own late write.
+  * an acquire that failed because another host's value won this version (AcquireOwned,
+    AcquireOther) does not retract: only one value is chosen per version, and it is not ours.
+If the retract itself fails (the storage still fails), the orphan stays until we acquire and
+release the lease, or leave the lockspace (others then see our host_id free).
 Shared leases: win the ballot with SHORT_HOLD, write our mode block SHARED with our generation,
 release the leader. An exclusive acquire that saw SHARED mode blocks fails with -EAGAIN while any
 of their hosts is alive, and clears the blocks of dead ones.
@@ -311,6 +338,17 @@ class Acquirer:
                 return "run"  # owner freed its host_id: it cannot hold leases
             if d.owner_id != leader.owner_id or d.owner_generation > leader.owner_generation:
                 return "run"  # host_id re-acquired since: the old incarnation is gone
+            if d.owner_generation < leader.owner_generation:
+                # an older record (the lockspace was re-initialised or overwritten) says nothing
+                # about the owner: not when it last renewed, not its N and W. No wait is known
+                # to be long enough (W is each host's own), so refuse rather than guess.
+                raise errors.OwnerRecordOlder(
+                    **self._d(),
+                    owner_id=leader.owner_id,
+                    owner_generation=leader.owner_generation,
+                    record_generation=d.owner_generation,
+                    lockspace=self.res.lockspace,
+                )
             now = self.clock.now()
             owner_n = d.io_timeout or self.io_timeout
             owner_w = ondisk.watchdog_fire_timeout_of(d, timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT)
@@ -391,10 +429,18 @@ class Acquirer:
         return best
 
     def _run_ballot(
-        self, sizes: Sizes, num_hosts: int, next_lver: int, mbal: int, keep_shared: bool
+        self,
+        sizes: Sizes,
+        num_hosts: int,
+        next_lver: int,
+        mbal: int,
+        keep_shared: bool,
+        attempts: list[Dblock],
     ) -> tuple[Dblock, dict[int, ModeBlock]]:
+        """One ballot; every dblock write is first appended to ``attempts`` (for a retract)."""
         shared: dict[int, ModeBlock] = {}
         ours = Dblock(mbal=mbal, lver=next_lver)
+        attempts.append(ours)
         self._write_dblock(sizes, ours, keep_shared)
         best = self._read_ballot(sizes, num_hosts, ours, shared)
         if best is not None:
@@ -402,6 +448,7 @@ class Acquirer:
         else:
             value = (self.host_id, self.generation, self.clock.monotime())
         ours = replace(ours, bal=mbal, inp=value[0], inp2=value[1], inp3=value[2])
+        attempts.append(ours)
         self._write_dblock(sizes, ours, keep_shared)
         self._read_ballot(sizes, num_hosts, ours, {})
         return ours, shared
@@ -444,7 +491,47 @@ class Acquirer:
     def _ballot_and_commit(
         self, cur: Leader, max_mbal: int, sizes: Sizes, shared: bool, keep_shared: bool
     ) -> tuple[Token, dict[int, ModeBlock]] | None:
-        """Ballots until one completes; None means the leader changed: restart the acquire."""
+        """Ballots until one completes; None means the leader changed: restart the acquire.
+        Retracts (module docstring) when it fails after a phase-2 write."""
+        attempts: list[Dblock] = []
+        try:
+            return self._ballots(cur, max_mbal, sizes, shared, keep_shared, attempts)
+        except (errors.AcquireOwned, errors.AcquireOther):
+            raise  # this version went to another host's value: ours cannot be committed
+        except Exception as e:
+            if any(d.bal for d in attempts):
+                try:
+                    self._retract(sizes, attempts[-1], cur.lver + 1, keep_shared)
+                except errors.LeaseError as r:
+                    e.add_note(
+                        f"retracting our ballot for lver {cur.lver + 1} failed too ({r}); the "
+                        f"lease may stay held on disk in our name (host {self.host_id} "
+                        f"generation {self.generation}) until this host acquires and releases "
+                        f"it or leaves the lockspace"
+                    )
+            raise
+
+    def _retract(self, sizes: Sizes, last: Dblock, lver: int, keep_shared: bool) -> None:
+        """Undo a failed acquire on disk without ever going back in time (module docstring)."""
+        self._write_dblock(sizes, replace(last, flags=ondisk.DBLOCK_FL_RELEASED), keep_shared)
+        leader = read_leader(self.st, self.res, self.io_timeout, self.host_id)
+        if (
+            leader.lver == lver
+            and leader.timestamp != 0
+            and (leader.owner_id, leader.owner_generation) == (self.host_id, self.generation)
+            and (leader.write_id, leader.write_generation) == (self.host_id, self.generation)
+        ):
+            self._free_leader(leader, sizes)
+
+    def _ballots(
+        self,
+        cur: Leader,
+        max_mbal: int,
+        sizes: Sizes,
+        shared: bool,
+        keep_shared: bool,
+        attempts: list[Dblock],
+    ) -> tuple[Token, dict[int, ModeBlock]] | None:
         next_lver = cur.lver + 1
         mh = cur.max_hosts
         mbal = self.host_id if max_mbal == 0 else max_mbal - max_mbal % mh + mh + self.host_id
@@ -464,7 +551,7 @@ class Acquirer:
                 return None  # restart from the top
             try:
                 dblock, seen_shared = self._run_ballot(
-                    sizes, cur.num_hosts, next_lver, mbal, keep_shared
+                    sizes, cur.num_hosts, next_lver, mbal, keep_shared, attempts
                 )
             except (errors.DblockLver, errors.DblockMbal):
                 self.clock.sleep(self.rand() * timeouts.ballot_retry_max_sleep(), self.abort)
@@ -568,6 +655,10 @@ class Acquirer:
             raise errors.ReleaseOwner(
                 **self._d(), detail="the leader changed since we committed it"
             )
+        token.leader = self._free_leader(leader, token.sizes)
+
+    def _free_leader(self, leader: Leader, sizes: Sizes) -> Leader:
+        """Write ``leader`` back with timestamp 0 (free), as written by us; returns it."""
         freed = replace(
             leader,
             timestamp=0,
@@ -577,11 +668,9 @@ class Acquirer:
             flags=leader.flags & ~ondisk.LFL_SHORT_HOLD,
         ).sealed()
         self.st.write(
-            self.res.offset,
-            ondisk.sector(token.sizes.sector_size, (0, freed.pack())),
-            self.io_timeout,
+            self.res.offset, ondisk.sector(sizes.sector_size, (0, freed.pack())), self.io_timeout
         )
-        token.leader = freed
+        return freed
 
 
 # ---- init, owners, requests ------------------------------------------------------------------
