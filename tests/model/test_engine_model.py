@@ -32,11 +32,7 @@ def _report(sim: Sim) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="seed 187: R0 lver 3 gets two owners after host 1's commit, in flight when it was "
-    "fenced, lands before its reset and host 1 restarts (generation 2); not yet diagnosed",
-    strict=False,
-)
+@pytest.mark.timeout(SECONDS + 300)  # each schedule is bounded; the run stops after SECONDS
 def test_no_lease_is_ever_held_by_two_hosts_safety():
     seeds = [int(REPLAY)] if REPLAY else range(FIRST, FIRST + SCHEDULES)
     deadline = time.monotonic() + SECONDS
@@ -71,10 +67,12 @@ class _NoGuard(WriteGuard):
 
 def test_model_catches_the_late_abandoned_write_without_the_guard():
     """The oracle must see item 5's two owners when the guard is off (a model that cannot fail
-    is a defect); seeds 26 and 36 of this profile do it today."""
-    for seed in range(200):
-        sim = Sim(seed, resources=1, faults=LATE_WRITES, guard_cls=_NoGuard).run()
-        if sim.oracle.violations:
-            print(f"\nguard off: {_report(sim)}")
-            return
-    pytest.fail("200 schedules without the guard found no violation: the model is blind")
+    is a defect). The simulation is deterministic per seed: seed 542 of this profile does it
+    (found by scanning seeds with the guard off; a change of the engine's I/O pattern changes
+    every schedule, so then scan again, looping over seeds with ``Sim(seed, resources=1,
+    faults=LATE_WRITES, guard_cls=_NoGuard)``, and update the seed)."""
+    sim = Sim(542, resources=1, faults=LATE_WRITES, guard_cls=_NoGuard).run()
+    assert sim.oracle.violations, "without the guard seed 542 no longer fails: the model is blind"
+    assert "has two owners" in sim.oracle.violations[0]
+    with_guard = Sim(542, resources=1, faults=LATE_WRITES).run()
+    assert not with_guard.oracle.violations and not with_guard.failures, _report(with_guard)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from dataclasses import dataclass, replace
 
 import pytest
@@ -914,3 +915,42 @@ def test_scan_finds_every_written_block_wherever_it_lies(sizes):
     # num_hosts limits the scan like sanlock's ballot (hosts above it are not read)
     few = paxos.scan_dblocks(bytes(buf), 40, ss, res, strict=True)[0]
     assert sorted(few) == [1, 31, 32, 33]
+
+
+# ---- a leader that went back in time (a late commit landed over newer ones) --------------------
+
+
+def test_a_regressed_leader_never_hands_a_version_out_twice_safety(env):
+    """Found by the model (seed 187): a leader write abandoned at io_timeout lands after newer
+    versions were decided, so the leader goes back in time. The dblocks still prove the newer
+    version; re-running that instance re-adopts its value and repairs the leader, where balloting
+    leader + 1 again aborts forever (or, once the evidence is overwritten, re-issues it)."""
+    h1, h3 = env.join(1), env.join(3)
+    h1.acq.release(h1.acq.acquire())  # lver 1
+    stale = env.leader()  # host 1's release of lver 1: abandoned, it lands later
+    h3.acq.release(h3.acq.acquire())  # lver 2
+    assert h1.acq.acquire().lver == 3  # host 1 holds version 3
+    env.put_leader(stale)  # the late write lands: the leader says lver 1, free
+    abort = threading.Event()
+    env.clock.on_sleep.append(lambda c: abort.set() if len(c.sleeps) > 50 else None)
+    h3.acq.abort = abort
+    with pytest.raises(errors.AcquireOther):
+        h3.acq.acquire(nowait=True)  # version 3 is host 1's: re-adopted, never re-chosen
+    leader = env.leader()
+    assert (leader.lver, leader.owner_id, leader.owner_generation) == (3, 1, h1.generation)
+
+
+def test_phase_one_keeps_the_value_we_accepted_in_the_same_version_safety(env):
+    h3 = env.join(3)
+    accepted = Dblock(mbal=3, bal=3, inp=1, inp2=1, inp3=500, lver=1)
+    env.put_dblock(3, accepted)  # we accepted host 1's value for lver 1, then lost the ballot
+    writes: list[Dblock] = []
+    env.st.before_write.append(
+        lambda off, data: writes.append(Dblock.unpack(data)) if off == 4 * 512 else None
+    )
+    with pytest.raises(errors.AcquireOther):
+        h3.acq.acquire(nowait=True)
+    phase1 = writes[0]
+    assert phase1.mbal > accepted.mbal
+    assert (phase1.bal, phase1.inp, phase1.inp2, phase1.inp3) == (3, 1, 1, 500)
+    assert (env.leader().lver, env.leader().owner_id) == (1, 1)

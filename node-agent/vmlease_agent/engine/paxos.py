@@ -436,10 +436,20 @@ class Acquirer:
         mbal: int,
         keep_shared: bool,
         attempts: list[Dblock],
+        own: Dblock,
     ) -> tuple[Dblock, dict[int, ModeBlock]]:
-        """One ballot; every dblock write is first appended to ``attempts`` (for a retract)."""
+        """One ballot; every dblock write is first appended to ``attempts`` (for a retract).
+
+        Phase 1 keeps the value we accepted earlier in this same lease version (Disk Paxos keeps
+        ``bal``/``inp`` when raising ``mbal``): zeroing it, as a fresh ballot does, would erase
+        evidence that a value may have been chosen, and another host could then choose another.
+        """
         shared: dict[int, ModeBlock] = {}
-        ours = Dblock(mbal=mbal, lver=next_lver)
+        prev = attempts[-1] if attempts else own
+        if prev.lver == next_lver and prev.bal:
+            ours = replace(prev, mbal=mbal, flags=0)
+        else:
+            ours = Dblock(mbal=mbal, lver=next_lver)
         attempts.append(ours)
         self._write_dblock(sizes, ours, keep_shared)
         best = self._read_ballot(sizes, num_hosts, ours, shared)
@@ -478,7 +488,7 @@ class Acquirer:
             mine = cur.owner_id == self.host_id and cur.owner_generation <= self.generation
             if cur.timestamp != 0 and not mine and self._owner_verdict(cur, nowait) == "restart":
                 continue
-            won = self._ballot_and_commit(cur, scan.max_mbal, sizes, shared, keep_shared)
+            won = self._ballot_and_commit(cur, scan, sizes, shared, keep_shared)
             if won is None:
                 continue
             token, seen_shared = won
@@ -489,22 +499,31 @@ class Acquirer:
             return token
 
     def _ballot_and_commit(
-        self, cur: Leader, max_mbal: int, sizes: Sizes, shared: bool, keep_shared: bool
+        self, cur: Leader, scan: AreaScan, sizes: Sizes, shared: bool, keep_shared: bool
     ) -> tuple[Token, dict[int, ModeBlock]] | None:
         """Ballots until one completes; None means the leader changed: restart the acquire.
-        Retracts (module docstring) when it fails after a phase-2 write."""
+        Retracts (module docstring) when it fails after a phase-2 write.
+
+        The lease version balloted is normally ``leader.lver + 1``. A dblock of a later version
+        proves the leader went back in time: a commit abandoned at io_timeout landed after newer
+        ones (a requeued write). Nobody writes a dblock for version M before reading the leader
+        at M - 1 and finding its owner gone (or itself), so re-running instance M is exactly as
+        safe as the ballot that started it, and Paxos makes us re-adopt any value chosen in M.
+        Balloting M - 1 again instead would hand that version out twice.
+        """
+        next_lver = max([cur.lver + 1, *(d.lver for d in scan.dblocks.values())])
         attempts: list[Dblock] = []
         try:
-            return self._ballots(cur, max_mbal, sizes, shared, keep_shared, attempts)
+            return self._ballots(cur, next_lver, scan, sizes, shared, keep_shared, attempts)
         except (errors.AcquireOwned, errors.AcquireOther):
             raise  # this version went to another host's value: ours cannot be committed
         except Exception as e:
             if any(d.bal for d in attempts):
                 try:
-                    self._retract(sizes, attempts[-1], cur.lver + 1, keep_shared)
+                    self._retract(sizes, attempts[-1], next_lver, keep_shared)
                 except errors.LeaseError as r:
                     e.add_note(
-                        f"retracting our ballot for lver {cur.lver + 1} failed too ({r}); the "
+                        f"retracting our ballot for lver {next_lver} failed too ({r}); the "
                         f"lease may stay held on disk in our name (host {self.host_id} "
                         f"generation {self.generation}) until this host acquires and releases "
                         f"it or leaves the lockspace"
@@ -526,13 +545,14 @@ class Acquirer:
     def _ballots(
         self,
         cur: Leader,
-        max_mbal: int,
+        next_lver: int,
+        scan: AreaScan,
         sizes: Sizes,
         shared: bool,
         keep_shared: bool,
         attempts: list[Dblock],
     ) -> tuple[Token, dict[int, ModeBlock]] | None:
-        next_lver = cur.lver + 1
+        max_mbal = scan.max_mbal
         mh = cur.max_hosts
         mbal = self.host_id if max_mbal == 0 else max_mbal - max_mbal % mh + mh + self.host_id
         first = True
@@ -551,9 +571,13 @@ class Acquirer:
                 return None  # restart from the top
             try:
                 dblock, seen_shared = self._run_ballot(
-                    sizes, cur.num_hosts, next_lver, mbal, keep_shared, attempts
+                    sizes, cur.num_hosts, next_lver, mbal, keep_shared, attempts, scan.own
                 )
-            except (errors.DblockLver, errors.DblockMbal):
+            except errors.DblockLver:
+                # a later version is being balloted: start over from a new read of the area
+                self.clock.sleep(self.rand() * timeouts.ballot_retry_max_sleep(), self.abort)
+                return None
+            except errors.DblockMbal:
                 self.clock.sleep(self.rand() * timeouts.ballot_retry_max_sleep(), self.abort)
                 mbal += mh
                 continue
