@@ -33,10 +33,14 @@ def _table(rows: list[dict], cols: list[str]) -> None:
 
 def render_status(st: dict) -> None:
     wd = st["watchdog"]
-    print(
-        f"node {st['node']}  watchdog fire timeout {wd['fire_timeout']}s, "
-        f"fed {wd['last_feed_ago']}s ago"
+    fed = f"armed, fed {wd['last_feed_ago']}s ago" if wd["armed"] else "disarmed (nothing held)"
+    runs = (
+        f" (runs with {wd['device_timeout']}s)"
+        if wd["device_timeout"] != wd["fire_timeout"]
+        else ""
     )
+    print(f"node {st['node']}  watchdog fire timeout {wd['fire_timeout']}s{runs}, {fed}")
+    print(f"on SIGTERM: {wd['on_sigterm']}")
     print("\nlockspaces")
     _table(
         st["lockspaces"],

@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds between SIGTERM and SIGKILL of lease holders when a lockspace "
         "fails (default: 2/3 of W, at most 40)",
     )
+    p.add_argument(
+        "--machine-id-file",
+        default="/etc/machine-id",
+        help="this machine's id (in a pod: the host's file, mounted): recorded hashed with the "
+        "boot id in our delta leases, so a restart that lost its state can prove a reboot "
+        "(default %(default)s)",
+    )
     p.add_argument("--socket-group", default=None, help="group allowed to use the socket")
     p.add_argument(
         "--lockspace",
@@ -89,6 +96,16 @@ def lockspace_config(text: str) -> LockspaceConfig:
     return LockspaceConfig(spec.name, spec.host_id, spec.path, spec.offset, io)
 
 
+def machine_id(path: str) -> str:
+    """The machine id in ``path``, or "" (then no restart can prove a reboot: see Agent)."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        log.warning("cannot read the machine id from %s: %s", path, e.strerror)
+        return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -99,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [lockspace_config(t) for t in args.lockspace]
         watchdog = open_watchdog(args.watchdog, args.watchdog_fire_timeout)
         cfg = AgentConfig(
-            args.run_dir, args.node_name[:48], args.watchdog_fire_timeout, args.kill_grace
+            args.run_dir,
+            args.node_name[:48],
+            args.watchdog_fire_timeout,
+            args.kill_grace,
+            machine_id=machine_id(args.machine_id_file),
         )
         agent = Agent(cfg, watchdog)
         agent.start()

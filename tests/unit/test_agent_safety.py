@@ -317,3 +317,27 @@ def test_machine_identity_is_written_with_our_record(world):
     sector = read_bytes(world.ls.path, 0, 512)
     ident = ondisk.Identity.unpack_for(sector, world.record())
     assert ident == a.identity == ondisk.Identity.of("machine-1", state.boot_id())
+
+
+def test_status_says_what_a_sigterm_would_do(world, capsys):
+    from vmlease_agent.client_cli import render_status
+
+    a = world.agent()
+    world.join(a)
+    render_status(a.status())
+    out = capsys.readouterr().out
+    assert "disarmed (nothing held)" in out and "on SIGTERM: disarm the watchdog" in out
+    vm = world.holder()
+    a.acquire(vm.pid, [(world.res, False)])
+    render_status(a.status())
+    out = capsys.readouterr().out
+    assert "armed, fed" in out
+    assert "on SIGTERM: keep the watchdog counting: 1 holder(s) keep their leases" in out
+
+
+def test_machine_id_comes_from_the_hosts_file(tmp_path):
+    from vmlease_agent.daemon import machine_id
+
+    (tmp_path / "machine-id").write_text("0123abcd\n")
+    assert machine_id(str(tmp_path / "machine-id")) == "0123abcd"
+    assert machine_id(str(tmp_path / "absent")) == ""
