@@ -128,6 +128,8 @@ class Agent:
         #: acquisitions in flight: (client, lockspace name); they count as holders
         self._inflight: list[tuple[Client, str]] = []
         self.identity = ondisk.Identity.of(cfg.machine_id, state.boot_id())
+        #: an unadoptable state file of this boot: the watchdog stays closed until then
+        self._previous_until = 0.0
 
     # ---- events and state -----------------------------------------------------------------
 
@@ -154,6 +156,7 @@ class Agent:
         if saved.problem:
             log.error("%s", saved.problem)
             self.event("state_not_adopted", detail=saved.problem)
+            self._previous_until = saved.previous_until
         if not self.cfg.machine_id:
             log.warning(
                 "no machine id (/etc/machine-id): after a lost state or a reboot this agent can "
@@ -293,6 +296,11 @@ class Agent:
         """A lockspace whose join waits out an earlier holder of our host_id (maybe an earlier
         agent of this boot whose holders still run): opening the device would feed its
         countdown, so it stays closed until then. Returns the reason, or ""."""
+        if self._previous_until > now:
+            return (
+                f"the saved state of an earlier agent of this boot could not be adopted; its "
+                f"holders may run until {self._previous_until - now:.0f}s from now"
+            )
         for ls in list(self.lockspaces.values()):
             if ls.previous_until > now:
                 return (
@@ -631,6 +639,8 @@ class Agent:
                         round(self.clock.now() - self.last_feed, 1) if self._armed else None
                     ),
                     "on_sigterm": self._on_sigterm(),
+                    #: why new leases are refused for now (the device may not be opened), or ""
+                    "new_leases_wait": self._quarantined(self.clock.now()),
                 },
                 "lockspaces": [ls.describe() for ls in self.lockspaces.values()],
                 "leases": [

@@ -41,6 +41,8 @@ def render_status(st: dict) -> None:
     )
     print(f"node {st['node']}  watchdog fire timeout {wd['fire_timeout']}s{runs}, {fed}")
     print(f"on SIGTERM: {wd['on_sigterm']}")
+    if wd.get("new_leases_wait"):
+        print(f"new leases refused for now: {wd['new_leases_wait']}")
     print("\nlockspaces")
     _table(
         st["lockspaces"],

@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 
 from .clients import Client, HeldLease
+from .engine import ondisk, timeouts
 from .engine.ondisk import Dblock, Leader, Sizes
 from .engine.paxos import Resource, Token
 from .lockspace import LIVE, Lockspace, LockspaceConfig
@@ -60,6 +62,9 @@ class Saved:
     clients: list[SavedClient] = field(default_factory=list)
     #: why a state file of this boot was not adopted ("" when adopted, absent, or of another boot)
     problem: str = ""
+    #: for such a file: until when (our clock) its holders may still run and its agent's
+    #: watchdog countdown may still be fed by an open (the latest T + 1 + 8N + W it records)
+    previous_until: float = 0.0
 
 
 def _lease_json(h: HeldLease) -> dict:
@@ -145,11 +150,15 @@ def load(run_dir: str, node: str) -> Saved:
         return Saved()  # a previous boot: every process it names is gone
     if doc.get("version") != VERSION:
         return _unusable(
-            path, f"it has format version {doc.get('version')!r}, this agent reads {VERSION}"
+            path,
+            f"it has format version {doc.get('version')!r}, this agent reads {VERSION}",
+            _previous_until(doc),
         )
     if doc.get("node") != node:
         return _unusable(
-            path, f"it was written by node {doc.get('node')!r}, and this agent is {node!r}"
+            path,
+            f"it was written by node {doc.get('node')!r}, and this agent is {node!r}",
+            _previous_until(doc),
         )
     saved = Saved()
     for d in doc["lockspaces"]:
@@ -169,13 +178,30 @@ def load(run_dir: str, node: str) -> Saved:
     return saved
 
 
-def _unusable(path: str, why: str) -> Saved:
+def _previous_until(doc: dict) -> float:
+    """The latest deadline + W of the delta leases a state document of this boot records, on
+    our clock (same boot, same clock; +1: timestamps are whole seconds). 0 if none is legible."""
+    until = 0.0
+    for d in doc.get("lockspaces") or []:
+        try:
+            rec = Leader.unpack(bytes.fromhex(d["record"]))
+        except (KeyError, TypeError, ValueError, struct.error):
+            continue
+        n = rec.io_timeout or int(d.get("io_timeout") or timeouts.MAX_IO_TIMEOUT)
+        w = ondisk.watchdog_fire_timeout_of(rec, timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT)
+        until = max(until, rec.timestamp + 1 + timeouts.host_dead_seconds(n, w))
+    return until
+
+
+def _unusable(path: str, why: str, previous_until: float = 0.0) -> Saved:
     aside = f"{path}.unusable-{int(time.time())}"
     os.replace(path, aside)
     return Saved(
         problem=f"the saved state {path} was not adopted: {why}; it is kept as {aside}. The "
-        "holders it names may still run: lockspaces whose records show an earlier agent of this "
-        "boot are re-joined only after its deadline + W, and the watchdog stays closed until then"
+        "holders it names may still run: the watchdog stays closed until the deadline + W of "
+        "every delta lease it records, and lockspaces whose records show an earlier agent of "
+        "this boot are re-joined only after it",
+        previous_until=previous_until,
     )
 
 

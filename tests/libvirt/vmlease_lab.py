@@ -162,7 +162,8 @@ class VmleaseLab:
         node: SimNode | None = None,
     ) -> SimNode:
         """Start (or restart, given ``node``) an agent joined to the lockspace; wait until it
-        can take leases (joined, watchdog armed). ``libvirt``: with the libvirt watcher."""
+        can take leases (joined, no earlier holder of its host_id to wait out; the watchdog is
+        armed by the first acquisition). ``libvirt``: with the libvirt watcher."""
         if node is None:
             node = SimNode(
                 name,
@@ -177,9 +178,9 @@ class VmleaseLab:
             node.start()
         node.wait_joined(LS)
         wait_for(
-            lambda: node.client.call("status")["watchdog"]["last_feed_ago"] < 1,
-            10,
-            f"{node.name}'s watchdog to be armed",
+            lambda: node.client.call("status")["watchdog"]["new_leases_wait"] == "",
+            30,
+            f"{node.name} to accept new leases",
         )
         if libvirt:
             wait_for(lambda: self.events(node, "libvirt_reconciled"), 20, "the libvirt watcher")

@@ -85,12 +85,12 @@ def world(lease_dir) -> Iterator[World]:
     w.close()
 
 
-def wait_for(cond, timeout: float, what: str) -> None:
+def wait_for(cond, timeout: float, what: str, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
             return
-        time.sleep(0.05)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -208,8 +208,14 @@ def test_acquisition_in_flight_is_fenced_when_its_lockspace_fails_safety(world):
     t = threading.Thread(target=run)
     t.start()
     assert entered.wait(5)
-    steal_host_id(world)  # the lockspace fails at its next renewal, mid-ballot
-    wait_for(lambda: a.lockspaces["LS"].state == "failed", 5, "the lockspace to fail")
+    # the lockspace fails at its next renewal, mid-ballot (stolen again should a renewal in
+    # flight have read before the steal and overwritten it)
+    wait_for(
+        lambda: steal_host_id(world) or a.lockspaces["LS"].state == "failed",
+        8,
+        "the lockspace to fail",
+        every=0.5,
+    )
     failed_at = boottime()
     # fencing starts at the deadline T + 8N (engine.timeouts), with SIGTERM
     wait_for(lambda: vm.poll() is not None, 8 * N + 3, "the acquiring holder to be fenced")
@@ -341,3 +347,30 @@ def test_machine_id_comes_from_the_hosts_file(tmp_path):
     (tmp_path / "machine-id").write_text("0123abcd\n")
     assert machine_id(str(tmp_path / "machine-id")) == "0123abcd"
     assert machine_id(str(tmp_path / "absent")) == ""
+
+
+def test_unadoptable_state_keeps_the_watchdog_closed_until_its_holders_may_be_gone_safety(world):
+    """The old agent's lockspaces may not be re-joined at all: the unusable file's own records
+    bound how long its holders may run, and nothing opens the device before that."""
+    a = world.agent(name="node-a", w=3)
+    world.join(a)
+    vm = world.holder()
+    a.acquire(vm.pid, [(world.res, False)])
+    a.stop(clean=False)
+    t = world.record().timestamp
+    doc_path = os.path.join(a.cfg.run_dir, state.STATE_FILE)
+    with open(doc_path) as f:
+        doc = f.read()
+    with open(doc_path, "w") as f:
+        f.write(doc.replace('"version": 1', '"version": 99'))  # a downgrade: not adoptable
+    b = world.agent(name="node-a", w=3)
+    world.join(b, host_id=1, name="LS2")
+    vm2 = world.holder()
+    res2 = Resource("LS2", "R2", make_resource(world.dir, "LS2", "R2", filename="r2")[1].path, 0)
+    with pytest.raises(Busy, match="could not be adopted"):
+        b.acquire(vm2.pid, [(res2, False)])
+    assert b.watchdog.ops() == []
+    assert "could not be adopted" in b.status()["watchdog"]["new_leases_wait"]
+    wait_for(lambda: boottime() > t + 1 + 8 * N + 3, 20, "the old agent's deadline + W")
+    assert b.status()["watchdog"]["new_leases_wait"] == ""
+    b.acquire(vm2.pid, [(res2, False)])

@@ -268,6 +268,18 @@ def test_same_name_without_an_identity_is_waited_out_like_another_host_safety(le
     assert clock.sleeps == [8 + 60, 2]
 
 
+def test_without_a_machine_id_a_reboot_is_never_assumed_safety(lease_dir):
+    """Two machines without /etc/machine-id and one node name must not look like a reboot."""
+    ls = make_lockspace(lease_dir)
+    clock = FakeClock()
+    unknown = ondisk.Identity.of("", "boot-1")
+    rec = ls.lease(2, clock, name="n", identity=unknown).acquire()
+    assert ondisk.Identity.unpack_for(read_bytes(ls.path, 512, 512), rec) is None  # not written
+    clock.sleeps.clear()
+    ls.lease(2, clock, name="n", identity=ondisk.Identity.of("", "boot-2")).acquire()
+    assert clock.sleeps == [8 + 60, 2]  # waited out like another host
+
+
 def test_another_machine_with_our_name_is_refused_and_named_safety(lease_dir):
     ls = make_lockspace(lease_dir)
     clock = FakeClock()

@@ -402,7 +402,7 @@ class DeltaLease:
 
     def _write(self, leader: Leader, timeout: float) -> None:
         parts = [(0, leader.pack())]
-        if self.identity is not None and leader.timestamp:
+        if self.identity is not None and self.identity.known and leader.timestamp:
             parts.append((ondisk.IDENTITY_OFFSET, self.identity.pack_for(leader)))
         if any(self.bitmap):
             parts.append((ondisk.HOSTID_BITMAP_OFFSET, self.bitmap))
@@ -449,6 +449,9 @@ class DeltaLease:
             return held_wait
         if self.identity is None:
             return 0.0  # sanlock's fast reacquire
+        if not self.identity.known:
+            self.previous_until = self.clock.now() + held_wait
+            return held_wait  # we cannot tell a reboot from a lost state: never guess
         theirs = ondisk.Identity.unpack_for(sector, current)
         if theirs is not None and theirs.machine != self.identity.machine:
             raise errors.HostNameCollision(

@@ -394,9 +394,17 @@ class Identity:
 
     @classmethod
     def of(cls, machine_id: str, boot_id: str) -> Identity:
+        """Our identity; without a machine id it is ``known`` False: it proves nothing (two
+        machines without one would otherwise look alike) and is never written."""
+        if not machine_id:
+            return cls(b"", b"")
         m = hashlib.sha256(f"vmlease-machine:{machine_id}".encode()).digest()[:16]
         b = hashlib.sha256(f"vmlease-boot:{machine_id}:{boot_id}".encode()).digest()[:16]
         return cls(m, b)
+
+    @property
+    def known(self) -> bool:
+        return bool(self.machine)
 
     @property
     def machine_hex(self) -> str:
