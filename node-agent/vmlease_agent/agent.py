@@ -111,14 +111,19 @@ class Agent:
         self.lock = threading.RLock()
         self.lockspaces: dict[str, Lockspace] = {}
         self.storages: dict[str, Storage] = {}
-        self.registry = ClientRegistry(self._on_client_exit)
+        self.registry = ClientRegistry(self._on_client_exit, self.lock)
         self.events: list[dict] = []  # recent events, for status and tests
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
         self.last_feed = 0.0
         self.last_tick = 0.0  # monotonic time of the last main-loop pass (health endpoint)
         self._fencing: set[str] = set()
-        self._exiting: dict[str, Client] = {}  # exited holders whose leases are being released
+        #: leases with an acquisition or a release on disk in flight on this node: label -> who.
+        #: One at a time per lease: our own host_id's ballot finds a lease we hold "already
+        #: ours", and a release that read the leader before a local ballot committed would free
+        #: the new version on disk (see ``_reserve``).
+        self._busy: dict[str, str] = {}
+        self._busy_done = threading.Condition(self.lock)
         # The device: every decision to arm, feed, shorten, disarm or let go is taken under
         # ``_device`` (then ``lock`` if needed), so an acquisition never writes unprotected.
         self._device = threading.Lock()
@@ -273,7 +278,7 @@ class Agent:
     def _holder_keys(self) -> list[str]:
         with self.lock:
             keys = {c.key for c in self.registry.clients.values() if c.leases}
-            keys |= {c.key for c in self._exiting.values() if c.leases}
+            keys |= {c.key for c in self.registry.exiting.values() if c.leases}
             keys |= {c.key for c, _ in self._inflight}
         return sorted(keys)
 
@@ -466,8 +471,13 @@ class Agent:
                 taken.append(self._acquire_one(client, res, shared, wait))
         except BaseException:
             for held in reversed(taken):
-                client.leases.pop(held.label, None)
-                self._release_on_disk(held)
+                with self.lock:
+                    self._reserve(held.label, "being released (its acquisition failed)", wait=True)
+                    client.leases.pop(held.label, None)
+                try:
+                    self._release_on_disk(held)
+                finally:
+                    self._unreserve(held.label)
             self._forget_if_idle(client)
             raise
         self.save()
@@ -485,17 +495,29 @@ class Agent:
     def _acquire_one(self, client: Client, res: Resource, shared: bool, wait: bool) -> HeldLease:
         ls = self._joined(res.lockspace)
         with self.lock:
-            for other in self.registry.clients.values():
-                held = other.leases.get(res.label)
-                if held is not None and not (shared and held.shared):
-                    raise AlreadyHeld(
-                        lease=res.label, pid=other.pid or other.key, name=other.owner or other.name
-                    )
-                if held is not None and shared:  # one on-disk SH mark per host
-                    h = HeldLease(res, held.token, True)
-                    client.leases[res.label] = h
-                    return h
-        self._begin_acquisition(client, ls)
+            self._reserve(res.label, f"being acquired by {client.pid or client.key}", wait)
+            try:
+                for other in [*self.registry.clients.values(), *self.registry.exiting.values()]:
+                    held = other.leases.get(res.label)
+                    if held is not None and not (shared and held.shared and not other.dead):
+                        raise AlreadyHeld(
+                            lease=res.label,
+                            pid=other.pid or other.key,
+                            name=other.owner or other.name,
+                        )
+                    if held is not None:  # shared: one on-disk SH mark per host
+                        h = HeldLease(res, held.token, True)
+                        client.leases[res.label] = h
+                        self._unreserve(res.label)
+                        return h
+            except BaseException:
+                self._unreserve(res.label)
+                raise
+        try:
+            self._begin_acquisition(client, ls)
+        except BaseException:
+            self._unreserve(res.label)
+            raise
         try:
             try:
                 token = self._acquirer(ls, res).acquire(shared=shared, nowait=not wait)
@@ -513,6 +535,25 @@ class Agent:
             return h
         finally:
             self._end_acquisition(client, ls)
+            self._unreserve(res.label)
+
+    def _reserve(self, label: str, why: str, wait: bool) -> None:
+        """Under ``lock``: make this the one acquisition or release of ``label`` on this node.
+
+        Another one in flight: an acquisition (another local holder) is refused at once, as
+        sanlock refuses a lease this host holds; a release is waited for when ``wait`` (it is a
+        few I/Os, each bounded by the io_timeout, so the wait is bounded too)."""
+        while label in self._busy:
+            other = self._busy[label]
+            if not wait or not other.startswith("being released"):
+                raise Busy(detail=f"disk lease {label} is {other} on this node")
+            self._busy_done.wait()
+        self._busy[label] = why
+
+    def _unreserve(self, label: str) -> None:
+        with self.lock:
+            self._busy.pop(label, None)
+            self._busy_done.notify_all()
 
     def _release_on_disk(self, held: HeldLease) -> None:
         ls = self.lockspaces.get(held.res.lockspace)
@@ -534,11 +575,7 @@ class Agent:
     def _shared_elsewhere(self, held: HeldLease) -> bool:
         """Does another live local holder still hold this (shared) lease?"""
         with self.lock:
-            return any(
-                held.label in c.leases
-                for c in self.registry.clients.values()
-                if c.key not in self._exiting
-            )
+            return any(held.label in c.leases for c in self.registry.clients.values())
 
     def release(self, holder: Holder, labels: list[str] | None) -> list[str]:
         """Release the named leases of ``holder`` (all of them if ``labels`` is None)."""
@@ -546,12 +583,24 @@ class Agent:
             client = self._client(holder)
             pid = client.pid or client.key
             names = list(client.leases) if labels is None else labels
-            missing = [n for n in names if n not in client.leases]
-            if missing:
-                raise NotHeld(pid=pid, lease=", ".join(missing))
+            reserved: list[str] = []
+            try:
+                for n in names:  # first, so no local acquisition sees the lease gone too early
+                    self._reserve(n, f"being released by pid {pid}", wait=True)
+                    reserved.append(n)
+                missing = [n for n in names if n not in client.leases]
+                if missing:
+                    raise NotHeld(pid=pid, lease=", ".join(missing))
+            except BaseException:
+                for n in reserved:
+                    self._unreserve(n)
+                raise
             gone = [client.leases.pop(n) for n in names]
         for held in gone:
-            self._release_on_disk(held)
+            try:
+                self._release_on_disk(held)
+            finally:
+                self._unreserve(held.label)
             self.event("released", lease=held.label, holder=client.key)
         self._forget_if_idle(client)
         self.save()
@@ -568,16 +617,20 @@ class Agent:
         Until the release is on disk the leases still show in ``status``: nobody should be told
         a lease is free before it is.
         """
-        with self.lock:
-            self._exiting[client.key] = client
+        reserved: list[str] = []
         try:
+            with self.lock:
+                for label in list(client.leases):
+                    self._reserve(label, f"being released (pid {client.pid} exited)", wait=True)
+                    reserved.append(label)
             for held in list(client.leases.values()):
                 self._release_on_disk(held)
                 self.event("released", lease=held.label, holder=client.key, reason="holder exited")
         finally:
             with self.lock:
                 client.leases.clear()
-                self._exiting.pop(client.key, None)
+                for label in reserved:
+                    self._unreserve(label)
         self.save()
 
     def set_kill_command(self, holder: Holder, command: list[str]) -> None:
@@ -645,7 +698,7 @@ class Agent:
                 "lockspaces": [ls.describe() for ls in self.lockspaces.values()],
                 "leases": [
                     self._lease_info(c, h)
-                    for c in [*self.registry.clients.values(), *self._exiting.values()]
+                    for c in [*self.registry.clients.values(), *self.registry.exiting.values()]
                     for h in c.leases.values()
                 ],
             }

@@ -89,12 +89,20 @@ class Client:
 
 
 class ClientRegistry:
-    """Local processes holding leases; calls ``on_exit(client)`` from its watcher thread."""
+    """Local processes holding leases; calls ``on_exit(client)`` from its watcher thread.
 
-    def __init__(self, on_exit: Callable[[Client], None]) -> None:
+    While ``on_exit`` runs (it releases the leases on disk), the client is in ``exiting``: its
+    leases are still someone's until the release is on disk. ``lock`` may be shared with the
+    caller, so that one critical section sees both dicts consistently.
+    """
+
+    def __init__(
+        self, on_exit: Callable[[Client], None], lock: threading.RLock | None = None
+    ) -> None:
         self.on_exit = on_exit
         self.clients: dict[str, Client] = {}
-        self.lock = threading.RLock()
+        self.exiting: dict[str, Client] = {}
+        self.lock = lock or threading.RLock()
         self._poll = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._poll.register(self._wake_r, select.EPOLLIN)
@@ -193,10 +201,14 @@ class ClientRegistry:
                         continue
                     c.dead = True
                     self._close(c)
+                    self.exiting[c.key] = c
                 try:
                     self.on_exit(c)
                 except Exception:  # the watcher must survive any handler bug
                     log.exception("releasing the leases of exited pid %d failed", c.pid)
+                finally:
+                    with self.lock:
+                        self.exiting.pop(c.key, None)
 
     def close(self) -> None:
         self._stop = True

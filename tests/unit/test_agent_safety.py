@@ -18,7 +18,14 @@ from dataclasses import replace
 
 import pytest
 from fake_watchdog import RecordingWatchdog
-from leasekit import CountingStorage, make_file, make_lockspace, make_resource, read_bytes
+from leasekit import (
+    CountingStorage,
+    leader_of,
+    make_file,
+    make_lockspace,
+    make_resource,
+    read_bytes,
+)
 from vmlease_agent import state
 from vmlease_agent.agent import Agent, AgentConfig, Busy
 from vmlease_agent.engine import delta, errors, ondisk
@@ -374,3 +381,83 @@ def test_unadoptable_state_keeps_the_watchdog_closed_until_its_holders_may_be_go
     wait_for(lambda: boottime() > t + 1 + 8 * N + 3, 20, "the old agent's deadline + W")
     assert b.status()["watchdog"]["new_leases_wait"] == ""
     b.acquire(vm2.pid, [(res2, False)])
+
+
+# ---- one acquisition or release of a lease at a time on this node ------------------------------
+
+
+def gated_acquirer(a: Agent, method: str) -> tuple[threading.Event, threading.Event]:
+    """Pause the first call of ``method`` on the agent's Acquirers until ``gate`` is set."""
+    entered, gate = threading.Event(), threading.Event()
+    real_acquirer = a._acquirer
+
+    def acquirer(ls, res):
+        acq = real_acquirer(ls, res)
+        real = getattr(acq, method)
+
+        def paused(*args, **kw):
+            if not entered.is_set():
+                entered.set()
+                gate.wait(30)
+            return real(*args, **kw)
+
+        setattr(acq, method, paused)
+        return acq
+
+    a._acquirer = acquirer
+    return entered, gate
+
+
+def in_thread(fn, *args, **kw) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["leases"] = fn(*args, **kw)
+        except errors.LeaseError as e:
+            outcome["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, outcome
+
+
+def test_two_local_holders_acquiring_one_lease_at_once_never_both_get_it_safety(world):
+    """Our own host_id's ballot finds a lease we hold 'already ours': a second local holder
+    whose ballot ran beside the first would be handed the same lease (found by the campaign)."""
+    a = world.agent()
+    world.join(a)
+    entered, gate = gated_acquirer(a, "acquire")
+    vm1, vm2 = world.holder(), world.holder()
+    t1, first = in_thread(a.acquire, vm1.pid, [(world.res, False)])
+    assert entered.wait(5)
+    with pytest.raises(Busy, match=f"disk lease LS:RES is being acquired by {vm1.pid}"):
+        a.acquire(vm2.pid, [(world.res, False)])
+    gate.set()
+    t1.join(10)
+    assert "leases" in first
+    holders = {x["pid"] for x in a.status()["leases"]}
+    assert holders == {vm1.pid}
+    with pytest.raises(errors.LeaseError, match="already held on this node by pid"):
+        a.acquire(vm2.pid, [(world.res, False)])
+
+
+def test_a_local_release_in_flight_never_frees_the_next_local_holders_lease_safety(world):
+    """A release that read the leader before another local holder's ballot committed would
+    write it back free over the new version: the new holder's lease would be free on disk."""
+    a = world.agent()
+    world.join(a)
+    vm1, vm2 = world.holder(), world.holder()
+    a.acquire(vm1.pid, [(world.res, False)])
+    entered, gate = gated_acquirer(a, "_free_leader")  # after the release read the leader
+    t1, released = in_thread(a.release, vm1.pid, None)
+    assert entered.wait(5)
+    t2, second = in_thread(a.acquire, vm2.pid, [(world.res, False)])
+    time.sleep(1.0)
+    assert not second, "a local acquisition ran beside a release of the same lease"
+    gate.set()
+    t1.join(10)
+    t2.join(10)
+    assert released.get("leases") == ["LS:RES"] and "leases" in second, (released, second)
+    leader = leader_of(world.res.path, world.res.offset)
+    assert leader.timestamp != 0 and leader.lver == second["leases"][0]["lver"]
