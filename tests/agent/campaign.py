@@ -525,7 +525,8 @@ class Campaign:
             return
         self.fault_counts["agent_sigterm"] += 1
         self.fault_counts["agent_sigterm_with_holders"] += bool(self._holders_on(n))
-        self._sigterm_restart(n, "agent_sigterm", self.rng.uniform(0.1, 3.0))
+        # a new agent must re-arm within W (4 s), and starting takes about a second
+        self._sigterm_restart(n, "agent_sigterm", self.rng.uniform(0.05, 1.5))
 
     def agent_freeze(self) -> None:
         n = self._fault_node()
@@ -576,7 +577,7 @@ class Campaign:
                         f"{h.reset_at:.3f}: the harness did not kill it"
                     )
                 last = min(last, h.reset_at) if first <= h.reset_at else last
-            out.append(Interval(h.resource, h.hid, h.node, first, last))
+            out.append(Interval(h.resource, f"{h.hid}(pid {h.proc.pid})", h.node, first, last))
         return out
 
     def tally(self) -> None:
