@@ -39,9 +39,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vmlease_operator.allocation import HostIdRecord, LockspaceFull, keeper, lowest_free
-from vmlease_operator.api import naming
-from vmlease_operator.api.models import HostId, HostIdSpec, ObjectMeta
+from vmlease_api import naming
+from vmlease_api.allocation import HostIdRecord, LockspaceFull, keeper, lowest_free
+from vmlease_api.models import HostId, HostIdSpec, ObjectMeta
 
 
 class AlreadyExists(Exception):

@@ -13,10 +13,10 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from vmlease_api import GROUP, VERSION, naming
+from vmlease_api.allocation import HostIdRecord
 
-from vmlease_operator.allocation import HostIdRecord
 from vmlease_operator.allocator import AlreadyExists, Conflict, NotFound
-from vmlease_operator.api import GROUP, VERSION, naming
 
 HOSTIDS, LOCKSPACES, DISKLEASES = "hostids", "lockspaces", "diskleases"
 #: Shown in managedFields, so ``kubectl get -o yaml`` tells which writes are the operator's.
@@ -46,6 +46,13 @@ def _translate(error: ApiException) -> Exception:
     return error
 
 
+def _body(value: object) -> dict[str, Any]:
+    """A JSON object the client decoded (typed ``object`` there), checked rather than cast."""
+    if not isinstance(value, dict):
+        raise TypeError(f"the API server answered {type(value).__name__}, not an object")
+    return value
+
+
 class Kube:
     """Implements ``allocator.HostIdStore`` and the few other writes the operator makes."""
 
@@ -54,8 +61,10 @@ class Kube:
 
     def list_for_node(self, lockspace: str, node: str) -> list[HostIdRecord]:
         try:
-            items = self._objects.list_cluster_custom_object(
-                GROUP, VERSION, HOSTIDS, label_selector=naming.node_selector(lockspace, node)
+            items = _body(
+                self._objects.list_cluster_custom_object(
+                    GROUP, VERSION, HOSTIDS, label_selector=naming.node_selector(lockspace, node)
+                )
             )["items"]
         except ApiException as error:
             raise _translate(error) from error
@@ -64,8 +73,10 @@ class Kube:
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self._objects.create_cluster_custom_object(
-                GROUP, VERSION, HOSTIDS, body, field_manager=FIELD_MANAGER
+            return _body(
+                self._objects.create_cluster_custom_object(
+                    GROUP, VERSION, HOSTIDS, body, field_manager=FIELD_MANAGER
+                )
             )
         except ApiException as error:
             raise _translate(error) from error
@@ -75,8 +86,10 @@ class Kube:
             preconditions=client.V1Preconditions(resource_version=resource_version)
         )
         try:
-            body = self._objects.delete_cluster_custom_object(
-                GROUP, VERSION, HOSTIDS, name, body=options
+            body = _body(
+                self._objects.delete_cluster_custom_object(
+                    GROUP, VERSION, HOSTIDS, name, body=options
+                )
             )
         except ApiException as error:
             raise _translate(error) from error
@@ -96,8 +109,10 @@ class Kube:
         """Mark every HostId of a deleted lockspace for deletion; their reuse finalizers keep
         them until the operator releases them. Returns how many were marked now."""
         try:
-            items = self._objects.list_cluster_custom_object(
-                GROUP, VERSION, HOSTIDS, label_selector=f"{naming.LABEL_LOCKSPACE}={lockspace}"
+            items = _body(
+                self._objects.list_cluster_custom_object(
+                    GROUP, VERSION, HOSTIDS, label_selector=f"{naming.LABEL_LOCKSPACE}={lockspace}"
+                )
             )["items"]
         except ApiException as error:
             raise _translate(error) from error

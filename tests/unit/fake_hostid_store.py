@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from vmlease_operator.allocation import HostIdRecord
+from vmlease_api import naming
+from vmlease_api.allocation import HostIdRecord
 from vmlease_operator.allocator import AlreadyExists, Conflict, NotFound
-from vmlease_operator.api import naming
 
 
 class Invalid(Exception):

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from vmlease_agent.kube_api import Conflict, Expired, NotFound, Unavailable
+from vmlease_agent.kube.api import Conflict, Expired, NotFound, Unavailable
 
 KINDS = ("nodes", "lockspaces", "hostids", "diskleases")
 

@@ -8,10 +8,10 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from vmlease_agent.agent import Agent, AgentConfig
-from vmlease_agent.agent_http import LOOP_STALE_SECONDS, HttpEndpoint
-from vmlease_agent.lockspace import LockspaceConfig
-from vmlease_agent.watchdog import open_watchdog
+from vmlease_agent.core.agent import Agent, AgentConfig
+from vmlease_agent.core.lockspace import LockspaceConfig
+from vmlease_agent.core.watchdog import open_watchdog
+from vmlease_agent.daemon.http import LOOP_STALE_SECONDS, HttpEndpoint
 
 
 def get(port: int, path: str) -> tuple[int, str]:

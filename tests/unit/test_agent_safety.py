@@ -26,13 +26,13 @@ from leasekit import (
     make_resource,
     read_bytes,
 )
-from vmlease_agent import state
-from vmlease_agent.agent import Agent, AgentConfig, Busy
+from vmlease_agent.core import state
+from vmlease_agent.core.agent import Agent, AgentConfig, Busy
+from vmlease_agent.core.lockspace import FireTimeoutTooLong, LockspaceConfig
 from vmlease_agent.engine import delta, errors, ondisk
 from vmlease_agent.engine.clock import boottime
 from vmlease_agent.engine.directio import Storage
 from vmlease_agent.engine.paxos import Resource
-from vmlease_agent.lockspace import FireTimeoutTooLong, LockspaceConfig
 
 N = 1
 
@@ -333,7 +333,7 @@ def test_machine_identity_is_written_with_our_record(world):
 
 
 def test_status_says_what_a_sigterm_would_do(world, capsys):
-    from vmlease_agent.client_cli import render_status
+    from vmlease_agent.cli.client import render_status
 
     a = world.agent()
     world.join(a)
@@ -349,7 +349,7 @@ def test_status_says_what_a_sigterm_would_do(world, capsys):
 
 
 def test_machine_id_comes_from_the_hosts_file(tmp_path):
-    from vmlease_agent.daemon import machine_id
+    from vmlease_agent.daemon.main import machine_id
 
     (tmp_path / "machine-id").write_text("0123abcd\n")
     assert machine_id(str(tmp_path / "machine-id")) == "0123abcd"

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from fake_kube_api import FakeKubeApi
 from kube_builders import disklease, hostid, lease, lockspace, node
-from vmlease_agent import kube_format
-from vmlease_agent.agent import Agent, AgentConfig, Busy
+from vmlease_agent.core.agent import Agent, AgentConfig, Busy
+from vmlease_agent.core.lockspace import LockspaceConfig
+from vmlease_agent.core.watchdog import open_watchdog
 from vmlease_agent.engine import delta
 from vmlease_agent.engine.directio import Storage
-from vmlease_agent.kube_sync import KubeConfig, KubeSync
-from vmlease_agent.lockspace import LockspaceConfig
-from vmlease_agent.watchdog import open_watchdog
+from vmlease_agent.kube import formatting as kube_format
+from vmlease_agent.kube.sync import KubeConfig, KubeSync
 
 
 class FakeAgent:

@@ -7,9 +7,9 @@ import datetime
 
 from fake_kube_api import FakeKubeApi
 from kube_builders import disklease, lease, lockspace
-from vmlease_agent import lease_status
-from vmlease_agent.lease_publisher import LeasePublisher
-from vmlease_operator.api.models import DiskLease, DiskLeaseStatus, Holder, LeasePhase, Lockspace
+from vmlease_agent.kube import lease_status
+from vmlease_agent.kube.lease_publisher import LeasePublisher
+from vmlease_api.models import DiskLease, DiskLeaseStatus, Holder, LeasePhase, Lockspace
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 SHARED = "/shared"

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from vmlease_agent import libvirt_events
-from vmlease_agent.libvirt_config import LibvirtConfig
-from vmlease_agent.libvirt_domain import parse_domain
-from vmlease_agent.libvirt_events import LibvirtWatcher
-from vmlease_agent.libvirt_leases import plan
+from vmlease_agent.virt import watcher as libvirt_events
+from vmlease_agent.virt.config import LibvirtConfig
+from vmlease_agent.virt.domain import parse_domain
+from vmlease_agent.virt.plan import plan
+from vmlease_agent.virt.watcher import LibvirtWatcher
 
 libvirt = pytest.importorskip("libvirt")
 

@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from vmlease_agent import libvirt_cli, libvirt_files
+from vmlease_agent.cli import libvirt as libvirt_cli
 from vmlease_agent.engine import paxos
 from vmlease_agent.engine.directio import Storage
-from vmlease_agent.libvirt_config import ConfigError, LibvirtConfig, load, parse
-from vmlease_agent.libvirt_domain import METADATA_NS, parse_domain
-from vmlease_agent.libvirt_hook import _element_text
-from vmlease_agent.libvirt_leases import fence_command, holder_key, plan
+from vmlease_agent.virt import files as libvirt_files
+from vmlease_agent.virt.config import ConfigError, LibvirtConfig, load, parse
+from vmlease_agent.virt.domain import METADATA_NS, parse_domain
+from vmlease_agent.virt.hook import _element_text
+from vmlease_agent.virt.plan import fence_command, holder_key, plan
 
 UUID = "c7a5fdbd-cdaf-9455-926a-d65c16db1809"
 LS = "__LIBVIRT__DISKS__"
@@ -89,7 +90,7 @@ def test_config_missing_default_file_means_defaults_but_a_named_one_is_an_error(
     tmp_path, monkeypatch
 ):
     monkeypatch.delenv("VMLEASE_LIBVIRT_CONFIG", raising=False)
-    monkeypatch.setattr("vmlease_agent.libvirt_config.DEFAULT_PATH", str(tmp_path / "none"))
+    monkeypatch.setattr("vmlease_agent.virt.config.DEFAULT_PATH", str(tmp_path / "none"))
     assert load() == LibvirtConfig()
     with pytest.raises(ConfigError, match="does not exist"):
         load(str(tmp_path / "typo.conf"))
@@ -151,7 +152,7 @@ def test_plan_names_a_disk_with_a_stable_identity_by_it():
 
 def test_fence_command_names_the_domain_policy_and_agent():
     cmd = fence_command(LibvirtConfig(run_dir="/run/a"), UUID, "pause", python="/py")
-    assert cmd[:3] == ["/py", "-m", "vmlease_agent.libvirt_fence"]
+    assert cmd[:3] == ["/py", "-m", "vmlease_agent.virt.fence"]
     assert cmd[cmd.index("--uuid") + 1] == UUID and cmd[cmd.index("--policy") + 1] == "pause"
     assert cmd[cmd.index("--run-dir") + 1] == "/run/a"
     assert holder_key(UUID) == f"libvirt:{UUID}"
@@ -530,7 +531,7 @@ def test_driver():
 
 
 def test_fence_destroys_the_domain_through_libvirt(test_driver, tmp_path):
-    from vmlease_agent.libvirt_fence import fence
+    from vmlease_agent.virt.fence import fence
 
     _, dom = test_driver
     assert dom.isActive()
@@ -539,7 +540,7 @@ def test_fence_destroys_the_domain_through_libvirt(test_driver, tmp_path):
 
 
 def test_fence_pause_suspends_and_hands_the_leases_back_to_the_agent(test_driver, tmp_path):
-    from vmlease_agent.libvirt_fence import fence
+    from vmlease_agent.virt.fence import fence
 
     _, dom = test_driver
     agent = FakeAgent(tmp_path / "run")
@@ -551,7 +552,7 @@ def test_fence_pause_suspends_and_hands_the_leases_back_to_the_agent(test_driver
 
 
 def test_fence_falls_back_to_sigterm_when_libvirt_cannot_do_it(test_driver, tmp_path):
-    from vmlease_agent.libvirt_fence import fence
+    from vmlease_agent.virt.fence import fence
 
     _, dom = test_driver
     for uri, pidfile in (("test:///nonexistent.xml", None), ("test:///default", "1")):
@@ -564,7 +565,7 @@ def test_fence_falls_back_to_sigterm_when_libvirt_cannot_do_it(test_driver, tmp_
 
 
 def test_the_hooks_lean_client_speaks_the_agents_json():
-    from vmlease_agent.libvirt_rpc import decode, encode
+    from vmlease_agent.rpc.wire import decode, encode
 
     request = {"op": "acquire", "key": 'libvirt:"é"', "resources": ["L:R:/a\\:b:0", "x"],
                "wait": False, "pid": 42, "n": None, "t": 1.5}  # fmt: skip
@@ -580,7 +581,7 @@ def test_the_hooks_lean_client_speaks_the_agents_json():
 
 
 def test_plan_cache_hits_only_when_every_input_of_the_plan_is_unchanged(tmp_path):
-    from vmlease_agent import libvirt_plancache as cache
+    from vmlease_agent.virt import plancache as cache
 
     image = tmp_path / "disk.img"
     image.write_bytes(b"")

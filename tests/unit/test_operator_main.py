@@ -55,7 +55,7 @@ def test_forget_lockspace_drops_its_series():
     assert sample("vmlease_lockspace_nodes_waiting", {"lockspace": "ls-gone"}) is None
 
 
-@pytest.mark.parametrize("module", ["vmlease_operator.api", "vmlease_operator.api.models"])
+@pytest.mark.parametrize("module", ["vmlease_api", "vmlease_api.models"])
 def test_api_package_does_not_import_kopf(module):
     """The agent imports the API package: it must not drag kopf in."""
     import subprocess

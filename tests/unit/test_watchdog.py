@@ -29,9 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmlease_agent import watchdog
-from vmlease_agent.engine.clock import boottime
-from vmlease_agent.watchdog import (
+from vmlease_agent.core import watchdog
+from vmlease_agent.core.watchdog import (
     WDIOC_GETTIMEOUT,
     WDIOC_KEEPALIVE,
     WDIOC_SETTIMEOUT,
@@ -43,7 +42,8 @@ from vmlease_agent.watchdog import (
     open_watchdog,
     read_state,
 )
-from vmlease_agent.watchdog_harness import spawn_harness
+from vmlease_agent.engine.clock import boottime
+from vmlease_agent.sim.watchdog_harness import spawn_harness
 
 W = 1  # fire timeout of the simulated nodes, seconds
 SLACK = 0.3  # the harness polls every 0.1 s; the rest is scheduling
@@ -54,7 +54,7 @@ SLACK = 0.3  # the harness polls every 0.1 s; the rest is scheduling
 # or "hang" (stops feeding, stays alive).
 NODE = """
 import json, subprocess, sys, time
-from vmlease_agent.watchdog import open_watchdog
+from vmlease_agent.core.watchdog import open_watchdog
 device, w, feed, end, linger = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), *sys.argv[4:]
 vm = subprocess.Popen(["sleep", "60"])
 print(json.dumps({"vm": vm.pid}), flush=True)
@@ -226,7 +226,7 @@ def test_harness_refuses_its_own_process_group_safety(device: Path) -> None:
 
     Safe even if it did run: the device is never armed, so it could not fire.
     """
-    cmd = [sys.executable, "-m", "vmlease_agent.watchdog_harness", "--device", str(device)]
+    cmd = [sys.executable, "-m", "vmlease_agent.sim.watchdog_harness", "--device", str(device)]
     for pgid in (os.getpgrp(), 0, 1):
         r = subprocess.run([*cmd, "--pgid", str(pgid)], capture_output=True, text=True, timeout=10)
         assert r.returncode == 2, r.stderr

@@ -1,0 +1,549 @@
+"""The agent's Kubernetes mode (``vmlease-agent --kubernetes``): Lockspaces in, status out.
+
+One thread, best effort, never on the lease path. The agent's renewals, fencing and watchdog run
+in their own threads and never wait for this one; this thread only *calls* the agent (join,
+leave, read status) and the API server. When the API server is away, the watches keep their
+last known state, writes back off (1 s doubling to 30 s, jittered) and everything is caught up
+when it returns; leases and renewals are not touched by any of it.
+
+What it watches (three list+watch caches, ``informer``):
+  * every Lockspace (few objects): which ones select this Node;
+  * this Node (field selector on its name): its labels;
+  * this node's HostIds (label ``vmlease.io/node``): the ids the operator allocated.
+
+What it writes, and when (rates are per node):
+  * its HostIds' ``status``: the claim (once, with a resourceVersion precondition); then on
+    every change of state, generation or Joined reason, else every ``--status-interval``
+    (30 s) to refresh lastRenewal and renewalLatencyMs — never once per renewal;
+  * other nodes' HostId ``status`` (Failing, Dead, Free, as read on disk), by one agent per
+    lockspace (``kube_logic.is_reporter``), checked every ``--status-interval``;
+  * a Lockspace's ``status.formatted*`` once, if the operator asked this node to format it;
+  * DiskLease ``status`` when a lease this node holds is acquired or released (read-modify-
+    write with resourceVersion preconditions, so a slow release never hides the next holder),
+    plus a full check every ``DISKLEASE_RESYNC_SECONDS``; DiskLeases for automatic disk leases
+    are created when first held.
+
+The decisions are plain functions in ``kube_logic``; this module is the loop that feeds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from vmlease_api import naming
+from vmlease_api.allocation import HostIdRecord
+from vmlease_api.models import (
+    ALIGN_BYTES,
+    HostState,
+    Lockspace,
+)
+
+from vmlease_agent.core import lockspace as local_ls
+from vmlease_agent.core.agent import Agent
+from vmlease_agent.core.lockspace import LockspaceConfig
+from vmlease_agent.engine import errors
+from vmlease_agent.kube import decisions as kube_logic
+from vmlease_agent.kube import formatting as kube_format
+from vmlease_agent.kube.api import (
+    HOSTIDS,
+    LOCKSPACES,
+    NODES,
+    Conflict,
+    KubeApi,
+    Refused,
+    Unavailable,
+)
+from vmlease_agent.kube.decisions import Decision, Local, Step
+from vmlease_agent.kube.hostid_publisher import HostIdPublisher
+from vmlease_agent.kube.informer import Backoff, Informer
+from vmlease_agent.kube.lease_publisher import LeasePublisher
+
+log = logging.getLogger(__name__)
+
+#: Default for ``--status-interval``: how stale lastRenewal may get in a HostId. With the
+#: default io_timeout 10 a renewal happens every 2N = 20 s, so the published lastRenewal lags
+#: by at most 30 s + 20 s, well inside the 8N = 80 s in which a silent host is still Live; a
+#: 1,000-node cluster then costs ~33 HostId writes per second per lockspace.
+STATUS_INTERVAL = 30.0
+#: How often the loop looks at the local agent even without a watch event: lease acquisitions
+#: and releases are local and reach DiskLease status within this time.
+POLL_SECONDS = 1.0
+#: A full check of every DiskLease naming this node (one list), to clear ones whose release
+#: happened while the agent or the API server was down.
+DISKLEASE_RESYNC_SECONDS = 600.0
+#: First and longest pause between join attempts of one lockspace after a failed join.
+JOIN_RETRY_SECONDS, JOIN_RETRY_MAX_SECONDS = 5.0, 60.0
+#: Pause after a failed format before the next attempt (the area or the path needs fixing).
+FORMAT_RETRY_SECONDS = 30.0
+#: How many read-modify-write rounds the formatted mark tries before leaving it to the next pass.
+CONFLICT_ROUNDS = 3
+MANAGED_FILE = "kube-lockspaces.json"
+#: Joined reasons that say more than the local lockspace state does.
+_STICKY = ("LeaveBlocked", Step.CONFLICT.value)
+
+
+@dataclass
+class KubeConfig:
+    node: str
+    shared_dir: str
+    run_dir: str
+    fire_timeout: int
+    status_interval: float = STATUS_INTERVAL
+    poll_seconds: float = POLL_SECONDS
+    disklease_resync: float = DISKLEASE_RESYNC_SECONDS
+
+
+class KubeSync:
+    """The sync thread. ``pass_once`` is one full round and can be driven by tests."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        api: KubeApi,
+        cfg: KubeConfig,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.agent, self.api, self.cfg = agent, api, cfg
+        self.monotonic, self.wall = monotonic, wall
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        wake = self._wake.set
+        self.lockspaces = Informer(api, LOCKSPACES, on_change=wake)
+        self.node = Informer(api, NODES, field_selector=f"metadata.name={cfg.node}", on_change=wake)
+        self.hostids = Informer(
+            api,
+            HOSTIDS,
+            label_selector=f"{naming.LABEL_NODE}={naming.node_label_value(cfg.node)}",
+            on_change=wake,
+        )
+        self.managed: set[str] = self._load_managed()
+        self.conditions: dict[str, tuple[bool, str, str]] = {}
+        self.wanted_names: set[str] | None = None
+        self.last_pass = 0.0
+        self.api_errors = 0
+        self._backoff = Backoff()
+        self._api_retry_at = 0.0
+        self._join_at: dict[str, float] = {}
+        self._join_delay: dict[str, float] = {}
+        self._format_at: dict[str, float] = {}
+        self._report_at: dict[str, float] = {}
+        self._left: dict[str, int] = {}
+        self._claims: set[str] = set()
+        self._said: set[str] = set()
+        self.hostid_status = HostIdPublisher(
+            api, cfg.node, self.hostids, wall, cfg.status_interval, self._say_once
+        )
+        self.leases = LeasePublisher(
+            api,
+            cfg.node,
+            cfg.shared_dir,
+            wall,
+            cfg.status_interval,
+            cfg.disklease_resync,
+            self._say_once,
+        )
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def informers(self) -> tuple[Informer, ...]:
+        return (self.lockspaces, self.node, self.hostids)
+
+    def start(self) -> None:
+        for informer in self.informers:
+            informer.start()
+        self._thread = threading.Thread(target=self._run, name="kube-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for informer in self.informers:
+            informer.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.cfg.poll_seconds)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.pass_once()
+            except Exception:  # a bug here must never end the thread (or touch leases)
+                log.exception("kubernetes sync pass failed")
+
+    def refresh(self) -> None:
+        """List every watched kind once, synchronously (tests drive passes without watches)."""
+        for informer in self.informers:
+            informer.relist()
+
+    # ---- one pass -------------------------------------------------------------------------------
+
+    def pass_once(self) -> None:
+        mono = self.monotonic()
+        self.last_pass = mono
+        status = self.agent.status()
+        local = {d["name"]: Local.from_describe(d) for d in status["lockspaces"]}
+        leases = status["leases"]
+        records = self._records()
+        synced = all(i.synced.is_set() for i in self.informers)
+        wanted: dict[str, Lockspace] = {}
+        self._claims.clear()
+        if synced:
+            wanted = kube_logic.wanted(self._lockspace_models(), self._node_labels())
+            self.wanted_names = set(wanted)
+            for name, ls in wanted.items():
+                hostid = kube_logic.my_hostid(records, name, self.cfg.node)
+                decision = kube_logic.decide(
+                    ls, hostid, local.get(name), self.cfg.node, self.cfg.fire_timeout
+                )
+                self._act(ls, decision, local.get(name), mono)
+            self._leave(wanted, local, leases)
+            local = {d["name"]: Local.from_describe(d) for d in self.agent.status()["lockspaces"]}
+        if mono < self._api_retry_at:
+            return
+        try:
+            self._write_own_status(wanted, local, records, mono)
+            self._report_peers(local, mono)
+            self.leases.publish(leases, self._lockspace, mono)
+        except Unavailable as error:
+            self.api_errors += 1
+            delay = self._backoff.next()
+            self._api_retry_at = mono + delay
+            log.warning("API server unavailable (%s); status writes resume in %.1fs", error, delay)
+        else:
+            self._backoff.reset()
+
+    def _records(self) -> list[HostIdRecord]:
+        out = []
+        for obj in self.hostids.objects():
+            try:
+                out.append(HostIdRecord.from_body(obj))
+            except (KeyError, ValueError):
+                continue
+        return out
+
+    def _lockspace_models(self) -> list[Lockspace]:
+        out = []
+        for obj in self.lockspaces.objects():
+            try:
+                out.append(Lockspace.model_validate(obj))
+            except ValidationError as error:
+                self._say_once(
+                    f"invalid:{obj['metadata'].get('name')}",
+                    f"Lockspace {obj['metadata'].get('name')} does not parse, ignored: {error}",
+                )
+        return out
+
+    def _node_labels(self) -> dict[str, str] | None:
+        node = self.node.get(self.cfg.node)
+        if node is None:
+            self._say_once(
+                "no-node",
+                f"no Node named {self.cfg.node}: the agent joins nothing until it exists "
+                f"(set NODE_NAME from the downward API: fieldRef spec.nodeName)",
+            )
+            return None
+        return dict(node["metadata"].get("labels") or {})
+
+    def _say_once(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.warning("%s", message)
+
+    # ---- joining --------------------------------------------------------------------------------
+
+    def _act(self, ls: Lockspace, d: Decision, local: Local | None, mono: float) -> None:
+        name = ls.metadata.name
+        if d.step == Step.JOINED:
+            if d.hostid is not None and name not in self.managed:
+                self._manage(name, True)
+            self._left.pop(name, None)
+            self.conditions[name] = self._local_condition(local)
+            if local is not None and local.state == local_ls.LIVE:
+                self._join_delay.pop(name, None)
+        elif d.step == Step.JOIN:
+            self._join(ls, d.hostid, local, mono)
+        elif d.step == Step.FORMAT:
+            self._format(ls, d.hostid, mono)
+        elif d.step == Step.CLAIM:
+            self._claims.add(name)
+            self.conditions[name] = (False, "Claimed", "claimed; waiting for the format")
+        else:
+            self.conditions[name] = (False, d.step.value, d.message)
+            if d.step in (Step.REFUSED, Step.CONFLICT):
+                self._say_once(f"{d.step}:{name}", d.message)
+
+    def _local_condition(self, local: Local | None) -> tuple[bool, str, str]:
+        if local is None:
+            return (False, "NotJoined", "not joined")
+        if local.state == local_ls.LIVE:
+            return (True, "Joined", f"host_id {local.host_id}, generation {local.generation}")
+        if local.state == local_ls.FAILED:
+            return (False, "Failed", local.error or "renewals failed")
+        if local.state == local_ls.STOPPED:
+            return (False, "JoinFailed", f"{local.error}; the agent retries")
+        return (
+            False,
+            "Joining",
+            "acquiring the delta lease (2N; 8N+W when another host name held it)",
+        )
+
+    def _join(
+        self, ls: Lockspace, hostid: HostIdRecord | None, local: Local | None, mono: float
+    ) -> None:
+        assert hostid is not None
+        name = ls.metadata.name
+        if local is not None and local.state == local_ls.STOPPED:
+            self.conditions[name] = self._local_condition(local)
+        if mono < self._join_at.get(name, 0.0):
+            return
+        delay = self._join_delay.get(name, JOIN_RETRY_SECONDS / 2) * 2
+        self._join_delay[name] = min(JOIN_RETRY_MAX_SECONDS, delay)
+        self._join_at[name] = mono + self._join_delay[name]
+        spec = ls.spec
+        cfg = LockspaceConfig(
+            name,
+            hostid.host_id,
+            kube_logic.resolve_path(self.cfg.shared_dir, spec.path),
+            spec.offset,
+            spec.io_timeout_seconds,
+            # every host of a Kubernetes Lockspace agrees to judge us by its promise
+            promised_fire_timeout=spec.watchdog_fire_timeout_seconds,
+        )
+        self._manage(name, True)
+        self._left.pop(name, None)
+        try:
+            self.agent.add_lockspace(cfg, wait=False)
+        except errors.LeaseError as error:
+            self.conditions[name] = (False, "JoinFailed", str(error))
+            log.error("joining lockspace %s failed: %s", name, error)
+            return
+        self.conditions[name] = self._local_condition(
+            Local(name, hostid.host_id, local_ls.JOINING, 0)
+        )
+        log.info("joining lockspace %s with host_id %d (%s)", name, hostid.host_id, cfg.spec)
+
+    def _format(self, ls: Lockspace, hostid: HostIdRecord | None, mono: float) -> None:
+        assert hostid is not None
+        name, spec = ls.metadata.name, ls.spec
+        if mono < self._format_at.get(name, 0.0):
+            return
+        geometry = kube_format.Geometry(
+            name=name,
+            path=kube_logic.resolve_path(self.cfg.shared_dir, spec.path),
+            offset=spec.offset,
+            sector_size=spec.sector_size,
+            align_bytes=ALIGN_BYTES[spec.align_size],
+            io_timeout=spec.io_timeout_seconds,
+        )
+        try:
+            outcome = kube_format.format_or_adopt(geometry)
+        except (errors.LeaseError, OSError) as error:
+            self._format_at[name] = mono + FORMAT_RETRY_SECONDS
+            self.conditions[name] = (False, "FormatFailed", f"formatting {geometry.path}: {error}")
+            log.error("formatting lockspace %s at %s failed: %s", name, geometry.path, error)
+            return
+        verb = "formatted" if outcome == kube_format.FORMATTED else "found already formatted"
+        log.info(
+            "%s lockspace %s at %s:%d (host_id %d)",
+            verb,
+            name,
+            geometry.path,
+            geometry.offset,
+            hostid.host_id,
+        )
+        self.conditions[name] = (False, "Formatted", f"{verb} by this node; joining next")
+        if mono >= self._api_retry_at:
+            with contextlib.suppress(Unavailable, Refused):
+                self._mark_formatted(name)
+
+    def _mark_formatted(self, name: str) -> None:
+        """Set status.formatted (and drop the request), re-reading on conflicts."""
+        for _ in range(CONFLICT_ROUNDS):
+            obj = self.api.get(LOCKSPACES, name)
+            status = obj.get("status") or {}
+            if status.get("formatted"):
+                return
+            patch = {
+                "formatted": True,
+                "formattedBy": self.cfg.node,
+                "formattedAt": _iso(self.wall()),
+                "formatRequest": None,
+            }
+            try:
+                new = self.api.patch_status(
+                    LOCKSPACES, name, patch, obj["metadata"]["resourceVersion"]
+                )
+            except Conflict:
+                continue
+            self.lockspaces.apply("MODIFIED", new)
+            return
+
+    def _leave(
+        self, wanted: dict[str, Lockspace], local: dict[str, Local], leases: list[dict]
+    ) -> None:
+        joined = [n for n, item in local.items() if item.active]
+        for name in kube_logic.to_leave(self.managed, joined, wanted):
+            users = sorted({str(x["holder"]) for x in leases if x["lockspace"] == name})
+            if users:
+                self.conditions[name] = (
+                    True,
+                    "LeaveBlocked",
+                    f"no Lockspace selects node {self.cfg.node} any more, but "
+                    f"{', '.join(users)} hold leases in it: the agent leaves once they are "
+                    f"released",
+                )
+                continue
+            host_id = local[name].host_id
+            try:
+                self.agent.rem_lockspace(name)
+            except errors.LeaseError as error:
+                log.warning("leaving lockspace %s failed: %s", name, error)
+                continue
+            log.info("left lockspace %s (host_id %d): no longer selected", name, host_id)
+            self._manage(name, False)
+            self._left[name] = host_id
+            self.conditions[name] = (False, "Left", f"node {self.cfg.node} is no longer selected")
+        for name in list(self.managed):
+            if name not in local and name not in wanted:
+                self._manage(name, False)
+
+    # ---- HostId status --------------------------------------------------------------------------
+
+    def _write_own_status(
+        self,
+        wanted: dict[str, Lockspace],
+        local: dict[str, Local],
+        records: list[HostIdRecord],
+        mono: float,
+    ) -> None:
+        names = set(wanted) | (self.managed & set(local)) | set(self._left)
+        for name in sorted(names):
+            item = local.get(name)
+            left = self._left.get(name)
+            host_id = item.host_id if item is not None else left
+            record = self._record_for(records, name, host_id)
+            if record is None:
+                if left is not None:
+                    self._left.pop(name, None)  # nothing to tell: the HostId is gone
+                continue
+            condition = self._condition(name, item)
+            if not record.claimed:
+                # claim only when the decision says so: a node that refuses the lockspace (its
+                # watchdog is too slow) must not be chosen to format it
+                if name in self._claims:
+                    self.hostid_status.claim(record, condition, mono)
+                elif name in wanted:
+                    self.hostid_status.note(record, condition, mono)
+                continue
+            if left is not None and item is None:
+                state = HostState.FREE
+            elif item is not None:
+                state = kube_logic.LOCAL_TO_HOST_STATE[item.state]
+            else:
+                state = HostState.JOINING
+            if self.hostid_status.write(record, state, item, condition, mono) and (
+                state == HostState.FREE
+            ):
+                self._left.pop(name, None)
+
+    def _condition(self, name: str, item: Local | None) -> tuple[bool, str, str]:
+        """The Joined condition: the local lockspace's own state once there is one (it changes
+        between passes), unless the decision has more to say (a blocked leave, a conflict)."""
+        decided = self.conditions.get(name)
+        if decided is not None and (item is None or decided[1] in _STICKY):
+            return decided
+        return self._local_condition(item)
+
+    def _record_for(
+        self, records: Iterable[HostIdRecord], name: str, host_id: int | None
+    ) -> HostIdRecord | None:
+        mine = [r for r in records if r.lockspace == name and r.node == self.cfg.node]
+        if host_id is not None:
+            exact = [r for r in mine if r.host_id == host_id]
+            if exact:
+                return exact[0]
+        return kube_logic.my_hostid(mine, name, self.cfg.node)
+
+    # ---- other hosts ----------------------------------------------------------------------------
+
+    def _report_peers(self, local: dict[str, Local], mono: float) -> None:
+        for name, item in local.items():
+            if name not in self.managed or item.state != local_ls.LIVE:
+                continue
+            if mono < self._report_at.get(name, 0.0):
+                continue
+            try:
+                rows = self.agent.host_status(name)
+            except errors.LeaseError:
+                continue
+            if not kube_logic.is_reporter(rows, item.host_id):
+                continue
+            self._report_at[name] = mono + self.cfg.status_interval
+            self.hostid_status.report_peers(name, rows)
+
+    # ---- disk leases ----------------------------------------------------------------------------
+
+    def _lockspace(self, name: str) -> Lockspace | None:
+        obj = self.lockspaces.get(name)
+        try:
+            return Lockspace.model_validate(obj) if obj else None
+        except ValidationError:
+            return None
+
+    # ---- health -------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Ready when every Lockspace that selects this node is joined and live."""
+        if self.wanted_names is None:
+            return False, ["waiting for the first list of Lockspaces, this Node and its HostIds"]
+        local = {d["name"]: d for d in self.agent.status()["lockspaces"]}
+        missing = []
+        for name in sorted(self.wanted_names):
+            state = local.get(name, {}).get("state")
+            if state != local_ls.LIVE:
+                _, reason, message = self.conditions.get(name, (False, "NotJoined", ""))
+                missing.append(f"lockspace {name}: {state or 'not joined'} ({reason}: {message})")
+        return not missing, missing
+
+    # ---- managed lockspaces ---------------------------------------------------------------------
+
+    def _load_managed(self) -> set[str]:
+        try:
+            with open(os.path.join(self.cfg.run_dir, MANAGED_FILE)) as f:
+                return set(json.load(f)["lockspaces"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
+
+    def _manage(self, name: str, on: bool) -> None:
+        """Remember which lockspaces were joined for Kubernetes, across agent restarts: one
+        whose Lockspace was deleted while the agent was down must still be left."""
+        before = set(self.managed)
+        (self.managed.add if on else self.managed.discard)(name)
+        if self.managed == before:
+            return
+        path = os.path.join(self.cfg.run_dir, MANAGED_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"lockspaces": sorted(self.managed)}, f)
+        os.replace(tmp, path)
+
+
+def _iso(ts: float) -> str:
+    return kube_logic.utc(ts).isoformat().replace("+00:00", "Z")
