@@ -41,19 +41,8 @@ from typing import Any, Protocol
 
 from vmlease_api import naming
 from vmlease_api.allocation import HostIdRecord, LockspaceFull, keeper, lowest_free
+from vmlease_api.errors import AlreadyExists, Conflict, NotFound
 from vmlease_api.models import HostId, HostIdSpec, ObjectMeta
-
-
-class AlreadyExists(Exception):
-    """409 AlreadyExists on create: the name (and so the id) is taken."""
-
-
-class Conflict(Exception):
-    """409 Conflict: a resourceVersion precondition failed; re-read and decide again."""
-
-
-class NotFound(Exception):
-    """404: the object is gone."""
 
 
 class HostIdStore(Protocol):

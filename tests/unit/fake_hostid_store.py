@@ -17,7 +17,7 @@ from typing import Any
 
 from vmlease_api import naming
 from vmlease_api.allocation import HostIdRecord
-from vmlease_operator.allocator import AlreadyExists, Conflict, NotFound
+from vmlease_api.errors import AlreadyExists, Conflict, NotFound
 
 
 class Invalid(Exception):

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from vmlease_agent.kube.api import Conflict, Expired, NotFound, Unavailable
+from vmlease_api.errors import AlreadyExists, Conflict, Expired, NotFound, Unavailable
 
 KINDS = ("nodes", "lockspaces", "hostids", "diskleases")
 
@@ -165,7 +165,7 @@ class FakeKubeApi:
             self._check()
             name = body["metadata"]["name"]
             if name in self.objects[kind]:
-                raise Conflict(f'{kind} "{name}" already exists', already_exists=True)
+                raise AlreadyExists(f'{kind} "{name}" already exists', 409)
             obj = copy.deepcopy(body)
             obj.pop("status", None)  # the status subresource: create ignores it
             meta = obj["metadata"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from fake_kube_api import FakeKubeApi, apply_merge_patch
-from vmlease_agent.kube.api import Conflict, Expired, NotFound, Unavailable
+from vmlease_api.errors import Conflict, Expired, NotFound, Unavailable
 
 
 def hostid(name: str, node: str) -> dict:

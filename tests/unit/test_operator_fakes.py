@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from fake_hostid_store import FakeHostIdStore, Invalid
 from vmlease_api import naming
-from vmlease_operator.allocator import AlreadyExists, Conflict, NotFound, hostid_body
+from vmlease_api.errors import AlreadyExists, Conflict, NotFound
+from vmlease_operator.allocator import hostid_body
 
 
 def test_fake_refuses_a_second_object_with_the_same_name():
