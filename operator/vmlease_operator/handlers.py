@@ -34,7 +34,7 @@ from vmlease_api.naming import disk_resource_name
 from vmlease_api.selector import matches
 
 from vmlease_operator import events, metrics, reconcile
-from vmlease_operator.allocator import Allocator, release
+from vmlease_operator.hostid_writes import Allocator, release
 from vmlease_operator.kube import DISKLEASES, LOCKSPACES, Kube
 
 #: How often each Lockspace is reconciled; also the granularity of id release.

@@ -58,7 +58,7 @@ def _body(value: object) -> dict[str, Any]:
 
 
 class Kube:
-    """Implements ``allocator.HostIdStore`` and the few other writes the operator makes."""
+    """Implements ``hostid_writes.HostIdStore`` and the few other writes the operator makes."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._objects = client.CustomObjectsApi(api)

@@ -5,7 +5,7 @@ Two replicas (the chart's default) use kopf peering through a ``ClusterKopfPeeri
 object itself when it is missing): only the highest-priority replica handles events, the other
 waits. Replicas must have distinct priorities — equal ones make both freeze — so the default is
 derived from the pod IP (``POD_IP``, downward API) or else random. Peering only saves work:
-allocation stays safe with both replicas active (see ``allocator``), which ``--standalone``
+allocation stays safe with both replicas active (see ``hostid_writes``), which ``--standalone``
 allows for tests.
 """
 
@@ -23,7 +23,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from vmlease_operator import handlers, metrics
-from vmlease_operator.allocator import Allocator
+from vmlease_operator.hostid_writes import Allocator
 from vmlease_operator.kube import Kube, api_client
 
 PEERING_NAME = "vmlease-operator"

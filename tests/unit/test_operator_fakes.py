@@ -7,7 +7,7 @@ import pytest
 from fake_hostid_store import FakeHostIdStore, Invalid
 from vmlease_api import naming
 from vmlease_api.errors import AlreadyExists, Conflict, NotFound
-from vmlease_operator.allocator import hostid_body
+from vmlease_operator.hostid_writes import hostid_body
 
 
 def test_fake_refuses_a_second_object_with_the_same_name():

@@ -1,4 +1,5 @@
-"""Conflict-safe host_id allocation through the API server.
+"""Conflict-safe host_id allocation through the API server: the HostId writes (create, delete,
+finalizer removal) that apply ``vmlease_api.allocation``'s rules, which decide without I/O.
 
 Design
 ------
@@ -47,7 +48,7 @@ from vmlease_api.models import HostId, HostIdSpec, ObjectMeta
 
 class HostIdStore(Protocol):
     """The API-server operations allocation and release need (implemented by ``kube`` for a
-    real cluster and by ``tests/unit/fakes.py`` for unit tests)."""
+    real cluster and by ``tests/unit/fake_hostid_store.py`` for unit tests)."""
 
     def list_for_node(self, lockspace: str, node: str) -> list[HostIdRecord]:
         """A fresh (quorum) read of one node's HostIds in one lockspace."""
