@@ -29,12 +29,17 @@ from vmlease_operator.kube import Kube, api_client
 PEERING_NAME = "vmlease-operator"
 
 
-def default_priority() -> int:
-    """Distinct per replica: the pod IP's low bits, else random (kopf's own advice)."""
+#: kopf's priorities are positive ints; the highest replica handles events.
+MAX_PRIORITY = 2**31 - 1
+
+
+def default_priority(rng: random.Random | None = None) -> int:
+    """Distinct per replica: the pod IP's low 31 bits, else uniform in 1..MAX_PRIORITY (kopf's
+    own advice). ``rng``: the random source (the module's by default; tests pass a seeded one)."""
     pod_ip = os.environ.get("POD_IP")
     if pod_ip:
-        return int(ipaddress.ip_address(pod_ip)) % 2**31
-    return random.randint(1, 2**31 - 1)
+        return int(ipaddress.ip_address(pod_ip)) % (MAX_PRIORITY + 1)
+    return (rng.randint if rng is not None else random.randint)(1, MAX_PRIORITY)
 
 
 def ensure_peering(api: client.ApiClient, name: str) -> None:
