@@ -63,17 +63,22 @@ class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self._objects = client.CustomObjectsApi(api)
 
+    def _list_hostids(self, label_selector: str) -> list[dict[str, Any]]:
+        """A fresh (quorum) list of the HostIds with these labels."""
+        return list(
+            _body(
+                _call(
+                    self._objects.list_cluster_custom_object,
+                    GROUP,
+                    VERSION,
+                    HOSTIDS,
+                    label_selector=label_selector,
+                )
+            )["items"]
+        )
+
     def list_for_node(self, lockspace: str, node: str) -> list[HostIdRecord]:
-        selector = naming.node_selector(lockspace, node)
-        items = _body(
-            _call(
-                self._objects.list_cluster_custom_object,
-                GROUP,
-                VERSION,
-                HOSTIDS,
-                label_selector=selector,
-            )
-        )["items"]
+        items = self._list_hostids(naming.node_selector(lockspace, node))
         # The node label may be a digest of a long name: compare the exact name too.
         return [HostIdRecord.from_body(i) for i in items if i["spec"]["nodeName"] == node]
 
@@ -121,18 +126,8 @@ class Kube:
     def delete_hostids_of(self, lockspace: str) -> int:
         """Mark every HostId of a deleted lockspace for deletion; their reuse finalizers keep
         them until the operator releases them. Returns how many were marked now."""
-        selector = f"{naming.LABEL_LOCKSPACE}={lockspace}"
-        items = _body(
-            _call(
-                self._objects.list_cluster_custom_object,
-                GROUP,
-                VERSION,
-                HOSTIDS,
-                label_selector=selector,
-            )
-        )["items"]
         marked = 0
-        for item in items:
+        for item in self._list_hostids(f"{naming.LABEL_LOCKSPACE}={lockspace}"):
             if item["metadata"].get("deletionTimestamp"):
                 continue
             with contextlib.suppress(NotFound):  # gone meanwhile: marked all the same

@@ -21,10 +21,11 @@ import sys
 import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from vmlease_api.errors import Conflict, NotFound
 
 from vmlease_operator import handlers, metrics
 from vmlease_operator.hostid_writes import Allocator
-from vmlease_operator.kube import Kube, api_client
+from vmlease_operator.kube import Kube, api_client, translate
 
 PEERING_NAME = "vmlease-operator"
 
@@ -49,14 +50,15 @@ def ensure_peering(api: client.ApiClient, name: str) -> None:
     try:
         objects.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", body)
     except ApiException as error:
-        if error.status == 409:
+        answer = translate(error)
+        if isinstance(answer, Conflict):  # it exists already
             return
-        if error.status == 404:
+        if isinstance(answer, NotFound):
             raise SystemExit(
                 "vmlease-operator: the ClusterKopfPeering CRD is missing: apply "
                 "crds/kopf.dev_clusterkopfpeerings.yaml, or run a single replica with --standalone"
             ) from error
-        raise
+        raise answer from error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

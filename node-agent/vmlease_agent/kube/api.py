@@ -106,6 +106,12 @@ def translate(error: Exception) -> ApiError:
     return errors.unreachable(error)
 
 
+def _selectors(label_selector: str | None, field_selector: str | None) -> dict[str, Any]:
+    """The client's keyword arguments for the selectors that are set."""
+    selectors = {"label_selector": label_selector, "field_selector": field_selector}
+    return {k: v for k, v in selectors.items() if v}
+
+
 class RealKubeApi:
     """``KubeApi`` over the official client, from the in-cluster ServiceAccount or KUBECONFIG."""
 
@@ -145,8 +151,7 @@ class RealKubeApi:
     def list(
         self, kind: str, label_selector: str | None = None, field_selector: str | None = None
     ) -> tuple[list[dict[str, Any]], str]:
-        selectors = {"label_selector": label_selector, "field_selector": field_selector}
-        selectors = {k: v for k, v in selectors.items() if v}
+        selectors = _selectors(label_selector, field_selector)
         if kind == NODES:
             response = self._call(self._core.list_node, _preload_content=False, **selectors)
             data = json.loads(response.data)
@@ -165,8 +170,7 @@ class RealKubeApi:
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         from kubernetes import watch
 
-        selectors = {"label_selector": label_selector, "field_selector": field_selector}
-        kwargs: dict[str, Any] = {k: v for k, v in selectors.items() if v}
+        kwargs: dict[str, Any] = _selectors(label_selector, field_selector)
         kwargs.update(
             resource_version=resource_version,
             timeout_seconds=WATCH_SECONDS,
