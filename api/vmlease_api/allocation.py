@@ -1,5 +1,5 @@
 """host_id allocation rules as pure functions: which id, which object a node keeps, when an id may
-be reused. No I/O here; ``allocator`` applies these rules through the API server.
+be reused. No I/O here; the operator's ``hostid_writes`` applies these rules through the API server.
 
 The rules (oVirt's lowest-free allocation, VDSM's host states, sanlock's safe time):
 

@@ -24,17 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from vmlease_api import GROUP, VERSION, naming
 from vmlease_api.allocation import HostIdRecord, LockspaceFull, ReleaseClock
 from vmlease_api.conditions import now
+from vmlease_api.errors import Conflict, NotFound, Refused
 from vmlease_api.models import DiskLease, HostState, Lockspace, LockspaceSpec
 from vmlease_api.naming import disk_resource_name
 from vmlease_api.selector import matches
 
 from vmlease_operator import events, metrics, reconcile
-from vmlease_operator.allocator import Allocator, Conflict, NotFound, release
+from vmlease_operator.hostid_writes import Allocator, release
 from vmlease_operator.kube import DISKLEASES, LOCKSPACES, Kube
 
 #: How often each Lockspace is reconciled; also the granularity of id release.
@@ -310,11 +310,11 @@ async def _fill_resource(rt: Runtime, body: kopf.Body, lease: DiskLease) -> None
         )
     except (Conflict, NotFound):
         return  # changed or gone meanwhile: the next event decides again
-    except ApiException as error:
+    except Refused as error:  # 422: the CRD's naming rule refuses the name with this resource
         expected = naming.disklease_name(lease.spec.lockspace, resource)
         message = (
             f"resource {resource} (MD5 of {lease.spec.disk_path}) cannot be set: this DiskLease "
-            f"must be named {expected}; recreate it under that name ({error.reason})"
+            f"must be named {expected}; recreate it under that name ({error})"
         )
         _post(body, events.Event(events.WARNING, events.DISK_LEASE_INVALID, message), None)
 

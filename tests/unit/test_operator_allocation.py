@@ -17,7 +17,7 @@ from vmlease_api.allocation import (
     release_reason,
 )
 from vmlease_api.models import HostState
-from vmlease_operator.allocator import Allocator, hostid_body, release
+from vmlease_operator.hostid_writes import Allocator, hostid_body, release
 
 SAFE = 140.0
 

@@ -1,9 +1,10 @@
 """The agent's Kubernetes API calls: a thin layer over the official client (the operator's).
 
-Every call has a timeout and every failure becomes one of four exceptions, so the sync loop can
-tell "re-read and decide again" (Conflict, NotFound) from "the API server is away, back off"
-(Unavailable) and from "this will not work until someone fixes something" (Refused: RBAC, an
-invalid object). Nothing here is on the lease path: the agent renews and fences without it.
+Every call has a timeout and every failure becomes one of the shared ``vmlease_api.errors``
+(the operator's too), so the sync loop can tell "re-read and decide again" (Conflict, NotFound)
+from "the API server is away, back off" (Unavailable) and from "this will not work until someone
+fixes something" (Refused: RBAC, an invalid object). Nothing here is on the lease path: the
+agent renews and fences without it.
 
 ``KubeApi`` is the interface ``kube_sync`` uses; ``RealKubeApi`` speaks to a cluster,
 ``tests/unit/fake_kube_api.py`` is the in-memory stand-in for unit tests.
@@ -16,7 +17,38 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from vmlease_api import GROUP, VERSION
+from vmlease_api import GROUP, VERSION, errors
+
+# The errors the sync reasons about are the shared ones (``vmlease_api.errors``), named here too
+# so the agent's kube modules import their API from one place.
+from vmlease_api.errors import (
+    AlreadyExists,
+    ApiError,
+    Conflict,
+    Expired,
+    NotFound,
+    Refused,
+    Unavailable,
+)
+
+__all__ = [
+    "CUSTOM",
+    "DISKLEASES",
+    "FIELD_MANAGER",
+    "HOSTIDS",
+    "LOCKSPACES",
+    "NODES",
+    "AlreadyExists",
+    "ApiError",
+    "Conflict",
+    "Expired",
+    "KubeApi",
+    "NotFound",
+    "RealKubeApi",
+    "Refused",
+    "Unavailable",
+    "translate",
+]
 
 NODES, LOCKSPACES, HOSTIDS, DISKLEASES = "nodes", "lockspaces", "hostids", "diskleases"
 CUSTOM = (LOCKSPACES, HOSTIDS, DISKLEASES)
@@ -30,30 +62,10 @@ REQUEST_TIMEOUT = (5.0, 15.0)
 #: (no bookmark, no event) is noticed too.
 WATCH_SECONDS = 240
 WATCH_READ_TIMEOUT = WATCH_SECONDS + 30
-
-
-class NotFound(Exception):
-    """404: the object (or the kind: CRDs not installed) does not exist."""
-
-
-class Conflict(Exception):
-    """409: a resourceVersion precondition failed, or the name is taken (``already_exists``)."""
-
-    def __init__(self, message: str, already_exists: bool = False) -> None:
-        super().__init__(message)
-        self.already_exists = already_exists
-
-
-class Expired(Exception):
-    """410 Gone: a watch's resourceVersion is too old; list again."""
-
-
-class Unavailable(Exception):
-    """The API server cannot be reached or answered 5xx/429: back off and retry."""
-
-
-class Refused(Exception):
-    """401/403/422 and other 4xx: retrying will not help until the cause is fixed."""
+#: Added to a 401/403's message: what to fix.
+FORBIDDEN_HINT = (
+    "check the agent's ServiceAccount and its ClusterRole (lockspaces, hostids, diskleases, nodes)"
+)
 
 
 class KubeApi(Protocol):
@@ -85,45 +97,19 @@ class KubeApi(Protocol):
         resourceVersion precondition (Conflict when the object changed since)."""
 
 
-def translate(error: Exception) -> Exception:
+def translate(error: Exception) -> ApiError:
     """The exception the sync loop reasons about, for a client or transport error."""
     from kubernetes.client.exceptions import ApiException
 
     if isinstance(error, ApiException):
-        status = error.status or 0
-        body = error.body if isinstance(error.body, str) else ""
-        detail = _message(body) or str(error.reason or "")
-        if status == 404:
-            return NotFound(detail)
-        if status == 409:
-            return Conflict(detail, already_exists=_reason(body) == "AlreadyExists")
-        if status == 410:
-            return Expired(detail)
-        if status in (401, 403):
-            return Refused(
-                f"the API server refused the agent ({status}: {detail}); check the agent's "
-                f"ServiceAccount and its ClusterRole (lockspaces, hostids, diskleases, nodes)"
-            )
-        if status == 429 or status >= 500 or status == 0:
-            return Unavailable(f"{status}: {detail}")
-        return Refused(f"{status}: {detail}")
-    return Unavailable(f"{type(error).__name__}: {error}")
+        return errors.from_response(error.status, error.body, error.reason, FORBIDDEN_HINT)
+    return errors.unreachable(error)
 
 
-def _parse(body: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body or "{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _message(body: str) -> str:
-    return str(_parse(body).get("message") or "")
-
-
-def _reason(body: str) -> str:
-    return str(_parse(body).get("reason") or "")
+def _selectors(label_selector: str | None, field_selector: str | None) -> dict[str, Any]:
+    """The client's keyword arguments for the selectors that are set."""
+    selectors = {"label_selector": label_selector, "field_selector": field_selector}
+    return {k: v for k, v in selectors.items() if v}
 
 
 class RealKubeApi:
@@ -165,8 +151,7 @@ class RealKubeApi:
     def list(
         self, kind: str, label_selector: str | None = None, field_selector: str | None = None
     ) -> tuple[list[dict[str, Any]], str]:
-        selectors = {"label_selector": label_selector, "field_selector": field_selector}
-        selectors = {k: v for k, v in selectors.items() if v}
+        selectors = _selectors(label_selector, field_selector)
         if kind == NODES:
             response = self._call(self._core.list_node, _preload_content=False, **selectors)
             data = json.loads(response.data)
@@ -185,8 +170,7 @@ class RealKubeApi:
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         from kubernetes import watch
 
-        selectors = {"label_selector": label_selector, "field_selector": field_selector}
-        kwargs: dict[str, Any] = {k: v for k, v in selectors.items() if v}
+        kwargs: dict[str, Any] = _selectors(label_selector, field_selector)
         kwargs.update(
             resource_version=resource_version,
             timeout_seconds=WATCH_SECONDS,

@@ -1,4 +1,5 @@
-"""Conflict-safe host_id allocation through the API server.
+"""Conflict-safe host_id allocation through the API server: the HostId writes (create, delete,
+finalizer removal) that apply ``vmlease_api.allocation``'s rules, which decide without I/O.
 
 Design
 ------
@@ -41,24 +42,13 @@ from typing import Any, Protocol
 
 from vmlease_api import naming
 from vmlease_api.allocation import HostIdRecord, LockspaceFull, keeper, lowest_free
+from vmlease_api.errors import AlreadyExists, Conflict, NotFound
 from vmlease_api.models import HostId, HostIdSpec, ObjectMeta
-
-
-class AlreadyExists(Exception):
-    """409 AlreadyExists on create: the name (and so the id) is taken."""
-
-
-class Conflict(Exception):
-    """409 Conflict: a resourceVersion precondition failed; re-read and decide again."""
-
-
-class NotFound(Exception):
-    """404: the object is gone."""
 
 
 class HostIdStore(Protocol):
     """The API-server operations allocation and release need (implemented by ``kube`` for a
-    real cluster and by ``tests/unit/fakes.py`` for unit tests)."""
+    real cluster and by ``tests/unit/fake_hostid_store.py`` for unit tests)."""
 
     def list_for_node(self, lockspace: str, node: str) -> list[HostIdRecord]:
         """A fresh (quorum) read of one node's HostIds in one lockspace."""
