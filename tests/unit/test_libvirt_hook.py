@@ -616,3 +616,13 @@ def test_prepare_uses_the_cached_plan_and_acquires_the_same_leases(hook_env, tmp
     first, second = (r for r in agent.requests if r["op"] == "acquire")
     assert first == second
     assert (tmp_path / "run" / "libvirt-plans" / UUID).exists()
+
+
+def test_the_plan_cache_fingerprints_code_that_exists():
+    """A module renamed away from ``CODE`` would stamp "?" forever, and an edited plan computation
+    would reuse plans cached by the old code (the 0.1 names did that after the move to virt/)."""
+    from vmlease_agent.virt import plancache as cache
+
+    here = Path(cache.__file__).parent
+    assert all((here / name).is_file() for name in cache.CODE)
+    assert "?" not in cache.fingerprint(LibvirtConfig()).split("\n")[0]

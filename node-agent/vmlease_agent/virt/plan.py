@@ -1,6 +1,6 @@
 """From a parsed domain to the agent's resource specs: what the hook acquires and the agent checks.
 
-Shared by the hook (``libvirt_hook``) and the agent's libvirt watcher (``libvirt_events``) so the
+Shared by the hook (``virt.hook``) and the agent's libvirt watcher (``virt.watcher``) so the
 two can never disagree about which leases protect a domain. Light imports only: the hook loads
 this on every call.
 """
