@@ -520,15 +520,17 @@ def test_config_error_refuses_prepare_but_not_release(hook_env, tmp_path):
 
 # ---- what the hook imports (its cost: bench/libvirt_start.py) ------------------------------------
 
-#: vmlease modules every hook call imports: the entry and its config.
+#: vmlease modules every hook call imports: the entry, its config, and the engine package (sanlock's
+#: codes and the error pattern; not the engine's modules)
 HOOK_ENTRY = {"vmlease_agent", "vmlease_agent.virt", "vmlease_agent.virt.config",
-              "vmlease_agent.virt.hook"}  # fmt: skip
+              "vmlease_agent.virt.hook", "vmlease_agent.engine"}  # fmt: skip
 #: ... plus, for a call to the agent, the lean client and the plan's holder key.
 HOOK_AGENT = {"vmlease_agent.rpc", "vmlease_agent.rpc.wire", "vmlease_agent.virt.plan"}
 #: stdlib modules the hook may add to a bare ``python -I -S``: ``os``, the lean client's C modules
-#: (``_json``, ``_socket``), ``select`` for the runner, ``__future__`` (annotations)
+#: (``_json``, ``_socket``), ``select`` for the runner. Not ``__future__``: the modules on these
+#: paths quote their annotations instead of importing it
 HOOK_STDLIB = {"os", "os.path", "posixpath", "genericpath", "stat", "_stat", "_collections_abc",
-               "__future__", "_json", "_socket", "select"}  # fmt: skip
+               "_json", "_socket", "select"}  # fmt: skip
 #: what each would cost a call (bench/libvirt_start.py): never imported on the lean paths
 HEAVY = ("json", "socket", "typing", "xml.etree.ElementTree", "subprocess", "dataclasses", "enum",
          "re", "contextlib", "collections", "functools", "hashlib", "threading", "logging",
@@ -714,3 +716,18 @@ def test_the_plan_cache_fingerprints_code_that_exists():
     here = Path(cache.__file__).parent
     assert all((here / name).is_file() for name in cache.CODE)
     assert "?" not in cache.fingerprint(LibvirtConfig()).split("\n")[0]
+
+
+def test_every_error_family_is_built_from_the_one_template_pattern():
+    from vmlease_agent.engine import Templated
+    from vmlease_agent.engine.errors import LeaseError
+    from vmlease_agent.rpc import wire
+    from vmlease_agent.virt import hook
+    from vmlease_agent.virt.domain import DomainXMLError
+
+    for family in (LeaseError, hook.HookError, ConfigError, DomainXMLError, wire.Unreachable,
+                   wire.Refused):  # fmt: skip
+        assert issubclass(family, Templated) and family.__init__ is Templated.__init__, family
+    e = hook.NoQemuPid(domain="vm1", path="/run/x.pid", detail="No such\nfile", config="c")
+    assert "\n" not in str(e) and e.fields["path"] == e.path == "/run/x.pid"  # one line, fields
+    assert isinstance(ConfigError(path="p", problem="q", fix="f"), ValueError)

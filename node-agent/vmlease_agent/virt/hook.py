@@ -39,15 +39,16 @@ every import counts: the shim answers the ops we ignore in ``sh``, runs Python w
 this module and its helpers import only C modules and small pure modules (``rpc.wire`` instead
 of ``rpc.client``; ``runner`` only for the ops that fork), a restart reuses the domain's cached
 lease plan (``virt.plancache``) instead of importing the XML parser, and the process ends with
-``os._exit``. ``tests/unit/test_libvirt_hook.py`` pins the modules each op may import.
+``os._exit``. The modules on these paths have no ``from __future__ import annotations`` (it
+imports ``__future__``): annotations naming what only type checkers import are quoted.
+``tests/unit/test_libvirt_hook.py`` pins the modules each op may import.
 """
-
-from __future__ import annotations
 
 import os
 import sys
 import time
 
+from vmlease_agent import engine
 from vmlease_agent.virt.config import ConfigError, LibvirtConfig, load
 
 TYPE_CHECKING = False
@@ -66,13 +67,20 @@ REFUSING = ("prepare", "started")
 INLINE = ("started", "stopped", "release")
 
 #: agent error codes meaning "a ballot collided or a lease file is being created": retried
-#: until the deadline. -212/-213 lost ballot, -244/-245 concurrent acquire, -223 no lease magic
-#: (a node that creates the file libvirt's way has not initialised it yet).
-RETRY_TRANSIENT = {-212, -213, -244, -245, -223}
-#: codes meaning "someone holds it": retried only for ``acquire_wait`` seconds. -243 a live host,
-#: -247 a silent host not yet known dead, -11 shared holders block an exclusive lease, -17 held by
-#: another process on this node.
-RETRY_HOLDER = {-243, -247, -11, -17}
+#: until the deadline. A lost ballot, a concurrent acquire, no lease magic (a node that creates
+#: the file libvirt's way has not initialised it yet).
+RETRY_TRANSIENT = {
+    engine.SANLK_DBLOCK_LVER,
+    engine.SANLK_DBLOCK_MBAL,
+    engine.SANLK_ACQUIRE_OWNED,
+    engine.SANLK_ACQUIRE_OTHER,
+    engine.SANLK_LEADER_MAGIC,
+}
+#: codes meaning "someone holds it": retried only for ``acquire_wait`` seconds. A live host, a
+#: silent host not yet known dead; and two errnos, added by :func:`_holder_codes` (``errno`` is
+#: not imported on the lean paths): -EAGAIN shared holders block an exclusive lease, -EEXIST held
+#: by another process on this node.
+RETRY_HOLDER = {engine.SANLK_ACQUIRE_IDLIVE, engine.SANLK_ACQUIRE_OWNED_RETRY}
 RETRY_PAUSE = 0.25  # seconds between attempts: a ballot takes a few I/Os
 
 #: What an unanswered call means for each op (for the error message).
@@ -94,14 +102,10 @@ REPORT_MARGIN = 0.5
 # ---- errors ---------------------------------------------------------------------------------
 
 
-class HookError(Exception):
+class HookError(engine.Templated):
     """Why the hook refuses; one line, naming the domain's disk, the cause and the fix."""
 
-    template = "{detail}"
-
-    def __init__(self, **fields: object) -> None:
-        self.fields = fields
-        super().__init__(" ".join(self.template.format(**fields).split()))
+    one_line = True
 
 
 class AgentDown(HookError):
@@ -162,7 +166,7 @@ class Context:
     def left(self) -> float:
         return max(0.05, self.deadline - time.monotonic() - REPORT_MARGIN)
 
-    def call(self, op: str, **args: object) -> Any:
+    def call(self, op: str, **args: object) -> "Any":
         from vmlease_agent.rpc.wire import Unreachable, call
 
         self.stage(f"asking the agent at {self.cfg.run_dir} ({op})")
@@ -315,6 +319,12 @@ def _create_lease_file(ctx: Context, w) -> None:
         ) from None
 
 
+def _holder_codes() -> set[int]:
+    import errno
+
+    return RETRY_HOLDER | {-errno.EAGAIN, -errno.EEXIST}
+
+
 def _acquire(ctx: Context, key: str, owner: str, wants: list) -> None:
     specs = [w.spec for w in wants]
     holder_until = time.monotonic() + ctx.cfg.acquire_wait
@@ -333,8 +343,10 @@ def _acquire(ctx: Context, key: str, owner: str, wants: list) -> None:
         except Exception as e:
             if not _is_refusal(e):
                 raise
+            import errno  # (on refusals only: not on the lean paths)
+
             code = e.code  # type: ignore[attr-defined]
-            if code == -17 and key in str(e) and not stale_dropped:
+            if code == -errno.EEXIST and key in str(e) and not stale_dropped:
                 # held by this very key: libvirt prepares only a domain that does not run
                 # here, so it is left from a start that never finished (a hook abandoned at
                 # its deadline while the agent was still acquiring): drop it, try again
@@ -343,7 +355,7 @@ def _acquire(ctx: Context, key: str, owner: str, wants: list) -> None:
                 continue
             now = time.monotonic()
             if now + RETRY_PAUSE < ctx.deadline - REPORT_MARGIN and (
-                code in RETRY_TRANSIENT or (code in RETRY_HOLDER and now < holder_until)
+                code in RETRY_TRANSIENT or (code in _holder_codes() and now < holder_until)
             ):
                 time.sleep(RETRY_PAUSE)
                 continue
@@ -354,7 +366,7 @@ def _refusal(ctx: Context, wants: list, e) -> LeaseRefused:
     message = str(e)
     w = next((w for w in wants if w.resource in message), None)
     what = w.what if w is not None else "its leases"
-    if e.code == -247 and w is not None:
+    if e.code == engine.SANLK_ACQUIRE_OWNED_RETRY and w is not None:
         message += _holder_detail(ctx, w.lockspace, message)
     return LeaseRefused(domain=ctx.name, what=what, message=message, code=e.code)
 
@@ -390,7 +402,9 @@ def _release_unbound(ctx: Context, key: str, stale: bool = False) -> str:
     try:
         ctx.call("release", key=key)
     except Exception as e:
-        if _is_refusal(e, -2):  # ENOENT: released meanwhile (QEMU's exit seen by the agent)
+        import errno
+
+        if _is_refusal(e, -errno.ENOENT):  # released meanwhile (QEMU's exit seen by the agent)
             return "released by the agent"
         raise
     return "released " + " ".join(h["lease"] for h in held)
@@ -410,7 +424,9 @@ def started(ctx: Context, xml: bytes) -> str:
     try:
         ctx.call("bind", key=key, pid=pid)  # (binding the same pid again is a no-op)
     except Exception as e:
-        if _is_refusal(e, -2):  # ENOENT: the key holds nothing (the domain needs no lease)
+        import errno
+
+        if _is_refusal(e, -errno.ENOENT):  # the key holds nothing (the domain needs no lease)
             return "no leases held"
         raise
     try:
@@ -489,7 +505,7 @@ def run(cfg: LibvirtConfig, name: str, op: str, xml: bytes) -> tuple[bool, str]:
         return attempt(ctx, xml)
     from vmlease_agent.virt import runner
 
-    def work(report: Callable[[str], None]) -> tuple[bool, str]:
+    def work(report: "Callable[[str], None]") -> tuple[bool, str]:
         ctx.report = report
         return attempt(ctx, xml)
 

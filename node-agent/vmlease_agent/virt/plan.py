@@ -5,8 +5,6 @@ two can never disagree about which leases protect a domain. Light imports only: 
 this on every call.
 """
 
-from __future__ import annotations
-
 import sys
 
 TYPE_CHECKING = False  # no typing/dataclasses: ``started`` and ``stopped`` need only holder_key
@@ -72,7 +70,7 @@ class Want:
         return text + ":SH" if self.shared else text
 
 
-def plan(cfg: LibvirtConfig, leases: DomainLeases) -> list[Want]:
+def plan(cfg: "LibvirtConfig", leases: "DomainLeases") -> list[Want]:
     """Every lease of the domain, one per resource, sorted by label.
 
     Sorted so that every node takes a domain's leases in the same order: two nodes racing for
@@ -116,7 +114,7 @@ def plan(cfg: LibvirtConfig, leases: DomainLeases) -> list[Want]:
 
 
 def fence_command(
-    cfg: LibvirtConfig, uuid: str, policy: str, python: str | None = None
+    cfg: "LibvirtConfig", uuid: str, policy: str, python: str | None = None
 ) -> list[str]:
     """The agent's kill command for a domain (``set_kill_command``; the agent appends the pid).
 

@@ -19,8 +19,6 @@ the full parse (with its error messages) runs. Entries are written atomically (r
 never trusts a partial one.
 """
 
-from __future__ import annotations
-
 import os
 
 from vmlease_agent import __version__
@@ -48,7 +46,7 @@ def normalise(xml: bytes) -> str:
     return xml.decode(errors="surrogateescape")
 
 
-def fingerprint(cfg: LibvirtConfig) -> str:
+def fingerprint(cfg: "LibvirtConfig") -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     stamps = []
     for name in CODE:
@@ -66,7 +64,7 @@ def canonical(path: str) -> str:
     return os.path.realpath(path, strict=True)
 
 
-def _path(cfg: LibvirtConfig, uuid: str) -> str:
+def _path(cfg: "LibvirtConfig", uuid: str) -> str:
     return os.path.join(cfg.run_dir, DIRECTORY, uuid.replace("/", "_"))
 
 
@@ -80,7 +78,7 @@ class Plan:
         self.wants = wants
 
 
-def load(cfg: LibvirtConfig, uuid: str, xml: bytes) -> Plan | None:
+def load(cfg: "LibvirtConfig", uuid: str, xml: bytes) -> Plan | None:
     try:
         with open(_path(cfg, uuid)) as f:
             entry = decode(f.read())
@@ -95,7 +93,7 @@ def load(cfg: LibvirtConfig, uuid: str, xml: bytes) -> Plan | None:
         return None
 
 
-def store(cfg: LibvirtConfig, xml: bytes, plan: Plan, paths: dict[str, str]) -> None:
+def store(cfg: "LibvirtConfig", xml: bytes, plan: Plan, paths: dict[str, str]) -> None:
     """Best effort: a cache that cannot be written only costs the next start the parse."""
     entry = {
         "xml": normalise(xml),

@@ -14,8 +14,6 @@ messages say. Imported only by the ops that fork (``prepare``, ``reconnect``); l
 imports only C modules.
 """
 
-from __future__ import annotations
-
 import os
 import select
 import time
@@ -38,9 +36,9 @@ def one_line(text: str) -> str:
 
 
 def run(
-    work: Callable[[Report], tuple[bool, str]],
+    work: "Callable[[Report], tuple[bool, str]]",
     deadline: float,
-    timed_out: Callable[[str], str],
+    timed_out: "Callable[[str], str]",
 ) -> tuple[bool, str]:
     """``work(report)`` in a forked worker until ``deadline`` (``time.monotonic``): its
     (succeeded, message), or (False, ``timed_out(last stage)``) when it did not finish in time.
@@ -91,7 +89,7 @@ def run(
     return final.startswith("ok:"), final.split(":", 1)[1]
 
 
-def _worker(work: Callable[[Report], tuple[bool, str]], out: int) -> int:
+def _worker(work: "Callable[[Report], tuple[bool, str]]", out: int) -> int:
     """Runs in the forked child: the stages, then one ``ok:`` or ``error:`` line on ``out``;
     returns the exit status."""
 
