@@ -518,6 +518,96 @@ def test_config_error_refuses_prepare_but_not_release(hook_env, tmp_path):
         assert done.returncode == code and b"is not a known setting" in done.stderr
 
 
+# ---- what the hook imports (its cost: bench/libvirt_start.py) ------------------------------------
+
+#: vmlease modules every hook call imports: the entry, its config, and the engine package (sanlock's
+#: codes and the error pattern; not the engine's modules)
+HOOK_ENTRY = {"vmlease_agent", "vmlease_agent.virt", "vmlease_agent.virt.config",
+              "vmlease_agent.virt.hook", "vmlease_agent.engine"}  # fmt: skip
+#: ... plus, for a call to the agent, the lean client and the plan's holder key.
+HOOK_AGENT = {"vmlease_agent.rpc", "vmlease_agent.rpc.wire", "vmlease_agent.virt.plan"}
+#: stdlib modules the hook may add to a bare ``python -I -S``: ``os``, the lean client's C modules
+#: (``_json``, ``_socket``), ``select`` for the runner. Not ``__future__``: the modules on these
+#: paths quote their annotations instead of importing it
+HOOK_STDLIB = {"os", "os.path", "posixpath", "genericpath", "stat", "_stat", "_collections_abc",
+               "_json", "_socket", "select"}  # fmt: skip
+#: what each would cost a call (bench/libvirt_start.py): never imported on the lean paths
+HEAVY = ("json", "socket", "typing", "xml.etree.ElementTree", "subprocess", "dataclasses", "enum",
+         "re", "contextlib", "collections", "functools", "hashlib", "threading", "logging",
+         "argparse", "signal", "selectors", "inspect", "vmlease_agent.engine.errors",
+         "vmlease_agent.virt.domain", "vmlease_agent.rpc.client")  # fmt: skip
+
+
+@pytest.fixture
+def hook_imports(hook_env, tmp_path):
+    """``hook_env`` whose installed hook writes ``sys.modules`` at each ``os._exit``: the process
+    libvirt waits for ("parent") and, for the ops that fork, the worker ("worker"). The shim is
+    the one ``install-hook`` wrote (``-I -S``, its sys.path), only ``exit_main()`` is wrapped."""
+    run, agent, _ = hook_env
+    hook = tmp_path / "hooks" / "qemu.d" / "50-vmlease"
+    out = tmp_path / "modules."
+    probe = (
+        f"import os, sys; p0 = os.getpid(); real = os._exit; os._exit = lambda code: (open("
+        f'"{out}" + ("parent" if os.getpid() == p0 else "worker"), "w").write('
+        f'" ".join(sorted(sys.modules))), real(code)); '
+    )
+
+    def imports(op: str, xml: str | None = None, entry: str = "vmlease_agent.virt.hook") -> dict:
+        text = hook.read_text()
+        call = "from vmlease_agent.virt.hook import exit_main; exit_main()"
+        assert call in text and "'" not in probe + str(out)
+        hook.write_text(text.replace(call, probe + call.replace("vmlease_agent.virt.hook", entry)))
+        try:
+            for f in tmp_path.glob("modules.*"):
+                f.unlink()
+            done = run(op, xml)
+            assert done.returncode == 0, done.stderr
+        finally:
+            hook.write_text(text)
+        return {f.suffix[1:]: set(f.read_text().split()) for f in tmp_path.glob("modules.*")}
+
+    baseline = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", "import sys; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return imports, agent, set(baseline)
+
+
+def _check_lean(modules: set[str], vmlease: set[str], baseline: set[str], where: str) -> None:
+    heavy = [m for m in HEAVY if m in modules]
+    assert not heavy, f"{where} imports {heavy}: each costs every domain start or stop"
+    assert {m for m in modules if m.startswith("vmlease")} == vmlease, where
+    extra = {m for m in modules if not m.startswith("vmlease")} - baseline - HOOK_STDLIB
+    assert not extra, f"{where} imports {sorted(extra)} (the pinned set is HOOK_STDLIB)"
+
+
+def test_the_start_and_stop_ops_import_only_the_lean_modules(hook_imports, tmp_path):
+    imports, agent, baseline = hook_imports
+    (tmp_path / "qemu" / "vm1.pid").write_text(str(os.getpid()))
+    agent.replies["inquire"] = [{"ok": True, "result": [{"lease": "L:r", "pid": 0}]}]
+    for op in ("started", "stopped", "release"):  # inline: no worker, no runner
+        seen = imports(op, domain_xml())
+        assert list(seen) == ["parent"], op
+        _check_lean(seen["parent"], HOOK_ENTRY | HOOK_AGENT, baseline, op)
+    # a domain's restart: prepare, its plan cached by the first start (which parses the XML)
+    assert imports("prepare")["worker"] >= {"vmlease_agent.virt.domain", "xml.etree.ElementTree"}
+    seen = imports("prepare")
+    runner = {"vmlease_agent.virt.runner"}
+    _check_lean(seen["parent"], HOOK_ENTRY | runner, baseline, "prepare")
+    cached = HOOK_ENTRY | runner | HOOK_AGENT | {"vmlease_agent.virt.plancache"}
+    _check_lean(seen["worker"], cached, baseline, "prepare's worker")
+
+
+def test_a_hook_installed_by_vmlease_0_1_still_runs(hook_imports, tmp_path):
+    """0.1's hook files import ``vmlease_agent.libvirt_hook``: it stays a re-export."""
+    imports, agent, baseline = hook_imports
+    (tmp_path / "qemu" / "vm1.pid").write_text(str(os.getpid()))
+    seen = imports("started", domain_xml(), entry="vmlease_agent.libvirt_hook")
+    assert agent.ops() == ["bind", "set_kill_command"]
+    old = HOOK_ENTRY | HOOK_AGENT | {"vmlease_agent.libvirt_hook"}
+    _check_lean(seen["parent"], old, baseline, "started (0.1 hook file)")
+
+
 # ---- the fencing command (libvirt's in-process test driver: no daemon) --------------------------
 
 
@@ -616,3 +706,28 @@ def test_prepare_uses_the_cached_plan_and_acquires_the_same_leases(hook_env, tmp
     first, second = (r for r in agent.requests if r["op"] == "acquire")
     assert first == second
     assert (tmp_path / "run" / "libvirt-plans" / UUID).exists()
+
+
+def test_the_plan_cache_fingerprints_code_that_exists():
+    """A module renamed away from ``CODE`` would stamp "?" forever, and an edited plan computation
+    would reuse plans cached by the old code (the 0.1 names did that after the move to virt/)."""
+    from vmlease_agent.virt import plancache as cache
+
+    here = Path(cache.__file__).parent
+    assert all((here / name).is_file() for name in cache.CODE)
+    assert "?" not in cache.fingerprint(LibvirtConfig()).split("\n")[0]
+
+
+def test_every_error_family_is_built_from_the_one_template_pattern():
+    from vmlease_agent.engine import Templated
+    from vmlease_agent.engine.errors import LeaseError
+    from vmlease_agent.rpc import wire
+    from vmlease_agent.virt import hook
+    from vmlease_agent.virt.domain import DomainXMLError
+
+    for family in (LeaseError, hook.HookError, ConfigError, DomainXMLError, wire.Unreachable,
+                   wire.Refused):  # fmt: skip
+        assert issubclass(family, Templated) and family.__init__ is Templated.__init__, family
+    e = hook.NoQemuPid(domain="vm1", path="/run/x.pid", detail="No such\nfile", config="c")
+    assert "\n" not in str(e) and e.fields["path"] == e.path == "/run/x.pid"  # one line, fields
+    assert isinstance(ConfigError(path="p", problem="q", fix="f"), ValueError)

@@ -9,6 +9,7 @@ import sys
 import time
 
 from vmlease_agent.engine import errors, leasespec
+from vmlease_agent.rpc import wire
 from vmlease_agent.rpc.client import AgentClient
 
 
@@ -162,7 +163,8 @@ def command(c: AgentClient, args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     client = sub.add_parser("client", help="ask the local agent (vmlease-agent)")
     client.add_argument(
-        "--run-dir", help="agent run directory (default $VMLEASE_RUN_DIR or /run/vmlease)"
+        "--run-dir",
+        help=f"agent run directory (default $VMLEASE_RUN_DIR or {wire.DEFAULT_RUN_DIR})",
     )
     client.add_argument(
         "--timeout",

@@ -238,24 +238,23 @@ def cmd_acquire_id(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_renew_id(args: argparse.Namespace) -> int:
+def _on_our_delta_lease(args: argparse.Namespace, action: str) -> int:
+    """``renew_id`` / ``release_id``: ``action`` on our own delta lease record."""
     ls = leasespec.parse_lockspace(args.lockspace)
     with Storage(ls.path) as st:
         lease = _delta_lease(args, st, ls)
         lease.record = _our_record(lease)
-        lease.renew()
-    print("renew_id done 0")
+        getattr(lease, action)()
+    print(f"{action}_id done 0")
     return 0
+
+
+def cmd_renew_id(args: argparse.Namespace) -> int:
+    return _on_our_delta_lease(args, "renew")
 
 
 def cmd_release_id(args: argparse.Namespace) -> int:
-    ls = leasespec.parse_lockspace(args.lockspace)
-    with Storage(ls.path) as st:
-        lease = _delta_lease(args, st, ls)
-        lease.record = _our_record(lease)
-        lease.release()
-    print("release_id done 0")
-    return 0
+    return _on_our_delta_lease(args, "release")
 
 
 # ---- resource leases ------------------------------------------------------------------------

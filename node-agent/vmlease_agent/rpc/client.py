@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -15,7 +16,7 @@ def socket_path(run_dir: str | None = None) -> str:
 
 
 class AgentUnavailable(errors.LeaseError):
-    code = -111  # ECONNREFUSED, as python-sanlock reports a missing daemon
+    code = -errno.ECONNREFUSED  # as python-sanlock reports a missing daemon
     template = (
         "cannot reach the vmlease agent at {path}: {detail}; is vmlease-agent running "
         "(or set VMLEASE_RUN_DIR / --run-dir)?"

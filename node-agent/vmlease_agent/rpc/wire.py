@@ -1,5 +1,6 @@
 """The agent's wire (JSON lines on ``<run_dir>/agent.sock``) and the hook's client of it, on C
-modules only (``client.AgentClient`` is this call with the library's error classes).
+modules only (and the ``engine`` package's codes and error pattern, which import nothing;
+``client.AgentClient`` is this call with the library's error classes).
 
 Why not ``client.AgentClient`` in the hook: libvirt runs the hook as a fresh Python process up
 to five times per domain start/stop (``started`` and ``prepare`` on the start path), and importing
@@ -10,11 +11,11 @@ scanner (what ``json.loads`` uses underneath). Same wire format, same error sema
 unreachable or silent agent raises :class:`Unreachable`, an error reply :class:`Refused`.
 """
 
-from __future__ import annotations
-
 import _json
 import _socket
 import os
+
+from vmlease_agent import engine
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,22 +27,17 @@ SOCKET_NAME = "agent.sock"
 DEFAULT_RUN_DIR = "/run/vmlease"
 
 
-class Unreachable(Exception):
+class Unreachable(engine.Templated):
     """No reply from the agent at ``path``; ``detail`` says why."""
 
-    def __init__(self, path: str, detail: str) -> None:
-        self.path = path
-        self.detail = detail
-        super().__init__(f"cannot reach the vmlease agent at {path}: {detail}")
+    template = "cannot reach the vmlease agent at {path}: {detail}"
 
 
-class Refused(Exception):
-    """An error reply; ``code`` is the agent's (sanlock's) result code."""
+class Refused(engine.Templated):
+    """An error reply: the agent's (sanlock's) result ``code``, error class ``name`` and
+    ``message``."""
 
-    def __init__(self, code: int, name: str, message: str) -> None:
-        self.code = code
-        self.name = name
-        super().__init__(message)
+    template = "{message}"
 
 
 def encode(value: object) -> str:
@@ -70,10 +66,10 @@ class _Context:
     memo: dict = {}  # noqa: RUF012 - the scanner's attribute, read once
 
 
-_scan: Callable[[str, int], tuple[Any, int]] = _json.make_scanner(_Context())  # type: ignore[arg-type]
+_scan: "Callable[[str, int], tuple[Any, int]]" = _json.make_scanner(_Context())  # type: ignore[arg-type]
 
 
-def decode(text: str) -> Any:
+def decode(text: str) -> "Any":
     try:
         value, end = _scan(text, 0)
     except StopIteration as e:  # what the C scanner raises where json.loads says "Expecting"
@@ -83,7 +79,7 @@ def decode(text: str) -> Any:
     return value
 
 
-def call(run_dir: str, timeout: float | None, op: str, **args: object) -> Any:
+def call(run_dir: str, timeout: float | None, op: str, **args: object) -> "Any":
     """One request on a fresh connection, bounded by ``timeout`` per socket operation (None:
     unbounded). Returns the reply's ``result``: decoded JSON, ``Any`` as from ``json.loads``."""
     path = os.path.join(run_dir, SOCKET_NAME)
@@ -99,18 +95,24 @@ def call(run_dir: str, timeout: float | None, op: str, **args: object) -> Any:
                 break
             data += chunk
     except TimeoutError:
-        raise Unreachable(path, f"no reply within {timeout or 0:.1f}s") from None
+        raise Unreachable(path=path, detail=f"no reply within {timeout or 0:.1f}s") from None
     except OSError as e:
-        raise Unreachable(path, e.strerror or str(e)) from None
+        raise Unreachable(path=path, detail=e.strerror or str(e)) from None
     finally:
         s.close()
     if not data:
-        raise Unreachable(path, "the agent closed the connection without a reply")
+        raise Unreachable(path=path, detail="the agent closed the connection without a reply")
     try:
         reply = decode(data.decode(errors="replace"))
     except ValueError as e:
-        raise Unreachable(path, f"the agent answered something that is not JSON: {e}") from None
+        raise Unreachable(
+            path=path, detail=f"the agent answered something that is not JSON: {e}"
+        ) from None
     if not isinstance(reply, dict) or not reply.get("ok"):
         err = reply.get("error", {}) if isinstance(reply, dict) else {}
-        raise Refused(err.get("code", -201), err.get("name", ""), err.get("message", str(reply)))
+        raise Refused(
+            code=err.get("code", engine.SANLK_ERROR),
+            name=err.get("name", ""),
+            message=err.get("message", str(reply)),
+        )
     return reply.get("result")

@@ -34,9 +34,9 @@ nodes running libvirt's sanlock driver and nodes running vmlease exclude each ot
 This module imports nothing heavy: the hook loads it on every call.
 """
 
-from __future__ import annotations
-
 import os
+
+from vmlease_agent.engine import Templated
 
 TYPE_CHECKING = False  # typing itself is not imported: the hook loads this module on every call
 if TYPE_CHECKING:
@@ -49,14 +49,10 @@ ENV_PATH = "VMLEASE_LIBVIRT_CONFIG"
 POLICIES = ("destroy", "pause")
 
 
-class ConfigError(ValueError):
+class ConfigError(Templated, ValueError):
     """The config file cannot be used; the message names the file, the line and the fix."""
 
     template = "{path}: {problem}; fix: {fix}"
-
-    def __init__(self, **fields: object) -> None:
-        self.fields = fields
-        super().__init__(self.template.format(**fields))
 
 
 class LibvirtConfig:
@@ -64,7 +60,7 @@ class LibvirtConfig:
     ``dataclasses`` costs the hook more than everything else it does on most calls."""
 
     #: name → default; the default's type is the setting's type
-    DEFAULTS: ClassVar[dict[str, object]] = {
+    DEFAULTS: "ClassVar[dict[str, object]]" = {  # noqa: RUF012 - a ClassVar, quoted
         "run_dir": "/run/vmlease",
         "uri": "qemu:///system",
         "lockspace": "__LIBVIRT__DISKS__",
@@ -104,7 +100,7 @@ class LibvirtConfig:
             setattr(self, key, values.get(key, default))
         self.path = path  # the file it was read from ("" for defaults)
 
-    def replace(self, **values: object) -> LibvirtConfig:
+    def replace(self, **values: object) -> "LibvirtConfig":
         return LibvirtConfig(self.path, **{**self.values(), **values})
 
     def values(self) -> dict[str, object]:

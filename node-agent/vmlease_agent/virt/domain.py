@@ -71,9 +71,10 @@ import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 from vmlease_api.naming import disk_resource_name
+
+from vmlease_agent.engine import Templated
 
 METADATA_NS = "urn:vmlease:libvirt:1"
 LEASE_KEY_MAX_BYTES = 47
@@ -87,18 +88,14 @@ _MD = f"{{{METADATA_NS}}}"
 # ---- errors -------------------------------------------------------------------------------
 
 
-class DomainXMLError(ValueError):
+class DomainXMLError(Templated, ValueError):
     """The domain XML cannot be turned into leases; the message names domain, disk and fix.
 
     Subclasses carry a ``template``; the keyword fields stay available as ``.fields`` so callers
     (the hook, the agent's API) can report them structurally.
     """
 
-    template: ClassVar[str] = "{problem}"
-
-    def __init__(self, **fields: object) -> None:
-        self.fields = fields
-        super().__init__(self.template.format(**fields))
+    template = "{problem}"
 
 
 class UnparseableDomainXML(DomainXMLError):

@@ -5,7 +5,7 @@ install-hook``), called by libvirtd as ``50-vmlease NAME OP SUBOP -`` with the d
 stdin. It talks to the local agent (``api``) under the holder key ``libvirt:<uuid>``:
 
 ``prepare``    (before QEMU exists) create missing automatic lease files, then acquire every
-               lease the domain needs (``libvirt_leases.plan``), all or nothing. Earlier than
+               lease the domain needs (``virt.plan``), all or nothing. Earlier than
                libvirt's own sanlock driver, which acquires only at CPU resume, after QEMU has
                opened the images. Refused → exit 1 with ONE line on stderr, which libvirt quotes
                verbatim in its error (``virsh start`` prints it): the disk, the holder's node,
@@ -23,33 +23,37 @@ stdout (for ``migrate``/``restore`` libvirt would take stdout as replacement XML
 
 Never hang libvirtd: libvirt waits for the hook to exit, holding the domain's job lock. For
 ``prepare`` and ``reconnect``, the process libvirt waits for only reads stdin, forks a worker and
-waits for it until the overall deadline (``hook_timeout``). Anything that can block in the kernel —
-canonicalising disk paths on a dead NFS mount, writing a lease file — happens in the worker, whose
-stdin/stdout/stderr are not libvirt's pipes; at the deadline the worker is abandoned (SIGKILL; a
-worker stuck in uninterruptible I/O dies when the I/O returns) and the start is refused, naming
-the stage that did not finish. ``started``, ``stopped`` and ``release`` do nothing that can block
-in the kernel (agent calls with timeouts, libvirt's pid file on /run) and run in the hook process
-itself. Bad input is never let through silently: unparseable XML, a path that cannot be
-canonicalised, an agent that does not answer, all refuse the start with the reason.
+waits for it until the overall deadline (``hook_timeout``): ``virt.runner``, the fork/deadline
+half of the hook; this module is the entry and the operations (what each asks the agent).
+Anything that can block in the kernel — canonicalising disk paths on a dead NFS mount, writing a
+lease file — happens in the worker, whose stdin/stdout/stderr are not libvirt's pipes; at the
+deadline the worker is abandoned (SIGKILL; a worker stuck in uninterruptible I/O dies when the
+I/O returns) and the start is refused, naming the stage that did not finish. ``started``,
+``stopped`` and ``release`` do nothing that can block in the kernel (agent calls with timeouts,
+libvirt's pid file on /run) and run in the hook process itself. Bad input is never let through
+silently: unparseable XML, a path that cannot be canonicalised, an agent that does not answer,
+all refuse the start with the reason.
 
 Cost (``bench/libvirt_start.py``): the start path runs ``prepare`` and ``started`` in Python, so
 every import counts: the shim answers the ops we ignore in ``sh``, runs Python with ``-I -S``,
-this module and its helpers import only C modules and small pure modules (``libvirt_rpc`` instead
-of ``client``), a restart reuses the domain's cached lease plan (``libvirt_plancache``) instead of
-importing the XML parser, and the process ends with ``os._exit``.
+this module and its helpers import only C modules and small pure modules (``rpc.wire`` instead
+of ``rpc.client``; ``runner`` only for the ops that fork), a restart reuses the domain's cached
+lease plan (``virt.plancache``) instead of importing the XML parser, and the process ends with
+``os._exit``. The modules on these paths have no ``from __future__ import annotations`` (it
+imports ``__future__``): annotations naming what only type checkers import are quoted.
+``tests/unit/test_libvirt_hook.py`` pins the modules each op may import.
 """
 
-from __future__ import annotations
-
 import os
-import select
 import sys
 import time
 
+from vmlease_agent import engine
 from vmlease_agent.virt.config import ConfigError, LibvirtConfig, load
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs an import the hook avoids at run time
+    from collections.abc import Callable
     from typing import Any
 
 HANDLED = ("prepare", "started", "stopped", "release", "reconnect")
@@ -63,13 +67,20 @@ REFUSING = ("prepare", "started")
 INLINE = ("started", "stopped", "release")
 
 #: agent error codes meaning "a ballot collided or a lease file is being created": retried
-#: until the deadline. -212/-213 lost ballot, -244/-245 concurrent acquire, -223 no lease magic
-#: (a node that creates the file libvirt's way has not initialised it yet).
-RETRY_TRANSIENT = {-212, -213, -244, -245, -223}
-#: codes meaning "someone holds it": retried only for ``acquire_wait`` seconds. -243 a live host,
-#: -247 a silent host not yet known dead, -11 shared holders block an exclusive lease, -17 held by
-#: another process on this node.
-RETRY_HOLDER = {-243, -247, -11, -17}
+#: until the deadline. A lost ballot, a concurrent acquire, no lease magic (a node that creates
+#: the file libvirt's way has not initialised it yet).
+RETRY_TRANSIENT = {
+    engine.SANLK_DBLOCK_LVER,
+    engine.SANLK_DBLOCK_MBAL,
+    engine.SANLK_ACQUIRE_OWNED,
+    engine.SANLK_ACQUIRE_OTHER,
+    engine.SANLK_LEADER_MAGIC,
+}
+#: codes meaning "someone holds it": retried only for ``acquire_wait`` seconds. A live host, a
+#: silent host not yet known dead; and two errnos, added by :func:`_holder_codes` (``errno`` is
+#: not imported on the lean paths): -EAGAIN shared holders block an exclusive lease, -EEXIST held
+#: by another process on this node.
+RETRY_HOLDER = {engine.SANLK_ACQUIRE_IDLIVE, engine.SANLK_ACQUIRE_OWNED_RETRY}
 RETRY_PAUSE = 0.25  # seconds between attempts: a ballot takes a few I/Os
 
 #: What an unanswered call means for each op (for the error message).
@@ -86,21 +97,15 @@ LOG_ROTATE_BYTES = 4 << 20
 
 #: Seconds kept from the deadline for the worker to report and the hook to exit.
 REPORT_MARGIN = 0.5
-#: Seconds the hook waits for its worker to exit after the verdict (it exits at once).
-REAP_GRACE = 1.0
 
 
 # ---- errors ---------------------------------------------------------------------------------
 
 
-class HookError(Exception):
+class HookError(engine.Templated):
     """Why the hook refuses; one line, naming the domain's disk, the cause and the fix."""
 
-    template = "{detail}"
-
-    def __init__(self, **fields: object) -> None:
-        self.fields = fields
-        super().__init__(" ".join(self.template.format(**fields).split()))
+    one_line = True
 
 
 class AgentDown(HookError):
@@ -146,21 +151,22 @@ class WorkerFailed(HookError):
 class Context:
     """One hook call: config, domain name, deadline, and a way to report the current stage."""
 
-    def __init__(self, cfg: LibvirtConfig, name: str, op: str, deadline: float, out: int) -> None:
+    def __init__(self, cfg: LibvirtConfig, name: str, op: str, deadline: float) -> None:
         self.cfg = cfg
         self.name = name
         self.op = op
         self.deadline = deadline
-        self.out = out  # the pipe to the waiting parent
+        #: in a worker, tells the waiting parent the stage (``runner``); inline, nobody waits
+        self.report: Callable[[str], None] | None = None
 
     def stage(self, text: str) -> None:
-        if self.out >= 0:
-            os.write(self.out, f"stage:{' '.join(text.split())}\n".encode())
+        if self.report is not None:
+            self.report(text)
 
     def left(self) -> float:
         return max(0.05, self.deadline - time.monotonic() - REPORT_MARGIN)
 
-    def call(self, op: str, **args: object) -> Any:
+    def call(self, op: str, **args: object) -> "Any":
         from vmlease_agent.rpc.wire import Unreachable, call
 
         self.stage(f"asking the agent at {self.cfg.run_dir} ({op})")
@@ -229,7 +235,7 @@ def _alive(pid: int) -> bool:
 
 
 def _parse(ctx: Context, xml: bytes, resolve=None):
-    """The domain's leases; errors name the domain once (libvirt_domain's messages mostly do)."""
+    """The domain's leases; errors name the domain once (``virt.domain``'s messages mostly do)."""
     from vmlease_agent.virt.domain import (
         DomainXMLError,
         UnparseableDomainXML,
@@ -250,7 +256,7 @@ def _parse(ctx: Context, xml: bytes, resolve=None):
 
 
 def _plan(ctx: Context, xml: bytes):
-    """The domain's lease plan: from the cache when provably unchanged (``libvirt_plancache``),
+    """The domain's lease plan: from the cache when provably unchanged (``virt.plancache``),
     else parsed (and cached for the next start)."""
     from vmlease_agent.virt import plancache as cache
     from vmlease_agent.virt.plan import plan
@@ -313,6 +319,12 @@ def _create_lease_file(ctx: Context, w) -> None:
         ) from None
 
 
+def _holder_codes() -> set[int]:
+    import errno
+
+    return RETRY_HOLDER | {-errno.EAGAIN, -errno.EEXIST}
+
+
 def _acquire(ctx: Context, key: str, owner: str, wants: list) -> None:
     specs = [w.spec for w in wants]
     holder_until = time.monotonic() + ctx.cfg.acquire_wait
@@ -331,8 +343,10 @@ def _acquire(ctx: Context, key: str, owner: str, wants: list) -> None:
         except Exception as e:
             if not _is_refusal(e):
                 raise
+            import errno  # (on refusals only: not on the lean paths)
+
             code = e.code  # type: ignore[attr-defined]
-            if code == -17 and key in str(e) and not stale_dropped:
+            if code == -errno.EEXIST and key in str(e) and not stale_dropped:
                 # held by this very key: libvirt prepares only a domain that does not run
                 # here, so it is left from a start that never finished (a hook abandoned at
                 # its deadline while the agent was still acquiring): drop it, try again
@@ -341,7 +355,7 @@ def _acquire(ctx: Context, key: str, owner: str, wants: list) -> None:
                 continue
             now = time.monotonic()
             if now + RETRY_PAUSE < ctx.deadline - REPORT_MARGIN and (
-                code in RETRY_TRANSIENT or (code in RETRY_HOLDER and now < holder_until)
+                code in RETRY_TRANSIENT or (code in _holder_codes() and now < holder_until)
             ):
                 time.sleep(RETRY_PAUSE)
                 continue
@@ -352,7 +366,7 @@ def _refusal(ctx: Context, wants: list, e) -> LeaseRefused:
     message = str(e)
     w = next((w for w in wants if w.resource in message), None)
     what = w.what if w is not None else "its leases"
-    if e.code == -247 and w is not None:
+    if e.code == engine.SANLK_ACQUIRE_OWNED_RETRY and w is not None:
         message += _holder_detail(ctx, w.lockspace, message)
     return LeaseRefused(domain=ctx.name, what=what, message=message, code=e.code)
 
@@ -388,7 +402,9 @@ def _release_unbound(ctx: Context, key: str, stale: bool = False) -> str:
     try:
         ctx.call("release", key=key)
     except Exception as e:
-        if _is_refusal(e, -2):  # ENOENT: released meanwhile (QEMU's exit seen by the agent)
+        import errno
+
+        if _is_refusal(e, -errno.ENOENT):  # released meanwhile (QEMU's exit seen by the agent)
             return "released by the agent"
         raise
     return "released " + " ".join(h["lease"] for h in held)
@@ -408,7 +424,9 @@ def started(ctx: Context, xml: bytes) -> str:
     try:
         ctx.call("bind", key=key, pid=pid)  # (binding the same pid again is a no-op)
     except Exception as e:
-        if _is_refusal(e, -2):  # ENOENT: the key holds nothing (the domain needs no lease)
+        import errno
+
+        if _is_refusal(e, -errno.ENOENT):  # the key holds nothing (the domain needs no lease)
             return "no leases held"
         raise
     try:
@@ -467,79 +485,32 @@ OPS = {
 # ---- the process libvirt waits for ------------------------------------------------------------
 
 
-def _worker(cfg: LibvirtConfig, name: str, op: str, xml: bytes, deadline: float, out: int) -> int:
-    """Runs in the forked child: one line ``ok:`` or ``error:`` on ``out``; the exit status."""
-    ctx = Context(cfg, name, op, deadline, out)
+def attempt(ctx: Context, xml: bytes) -> tuple[bool, str]:
+    """Run ``ctx.op``: (succeeded, one-line message); never raises."""
     try:
-        result = OPS[op](ctx, xml)
-        os.write(out, f"ok:{' '.join(result.split())}\n".encode())
-        return 0
-    except HookError as e:
-        os.write(out, f"error:{e}\n".encode())
-        return 1
-    except BaseException as e:  # a bug must refuse the start, not let it through
-        detail = " ".join(f"{type(e).__name__}: {e}".split())
-        os.write(out, f"error:{WorkerFailed(domain=name, op=op, detail=detail)}\n".encode())
-        return 1
-
-
-def run_inline(cfg: LibvirtConfig, name: str, op: str, xml: bytes) -> tuple[bool, str]:
-    """Run ``op`` in this process (see :data:`INLINE`): (succeeded, one-line message)."""
-    ctx = Context(cfg, name, op, time.monotonic() + cfg.hook_timeout, -1)
-    try:
-        return True, " ".join(OPS[op](ctx, xml).split())
+        return True, " ".join(OPS[ctx.op](ctx, xml).split())
     except HookError as e:
         return False, str(e)
-    except Exception as e:  # a bug must refuse the start, not let it through
+    except BaseException as e:  # a bug must refuse the start, not let it through
         detail = " ".join(f"{type(e).__name__}: {e}".split())
-        return False, str(WorkerFailed(domain=name, op=op, detail=detail))
+        return False, str(WorkerFailed(domain=ctx.name, op=ctx.op, detail=detail))
 
 
 def run(cfg: LibvirtConfig, name: str, op: str, xml: bytes) -> tuple[bool, str]:
-    """Run ``op`` in a worker within ``cfg.hook_timeout``: (succeeded, one-line message)."""
+    """Run ``op`` within ``cfg.hook_timeout``: (succeeded, one-line message). The ops of
+    :data:`INLINE` run in this process; the others in a worker of ``runner`` (the module
+    docstring says why), which is imported only then."""
+    ctx = Context(cfg, name, op, time.monotonic() + cfg.hook_timeout)
     if op in INLINE:
-        return run_inline(cfg, name, op, xml)
-    deadline = time.monotonic() + cfg.hook_timeout
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the worker: nothing of libvirt's may stay open here (see module docstring)
-        code = 1
-        try:
-            os.close(r)
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            code = _worker(cfg, name, op, xml, deadline, w)
-        finally:
-            os._exit(code)
-    os.close(w)
-    buf, stage = b"", "starting"
-    final = None
-    while final is None:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([r], [], [], left)[0]:
-            break
-        data = os.read(r, 65536)
-        if not data:
-            break  # the worker exited without a verdict (killed?)
-        buf += data
-        for line in buf.decode(errors="replace").splitlines():
-            if line.startswith("stage:"):
-                stage = line[6:]
-            elif line.startswith(("ok:", "error:")):
-                final = line
-    os.close(r)
-    # the verdict is in; the worker exits at once unless an abandoned I/O thread of its own is
-    # stuck in the kernel, which must not keep libvirt waiting
-    if _reap(pid, min(deadline, time.monotonic() + REAP_GRACE)) is None:
-        import signal
+        return attempt(ctx, xml)
+    from vmlease_agent.virt import runner
 
-        try:  # noqa: SIM105 - contextlib costs the hook milliseconds per call
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if final is None:
-        return False, str(
+    def work(report: "Callable[[str], None]") -> tuple[bool, str]:
+        ctx.report = report
+        return attempt(ctx, xml)
+
+    def timed_out(stage: str) -> str:
+        return str(
             HookTimeout(
                 domain=name,
                 op=op,
@@ -548,18 +519,8 @@ def run(cfg: LibvirtConfig, name: str, op: str, xml: bytes) -> tuple[bool, str]:
                 stage=stage,
             )
         )
-    return final.startswith("ok:"), final.split(":", 1)[1]
 
-
-def _reap(pid: int, deadline: float) -> int | None:
-    """The worker's exit status, polling (never blocking) until the deadline."""
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.002)
+    return runner.run(work, ctx.deadline, timed_out)
 
 
 def _log(cfg: LibvirtConfig, text: str) -> None:

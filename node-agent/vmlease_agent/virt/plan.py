@@ -1,11 +1,9 @@
 """From a parsed domain to the agent's resource specs: what the hook acquires and the agent checks.
 
-Shared by the hook (``libvirt_hook``) and the agent's libvirt watcher (``libvirt_events``) so the
+Shared by the hook (``virt.hook``) and the agent's libvirt watcher (``virt.watcher``) so the
 two can never disagree about which leases protect a domain. Light imports only: the hook loads
 this on every call.
 """
-
-from __future__ import annotations
 
 import sys
 
@@ -72,7 +70,7 @@ class Want:
         return text + ":SH" if self.shared else text
 
 
-def plan(cfg: LibvirtConfig, leases: DomainLeases) -> list[Want]:
+def plan(cfg: "LibvirtConfig", leases: "DomainLeases") -> list[Want]:
     """Every lease of the domain, one per resource, sorted by label.
 
     Sorted so that every node takes a domain's leases in the same order: two nodes racing for
@@ -116,7 +114,7 @@ def plan(cfg: LibvirtConfig, leases: DomainLeases) -> list[Want]:
 
 
 def fence_command(
-    cfg: LibvirtConfig, uuid: str, policy: str, python: str | None = None
+    cfg: "LibvirtConfig", uuid: str, policy: str, python: str | None = None
 ) -> list[str]:
     """The agent's kill command for a domain (``set_kill_command``; the agent appends the pid).
 

@@ -1,9 +1,9 @@
 """A per-domain cache of the hook's lease plan, so a restart skips the domain XML parser.
 
-Why: ``prepare`` is on the start path of every domain, and importing ``libvirt_domain`` (it pulls
+Why: ``prepare`` is on the start path of every domain, and importing ``virt.domain`` (it pulls
 in ``dataclasses``, ``xml.etree``, ``typing``, ``enum``, ``hashlib``) costs a fresh Python process
 about 25 ms: more than the agent's acquire. libvirt hands ``prepare`` the same XML at every start
-of an unchanged domain, so the plan (``libvirt_leases.plan``) of the last start is kept in
+of an unchanged domain, so the plan (``virt.plan``) of the last start is kept in
 ``<run_dir>/libvirt-plans/<uuid>`` (tmpfs: gone at reboot) and reused when it provably is the
 same computation:
 
@@ -11,15 +11,13 @@ same computation:
 * the same configuration (its rendered text) and the same vmlease code (version and the mtimes
   of the modules that compute plans);
 * every disk source path still canonicalises to the same path (``realpath``, as
-  ``libvirt_domain.canonical_path``; a symlink moved since is a miss).
+  ``virt.domain.canonical_path``; a symlink moved since is a miss).
 
 Those are all the inputs of the plan, so a hit gives exactly what parsing would. Anything else —
 a missing or unreadable entry, a decoding error, a path that no longer resolves — is a miss, and
 the full parse (with its error messages) runs. Entries are written atomically (rename); a reader
 never trusts a partial one.
 """
-
-from __future__ import annotations
 
 import os
 
@@ -32,7 +30,8 @@ if TYPE_CHECKING:
     from vmlease_agent.virt.config import LibvirtConfig
 
 DIRECTORY = "libvirt-plans"
-_CODE = ("libvirt_domain.py", "libvirt_leases.py", "libvirt_plancache.py")
+#: the modules (in this directory) whose code computes a plan: their mtimes are in the fingerprint
+CODE = ("domain.py", "plan.py", "plancache.py")
 
 
 def normalise(xml: bytes) -> str:
@@ -47,10 +46,10 @@ def normalise(xml: bytes) -> str:
     return xml.decode(errors="surrogateescape")
 
 
-def fingerprint(cfg: LibvirtConfig) -> str:
+def fingerprint(cfg: "LibvirtConfig") -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     stamps = []
-    for name in _CODE:
+    for name in CODE:
         try:
             stamps.append(str(os.stat(os.path.join(here, name)).st_mtime_ns))
         except OSError:
@@ -59,13 +58,13 @@ def fingerprint(cfg: LibvirtConfig) -> str:
 
 
 def canonical(path: str) -> str:
-    """``libvirt_domain.canonical_path`` (not imported: avoiding that import is the point)."""
+    """``virt.domain.canonical_path`` (not imported: avoiding that import is the point)."""
     if not os.path.isabs(path):
         raise ValueError("not an absolute path")
     return os.path.realpath(path, strict=True)
 
 
-def _path(cfg: LibvirtConfig, uuid: str) -> str:
+def _path(cfg: "LibvirtConfig", uuid: str) -> str:
     return os.path.join(cfg.run_dir, DIRECTORY, uuid.replace("/", "_"))
 
 
@@ -79,7 +78,7 @@ class Plan:
         self.wants = wants
 
 
-def load(cfg: LibvirtConfig, uuid: str, xml: bytes) -> Plan | None:
+def load(cfg: "LibvirtConfig", uuid: str, xml: bytes) -> Plan | None:
     try:
         with open(_path(cfg, uuid)) as f:
             entry = decode(f.read())
@@ -94,7 +93,7 @@ def load(cfg: LibvirtConfig, uuid: str, xml: bytes) -> Plan | None:
         return None
 
 
-def store(cfg: LibvirtConfig, xml: bytes, plan: Plan, paths: dict[str, str]) -> None:
+def store(cfg: "LibvirtConfig", xml: bytes, plan: Plan, paths: dict[str, str]) -> None:
     """Best effort: a cache that cannot be written only costs the next start the parse."""
     entry = {
         "xml": normalise(xml),
