@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from vmlease_agent.core.holders import Client, HeldLease
-from vmlease_agent.core.lockspace import LIVE, Lockspace, LockspaceConfig
+from vmlease_agent.core.lockspace import LIVE, JoinedLockspace, LockspaceConfig
 from vmlease_agent.engine import ondisk, timeouts
 from vmlease_agent.engine.ondisk import Dblock, Leader, Sizes
 from vmlease_agent.engine.paxos import Resource, Token
@@ -100,7 +100,7 @@ def _lease_from(d: dict) -> HeldLease:
 
 
 def save(
-    run_dir: str, node: str, lockspaces: dict[str, Lockspace], clients: dict[str, Client]
+    run_dir: str, node: str, lockspaces: dict[str, JoinedLockspace], clients: dict[str, Client]
 ) -> None:
     doc = {
         "version": VERSION,

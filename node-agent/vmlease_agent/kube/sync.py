@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -49,6 +49,7 @@ from vmlease_api.models import (
 from vmlease_agent.core import lockspace as local_ls
 from vmlease_agent.core.agent import Agent
 from vmlease_agent.core.lockspace import LockspaceConfig
+from vmlease_agent.core.snapshot import LeaseSnapshot
 from vmlease_agent.engine import errors
 from vmlease_agent.kube import decisions as kube_logic
 from vmlease_agent.kube import formatting as kube_format
@@ -197,9 +198,9 @@ class KubeSync:
     def pass_once(self) -> None:
         mono = self.monotonic()
         self.last_pass = mono
-        status = self.agent.status()
-        local = {d["name"]: Local.from_describe(d) for d in status["lockspaces"]}
-        leases = status["leases"]
+        snap = self.agent.snapshot()
+        local = {ls.name: Local.of(ls) for ls in snap.lockspaces}
+        leases = snap.leases
         records = self._records()
         synced = all(i.synced.is_set() for i in self.informers)
         wanted: dict[str, Lockspace] = {}
@@ -214,7 +215,7 @@ class KubeSync:
                 )
                 self._act(ls, decision, local.get(name), mono)
             self._leave(wanted, local, leases)
-            local = {d["name"]: Local.from_describe(d) for d in self.agent.status()["lockspaces"]}
+            local = {ls.name: Local.of(ls) for ls in self.agent.snapshot().lockspaces}
         if mono < self._api_retry_at:
             return
         try:
@@ -396,11 +397,14 @@ class KubeSync:
             return
 
     def _leave(
-        self, wanted: dict[str, Lockspace], local: dict[str, Local], leases: list[dict]
+        self,
+        wanted: dict[str, Lockspace],
+        local: dict[str, Local],
+        leases: Sequence[LeaseSnapshot],
     ) -> None:
         joined = [n for n, item in local.items() if item.active]
         for name in kube_logic.to_leave(self.managed, joined, wanted):
-            users = sorted({str(x["holder"]) for x in leases if x["lockspace"] == name})
+            users = sorted({x.holder.key for x in leases if x.lockspace == name})
             if users:
                 self.conditions[name] = (
                     True,
@@ -513,10 +517,11 @@ class KubeSync:
         """Ready when every Lockspace that selects this node is joined and live."""
         if self.wanted_names is None:
             return False, ["waiting for the first list of Lockspaces, this Node and its HostIds"]
-        local = {d["name"]: d for d in self.agent.status()["lockspaces"]}
+        snap = self.agent.snapshot()
         missing = []
         for name in sorted(self.wanted_names):
-            state = local.get(name, {}).get("state")
+            joined = snap.lockspace(name)
+            state = joined.state if joined is not None else None
             if state != local_ls.LIVE:
                 _, reason, message = self.conditions.get(name, (False, "NotJoined", ""))
                 missing.append(f"lockspace {name}: {state or 'not joined'} ({reason}: {message})")
