@@ -128,6 +128,7 @@ class Agent:
         self._lockspaces: dict[str, JoinedLockspace] = {}
         self._storages: dict[str, Storage] = {}
         self._registry = ClientRegistry(self._on_client_exit, self._lock)
+        self._fencer = fencing.FencingDriver(self._registry, self._lock, cfg.grace, self.event)
         self._events: list[AgentEvent] = []  # recent events, for status and people
         #: How an acquisition or a release is carried out on disk (``paxos.Acquirer``); a
         #: seam for tests that pause a ballot half-way, nothing else replaces it.
@@ -136,7 +137,6 @@ class Agent:
         self._loop: threading.Thread | None = None
         self._last_feed = 0.0
         self._last_tick = 0.0  # monotonic time of the last main-loop pass (health endpoint)
-        self._fencing: set[str] = set()
         #: leases with an acquisition or a release on disk in flight on this node: label -> who.
         #: One at a time per lease: our own host_id's ballot finds a lease we hold "already
         #: ours", and a release that read the leader before a local ballot committed would free
@@ -821,6 +821,8 @@ class Agent:
                 self._arm_and_feed(now)
 
     def _fence(self, ls: JoinedLockspace, now: float) -> None:
+        """A failed lockspace: who of ours could still write under it is fenced
+        (``fencing.FencingDriver``); once nobody could, the lockspace is left."""
         with self._lock:
             holders = [
                 c
@@ -843,23 +845,4 @@ class Agent:
             self.event("lockspace_lost", lockspace=ls.name, error=ls.error)
             self.save()
             return
-        if ls.name not in self._fencing:
-            self._fencing.add(ls.name)
-            self.event("fencing", lockspace=ls.name, holders=[c.key for c in holders])
-        for client in holders:
-            if not self._registry.alive(client):
-                self._drop(client, ls.name)
-                continue
-            st = client.kill_state.setdefault(ls.name, {})
-            action = fencing.next_action(
-                now, ls.deadline(), self.cfg.grace, st, bool(client.kill_command)
-            )
-            if action.kind != fencing.WAIT:
-                self.event("fence", lockspace=ls.name, holder=client.key, action=action.kind)
-            fencing.apply(action, client, now, st)
-
-    def _drop(self, client: Client, lockspace: str) -> None:
-        with self._lock:
-            for label in [k for k, h in client.leases.items() if h.res.lockspace == lockspace]:
-                client.leases.pop(label)
-                self.event("dropped", lease=label, holder=client.key, reason="lockspace failed")
+        self._fencer.escalate(ls, holders, now)
