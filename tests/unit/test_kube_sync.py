@@ -295,7 +295,7 @@ def test_leaves_when_no_longer_selected_but_only_without_leases(api, tmp_path):
     run(sync)
     assert "ls" not in sync.agent.lockspaces
     assert state(api, "ls.1") == "Free"
-    assert sync.managed == set()
+    assert sync.membership.managed == set()
     run(sync)
     assert sync.agent.joined[-1].name == "ls" and len(sync.agent.joined) == 1  # not rejoined
 
