@@ -104,11 +104,11 @@ def test_missing_state_is_empty(tmp_path):
 
 def test_a_kill_command_saved_before_the_modules_moved_still_fences():
     old = ["/py", "-m", "vmlease_agent.libvirt_fence", "--uuid", "u"]
-    assert state._current_kill_command(old) == [
+    assert state.current_kill_command(old) == [
         "/py",
         "-m",
         "vmlease_agent.virt.fence",
         "--uuid",
         "u",
     ]
-    assert state._current_kill_command(None) is None
+    assert state.current_kill_command(None) is None

@@ -382,7 +382,7 @@ def test_linux_arm_keepalive_disarm(pty_device: tuple[str, int, FakeDriver]) -> 
     wd.arm()
     assert driver.calls == [WDIOC_SETTIMEOUT, WDIOC_GETTIMEOUT, WDIOC_KEEPALIVE]
     assert driver.timeout == 10 and wd.fire_timeout == 10
-    fd = wd._fd  # the fd must not leak into processes the agent starts
+    fd = wd.fd  # the fd must not leak into processes the agent starts
     assert fd is not None and fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
     assert stat.S_ISCHR(os.fstat(fd).st_mode)
     wd.arm()  # idempotent: no second open, only a keepalive
@@ -467,7 +467,7 @@ def test_linux_shorten_trusts_the_timeout_read_back_safety(
     wd.arm()
     wd.shorten(7)
     assert driver.timeout <= 7
-    assert driver.timeout == wd._current == 4  # what the device runs with, as read back
+    assert driver.timeout == wd.timeout == 4  # what the device runs with, as read back
     wd.keepalive(seconds=6)  # an effective W below the configured one: never rounded up either
     assert driver.timeout == 4
     wd.keepalive()

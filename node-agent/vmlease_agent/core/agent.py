@@ -26,7 +26,9 @@ import errno
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from vmlease_agent.core import fencing, state
 from vmlease_agent.core.holders import (
@@ -36,7 +38,14 @@ from vmlease_agent.core.holders import (
     pid_key,
     process_start_time,
 )
-from vmlease_agent.core.lockspace import LIVE, STOPPED, Lockspace, LockspaceConfig
+from vmlease_agent.core.lockspace import LIVE, STOPPED, JoinedLockspace, LockspaceConfig
+from vmlease_agent.core.snapshot import (
+    AgentEvent,
+    AgentSnapshot,
+    HolderSnapshot,
+    LeaseSnapshot,
+    WatchdogSnapshot,
+)
 from vmlease_agent.core.watchdog import Watchdog, WatchdogError
 from vmlease_agent.engine import errors, ondisk, paxos, timeouts
 from vmlease_agent.engine.clock import REAL_CLOCK, Aborted, Clock
@@ -47,8 +56,9 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
 
-#: Who holds a lease: a process id, or a placeholder key (``libvirt:<uuid>``) until bound.
-Holder = int | str
+#: How a request names a lease holder: a process id, or a placeholder key (``libvirt:<uuid>``)
+#: until it is bound. (The holder itself, as readers see it, is ``snapshot.LeaseHolder``.)
+HolderRef = int | str
 
 
 class AgentError(errors.LeaseError):
@@ -114,22 +124,25 @@ class Agent:
         self.cfg = cfg
         self.watchdog = watchdog
         self.clock = clock
-        self.lock = threading.RLock()
-        self.lockspaces: dict[str, Lockspace] = {}
-        self.storages: dict[str, Storage] = {}
-        self.registry = ClientRegistry(self._on_client_exit, self.lock)
-        self.events: list[dict] = []  # recent events, for status and tests
+        self._lock = threading.RLock()
+        self._lockspaces: dict[str, JoinedLockspace] = {}
+        self._storages: dict[str, Storage] = {}
+        self._registry = ClientRegistry(self._on_client_exit, self._lock)
+        self._fencer = fencing.FencingDriver(self._registry, self._lock, cfg.grace, self.event)
+        self._events: list[AgentEvent] = []  # recent events, for status and people
+        #: How an acquisition or a release is carried out on disk (``paxos.Acquirer``); a
+        #: seam for tests that pause a ballot half-way, nothing else replaces it.
+        self.acquirer_factory: Callable[..., paxos.Acquirer] = paxos.Acquirer
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
-        self.last_feed = 0.0
-        self.last_tick = 0.0  # monotonic time of the last main-loop pass (health endpoint)
-        self._fencing: set[str] = set()
+        self._last_feed = 0.0
+        self._last_tick = 0.0  # monotonic time of the last main-loop pass (health endpoint)
         #: leases with an acquisition or a release on disk in flight on this node: label -> who.
         #: One at a time per lease: our own host_id's ballot finds a lease we hold "already
         #: ours", and a release that read the leader before a local ballot committed would free
         #: the new version on disk (see ``_reserve``).
         self._busy: dict[str, str] = {}
-        self._busy_done = threading.Condition(self.lock)
+        self._busy_done = threading.Condition(self._lock)
         # The device: every decision to arm, feed, shorten, disarm or let go is taken under
         # ``_device`` (then ``lock`` if needed), so an acquisition never writes unprotected.
         self._device = threading.Lock()
@@ -145,17 +158,19 @@ class Agent:
     # ---- events and state -----------------------------------------------------------------
 
     def event(self, kind: str, **fields) -> None:
-        e = {"event": kind, "at": self.clock.now(), "time": time.time(), **fields}
+        e = AgentEvent(kind, self.clock.now(), time.time(), MappingProxyType(fields))
         log.info("event %s %s", kind, fields)
-        with self.lock:
-            self.events.append(e)
-            del self.events[:-200]
+        with self._lock:
+            self._events.append(e)
+            del self._events[:-200]
 
     def save(self) -> None:
-        with self.lock:
-            state.save(self.cfg.run_dir, self.cfg.node_name, self.lockspaces, self.registry.clients)
+        with self._lock:
+            state.save(
+                self.cfg.run_dir, self.cfg.node_name, self._lockspaces, self._registry.clients
+            )
 
-    def _on_lockspace_change(self, ls: Lockspace) -> None:
+    def _on_lockspace_change(self, ls: JoinedLockspace) -> None:
         if ls.state == LIVE and ls.lease and ls.lease.record:
             self.save()
 
@@ -176,7 +191,7 @@ class Agent:
         for item in saved.lockspaces:
             self._add(item.cfg, resume=item.record)
         for item in saved.lockspaces:
-            ls = self.lockspaces[item.cfg.name]
+            ls = self._lockspaces[item.cfg.name]
             if not ls.wait_joined(timeout=item.cfg.io_timeout * 4):
                 log.error("lockspace %s could not be resumed: %s", ls.name, ls.error)
         for c in saved.clients:
@@ -190,11 +205,11 @@ class Agent:
     def _adopt_client(self, saved: state.SavedClient) -> None:
         try:
             if saved.key == pid_key(saved.pid):
-                client = self.registry.get(saved.pid, saved.start_time, saved.owner)
+                client = self._registry.get(saved.pid, saved.start_time, saved.owner)
             else:
-                client = self.registry.placeholder(saved.key, saved.owner)
+                client = self._registry.placeholder(saved.key, saved.owner)
                 if saved.pid:
-                    self.registry.bind(saved.key, saved.pid, saved.start_time)
+                    self._registry.bind(saved.key, saved.pid, saved.start_time)
         except (ProcessLookupError, OSError):
             log.warning("pid %d exited while the agent was down: releasing its leases", saved.pid)
             for held in saved.leases:
@@ -231,11 +246,21 @@ class Agent:
             self._loop.join(timeout=2)
         if not clean:
             self.save()  # while the lockspaces are still live: the next agent resumes them
-        for ls in list(self.lockspaces.values()):
+        for ls in list(self._lockspaces.values()):
             ls.stop(release=clean, wait=clean)
         if clean:
             state.clear(self.cfg.run_dir)
-        self.registry.close()
+        self._registry.close()
+
+    def halt(self) -> None:
+        """End this agent's threads as a killed process would: nothing released, nothing saved,
+        nothing decided about the device (tests simulate a crash with it)."""
+        self._stop.set()
+        if self._loop:
+            self._loop.join(timeout=2)
+        for ls in list(self._lockspaces.values()):
+            ls.stop(release=False, wait=False)
+        self._registry.close()
 
     def _let_go_of_device(self) -> None:
         """SIGTERM: decide about the device now, never after waiting on storage.
@@ -254,7 +279,7 @@ class Agent:
                     self._disarm("stopping with nothing held")
                     self._released = True
                     return
-                if all(ls.healthy(now) for ls in list(self.lockspaces.values())):
+                if all(ls.healthy(now) for ls in list(self._lockspaces.values())):
                     self.watchdog.abandon()
                     self._armed, self._released = False, True
                     log.warning(
@@ -282,9 +307,9 @@ class Agent:
     # ---- the watchdog device ----------------------------------------------------------------
 
     def _holder_keys(self) -> list[str]:
-        with self.lock:
-            keys = {c.key for c in self.registry.clients.values() if c.leases}
-            keys |= {c.key for c in self.registry.exiting.values() if c.leases}
+        with self._lock:
+            keys = {c.key for c in self._registry.clients.values() if c.leases}
+            keys |= {c.key for c in self._registry.exiting.values() if c.leases}
             keys |= {c.key for c, _ in self._inflight}
         return sorted(keys)
 
@@ -297,7 +322,7 @@ class Agent:
         delta leases on disk advertises. After a restart with a larger W, peers still judge us
         by the old record's W until our first renewal has written the new one."""
         w = self.watchdog.fire_timeout
-        for ls in list(self.lockspaces.values()):
+        for ls in list(self._lockspaces.values()):
             advertised = ls.advertised_fire_timeout
             if advertised is not None:
                 w = min(w, advertised)
@@ -312,7 +337,7 @@ class Agent:
                 f"the saved state of an earlier agent of this boot could not be adopted; its "
                 f"holders may run until {self._previous_until - now:.0f}s from now"
             )
-        for ls in list(self.lockspaces.values()):
+        for ls in list(self._lockspaces.values()):
             if ls.previous_until > now:
                 return (
                     f"lockspace {ls.name}: host_id {ls.cfg.host_id} was held until recently, "
@@ -328,7 +353,7 @@ class Agent:
             self._armed = True
             self.event("watchdog_armed", fire_timeout=self.device_timeout())
         self.watchdog.keepalive(self.device_timeout())
-        self.last_feed = now
+        self._last_feed = now
 
     def _disarm(self, why: str) -> None:
         """Under ``_device``: nothing is held, so nothing needs the node reset."""
@@ -337,14 +362,14 @@ class Agent:
             self._armed = False
             self.event("watchdog_disarmed", reason=why)
 
-    def _begin_acquisition(self, client: Client, ls: Lockspace) -> None:
+    def _begin_acquisition(self, client: Client, ls: JoinedLockspace) -> None:
         """Before the first write of an acquisition: count it as a holder, and make sure the
         device is armed (refused when it cannot be: the node could not be fenced)."""
         with self._device:
             if self._stopping:
                 raise Stopping()
             now = self.clock.now()
-            sick = [x.name for x in list(self.lockspaces.values()) if not x.healthy(now)]
+            sick = [x.name for x in list(self._lockspaces.values()) if not x.healthy(now)]
             if sick:
                 raise Busy(
                     detail=f"lockspace {', '.join(sick)} is failing (its holders are being "
@@ -359,17 +384,17 @@ class Agent:
                 raise AgentError(
                     detail=f"the watchdog cannot be armed, so this node could not be fenced: {e}"
                 ) from None
-            with self.lock:
+            with self._lock:
                 self._inflight.append((client, ls.name))
 
-    def _end_acquisition(self, client: Client, ls: Lockspace) -> None:
-        with self.lock:
+    def _end_acquisition(self, client: Client, ls: JoinedLockspace) -> None:
+        with self._lock:
             self._inflight.remove((client, ls.name))
 
     # ---- lockspaces -------------------------------------------------------------------------
 
-    def _add(self, cfg: LockspaceConfig, resume=None) -> Lockspace:
-        ls = Lockspace(
+    def _add(self, cfg: LockspaceConfig, resume=None) -> JoinedLockspace:
+        ls = JoinedLockspace(
             cfg,
             self.cfg.node_name,
             self.cfg.watchdog_fire_timeout,
@@ -377,47 +402,53 @@ class Agent:
             on_change=self._on_lockspace_change,
             identity=self.identity,
         )
-        with self.lock:
-            self.lockspaces[cfg.name] = ls
+        with self._lock:
+            self._lockspaces[cfg.name] = ls
         ls.start(resume)
         return ls
 
     def add_lockspace(self, cfg: LockspaceConfig, wait: bool = True) -> dict:
-        with self.lock:
-            cur = self.lockspaces.get(cfg.name)
+        with self._lock:
+            cur = self._lockspaces.get(cfg.name)
             if cur is not None and cur.state != STOPPED:
                 raise Exists(lockspace=cfg.name, host_id=cur.cfg.host_id)
         ls = self._add(cfg)
         self.event("joining", lockspace=cfg.name, host_id=cfg.host_id)
         if wait and not ls.wait_joined():
-            with self.lock:
-                self.lockspaces.pop(cfg.name, None)
+            with self._lock:
+                self._lockspaces.pop(cfg.name, None)
             raise AgentError(detail=f"joining lockspace {cfg.name} failed: {ls.error}")
         if ls.state == LIVE:
             self.event("joined", lockspace=cfg.name, host_id=cfg.host_id, generation=ls.generation)
-        return ls.describe()
+        return ls.snapshot().to_wire()
 
     def rem_lockspace(self, name: str) -> None:
-        with self.lock:
-            ls = self.lockspaces.get(name)
+        with self._lock:
+            ls = self._lockspaces.get(name)
             if ls is None:
                 raise NotJoined(lockspace=name, state="")
             users = [
                 c.key
-                for c in self.registry.clients.values()
+                for c in self._registry.clients.values()
                 if any(h.res.lockspace == name for h in c.leases.values())
             ]
             if users:
                 raise Busy(
                     detail=f"lockspace {name} has leases held by {users}: release them first"
                 )
-            self.lockspaces.pop(name)
+            self._lockspaces.pop(name)
         ls.stop(release=True)
         self.event("left", lockspace=name)
         self.save()
 
-    def _joined(self, name: str) -> Lockspace:
-        ls = self.lockspaces.get(name)
+    def joined_lockspace(self, name: str) -> JoinedLockspace | None:
+        """The lockspace object itself, for the core and for tests that inject faults into it;
+        readers take ``snapshot()``."""
+        with self._lock:
+            return self._lockspaces.get(name)
+
+    def _joined(self, name: str) -> JoinedLockspace:
+        ls = self._lockspaces.get(name)
         if ls is None or ls.state != LIVE:
             raise NotJoined(lockspace=name, state=f" (it is {ls.state})" if ls else "")
         return ls
@@ -425,14 +456,14 @@ class Agent:
     # ---- resource leases --------------------------------------------------------------------
 
     def _storage(self, path: str) -> Storage:
-        with self.lock:
-            st = self.storages.get(path)
+        with self._lock:
+            st = self._storages.get(path)
             if st is None:
-                st = self.storages[path] = Storage(path)
+                st = self._storages[path] = Storage(path)
             return st
 
-    def _acquirer(self, ls: Lockspace, res: Resource) -> paxos.Acquirer:
-        return paxos.Acquirer(
+    def _acquirer(self, ls: JoinedLockspace, res: Resource) -> paxos.Acquirer:
+        return self.acquirer_factory(
             self._storage(res.path),
             res,
             ls.cfg.host_id,
@@ -443,17 +474,17 @@ class Agent:
             abort=ls.lost,  # a wait under a lockspace we lost must not end in a new lease
         )
 
-    def _client(self, holder: Holder, owner: str = "", create: bool = False) -> Client:
+    def _client(self, holder: HolderRef, owner: str = "", create: bool = False) -> Client:
         """The client a request names: a pid, or a placeholder key such as ``libvirt:<uuid>``."""
         if isinstance(holder, str):
             if create:
-                return self.registry.placeholder(holder, owner)
-            c = self.registry.clients.get(holder)
+                return self._registry.placeholder(holder, owner)
+            c = self._registry.clients.get(holder)
             if c is None:
                 raise NotHeld(pid=holder, lease="(any)")
             return c
         try:
-            c = self.registry.get(holder, owner=owner) if create else self.registry.by_pid(holder)
+            c = self._registry.get(holder, owner=owner) if create else self._registry.by_pid(holder)
         except (ProcessLookupError, OSError):
             raise NoSuchProcess(pid=holder) from None
         if c is None:
@@ -464,7 +495,7 @@ class Agent:
 
     def acquire(
         self,
-        holder: Holder,
+        holder: HolderRef,
         resources: list[tuple[Resource, bool]],
         owner: str = "",
         wait: bool = True,
@@ -477,7 +508,7 @@ class Agent:
                 taken.append(self._acquire_one(client, res, shared, wait))
         except BaseException:
             for held in reversed(taken):
-                with self.lock:
+                with self._lock:
                     self._reserve(held.label, "being released (its acquisition failed)", wait=True)
                     client.leases.pop(held.label, None)
                 try:
@@ -496,14 +527,14 @@ class Agent:
                 lver=held.token.lver,
                 shared=held.shared,
             )
-        return [self._lease_info(client, h) for h in taken]
+        return [self._lease_snapshot(client, h).to_wire() for h in taken]
 
     def _acquire_one(self, client: Client, res: Resource, shared: bool, wait: bool) -> HeldLease:
         ls = self._joined(res.lockspace)
-        with self.lock:
+        with self._lock:
             self._reserve(res.label, f"being acquired by {client.pid or client.key}", wait)
             try:
-                for other in [*self.registry.clients.values(), *self.registry.exiting.values()]:
+                for other in [*self._registry.clients.values(), *self._registry.exiting.values()]:
                     held = other.leases.get(res.label)
                     if held is not None and not (shared and held.shared and not other.dead):
                         raise AlreadyHeld(
@@ -530,8 +561,8 @@ class Agent:
             except Aborted:
                 raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})") from None
             h = HeldLease(res, token, shared)
-            with self.lock:
-                if self.lockspaces.get(ls.name) is not ls or not ls.healthy() or client.dead:
+            with self._lock:
+                if self._lockspaces.get(ls.name) is not ls or not ls.healthy() or client.dead:
                     # The lockspace failed (or the holder died) during the ballot: the lease
                     # may be ours on disk, but our host_id lease is no longer valid, so it is
                     # neither used nor released (no I/O); others take it after 8N + W.
@@ -557,12 +588,12 @@ class Agent:
         self._busy[label] = why
 
     def _unreserve(self, label: str) -> None:
-        with self.lock:
+        with self._lock:
             self._busy.pop(label, None)
             self._busy_done.notify_all()
 
     def _release_on_disk(self, held: HeldLease) -> None:
-        ls = self.lockspaces.get(held.res.lockspace)
+        ls = self._lockspaces.get(held.res.lockspace)
         if ls is None or ls.state != LIVE:
             # our host_id lease is not valid: writing now could clobber a new owner's lease
             log.warning(
@@ -580,12 +611,12 @@ class Agent:
 
     def _shared_elsewhere(self, held: HeldLease) -> bool:
         """Does another live local holder still hold this (shared) lease?"""
-        with self.lock:
-            return any(held.label in c.leases for c in self.registry.clients.values())
+        with self._lock:
+            return any(held.label in c.leases for c in self._registry.clients.values())
 
-    def release(self, holder: Holder, labels: list[str] | None) -> list[str]:
+    def release(self, holder: HolderRef, labels: list[str] | None) -> list[str]:
         """Release the named leases of ``holder`` (all of them if ``labels`` is None)."""
-        with self.lock:
+        with self._lock:
             client = self._client(holder)
             pid = client.pid or client.key
             names = list(client.leases) if labels is None else labels
@@ -613,9 +644,9 @@ class Agent:
         return [h.label for h in gone]
 
     def _forget_if_idle(self, client: Client) -> None:
-        with self.lock:
+        with self._lock:
             if not client.leases and not client.kill_command:
-                self.registry.forget(client.key)
+                self._registry.forget(client.key)
 
     def _on_client_exit(self, client: Client) -> None:
         """The holder exited: release its leases at once (on disk if our lockspace is valid).
@@ -625,7 +656,7 @@ class Agent:
         """
         reserved: list[str] = []
         try:
-            with self.lock:
+            with self._lock:
                 for label in list(client.leases):
                     self._reserve(label, f"being released (pid {client.pid} exited)", wait=True)
                     reserved.append(label)
@@ -633,13 +664,13 @@ class Agent:
                 self._release_on_disk(held)
                 self.event("released", lease=held.label, holder=client.key, reason="holder exited")
         finally:
-            with self.lock:
+            with self._lock:
                 client.leases.clear()
                 for label in reserved:
                     self._unreserve(label)
         self.save()
 
-    def set_kill_command(self, holder: Holder, command: list[str]) -> None:
+    def set_kill_command(self, holder: HolderRef, command: list[str]) -> None:
         """Run ``command`` (plus the holder's pid) instead of SIGTERM when fencing this holder."""
         client = self._client(holder, create=True)
         client.kill_command = command or None
@@ -648,7 +679,7 @@ class Agent:
     def bind(self, key: str, pid: int) -> None:
         """Tie the leases a placeholder ``key`` holds to process ``pid`` (libvirt ``started``)."""
         try:
-            self.registry.bind(key, pid)
+            self._registry.bind(key, pid)
         except KeyError:
             raise NotHeld(pid=key, lease="(any)") from None
         except (ProcessLookupError, OSError):
@@ -658,56 +689,84 @@ class Agent:
         self.event("bound", holder=key, pid=pid)
         self.save()
 
-    def _lease_info(self, client: Client, h: HeldLease) -> dict:
-        return {
-            "lease": h.label,
-            "lockspace": h.res.lockspace,
-            "resource": h.res.name,
-            "path": h.res.path,
-            "offset": h.res.offset,
-            "lver": h.token.lver,
-            "shared": h.shared,
-            "host_id": h.token.host_id,
-            "generation": h.token.generation,
-            "pid": client.pid,
-            "process": client.name,
-            "holder": client.key,
-            "owner": client.owner or client.name,
-            "since": h.since,
-        }
+    def _lease_snapshot(self, client: Client, h: HeldLease) -> LeaseSnapshot:
+        return LeaseSnapshot(
+            lease=h.label,
+            lockspace=h.res.lockspace,
+            resource=h.res.name,
+            path=h.res.path,
+            offset=h.res.offset,
+            lver=h.token.lver,
+            shared=h.shared,
+            host_id=h.token.host_id,
+            generation=h.token.generation,
+            holder=client.identity(),
+            since=h.since,
+        )
 
-    def inquire(self, holder: Holder) -> list[dict]:
-        with self.lock:
+    def inquire(self, holder: HolderRef) -> list[dict]:
+        with self._lock:
             try:
                 client = self._client(holder)
             except NotHeld:
                 return []
-            return [self._lease_info(client, h) for h in client.leases.values()]
+            return [self._lease_snapshot(client, h).to_wire() for h in client.leases.values()]
 
     # ---- status -----------------------------------------------------------------------------
 
+    def snapshot(self) -> AgentSnapshot:
+        """Everything a reader may know, as frozen values taken in one critical section."""
+        with self._lock:
+            now = self.clock.now()
+            loop = self._loop
+            return AgentSnapshot(
+                node=self.cfg.node_name,
+                taken_at=now,
+                loop_running=loop is not None and loop.is_alive(),
+                last_tick=self._last_tick,
+                watchdog=WatchdogSnapshot(
+                    fire_timeout=self.cfg.watchdog_fire_timeout,
+                    device_timeout=self.device_timeout(),
+                    armed=self._armed,
+                    last_feed_ago=round(now - self._last_feed, 1) if self._armed else None,
+                    on_sigterm=self._on_sigterm(),
+                    new_leases_wait=self._quarantined(now),
+                ),
+                lockspaces=tuple(ls.snapshot() for ls in self._lockspaces.values()),
+                holders=tuple(
+                    self._holder_snapshot(c, exiting)
+                    for exiting, clients in (
+                        (False, self._registry.clients),
+                        (True, self._registry.exiting),
+                    )
+                    for c in clients.values()
+                ),
+                events=tuple(self._events),
+            )
+
+    def _holder_snapshot(self, c: Client, exiting: bool) -> HolderSnapshot:
+        return HolderSnapshot(
+            holder=c.identity(),
+            kill_command=tuple(c.kill_command) if c.kill_command is not None else None,
+            exiting=exiting,
+            leases=tuple(self._lease_snapshot(c, h) for h in c.leases.values()),
+        )
+
+    def holder(self, key: str) -> HolderSnapshot | None:
+        """A registered holder (not one whose process has exited) by key, as it is now."""
+        with self._lock:
+            c = self._registry.clients.get(key)
+            return self._holder_snapshot(c, exiting=False) if c is not None else None
+
     def status(self) -> dict:
-        with self.lock:
-            return {
-                "node": self.cfg.node_name,
-                "watchdog": {
-                    "fire_timeout": self.cfg.watchdog_fire_timeout,
-                    "device_timeout": self.device_timeout(),
-                    "armed": self._armed,
-                    "last_feed_ago": (
-                        round(self.clock.now() - self.last_feed, 1) if self._armed else None
-                    ),
-                    "on_sigterm": self._on_sigterm(),
-                    #: why new leases are refused for now (the device may not be opened), or ""
-                    "new_leases_wait": self._quarantined(self.clock.now()),
-                },
-                "lockspaces": [ls.describe() for ls in self.lockspaces.values()],
-                "leases": [
-                    self._lease_info(c, h)
-                    for c in [*self.registry.clients.values(), *self.registry.exiting.values()]
-                    for h in c.leases.values()
-                ],
-            }
+        """The socket API's ``status``: the snapshot in its wire form."""
+        return self.snapshot().to_wire()
+
+    def recent_events(self) -> list[dict]:
+        """The socket API's ``events``: the last 200, oldest first, in their wire form."""
+        with self._lock:
+            events = list(self._events)
+        return [e.to_wire() for e in events]
 
     def _on_sigterm(self) -> str:
         """What stopping the agent now (SIGTERM, a rolling update) would do to this node."""
@@ -720,7 +779,7 @@ class Agent:
         )
 
     def host_status(self, name: str) -> list[dict]:
-        ls = self.lockspaces.get(name)
+        ls = self._lockspaces.get(name)
         if ls is None:
             raise NotJoined(lockspace=name, state="")
         return ls.hosts()
@@ -736,11 +795,11 @@ class Agent:
 
     def tick(self) -> None:
         now = self.clock.now()
-        self.last_tick = now
-        for ls in list(self.lockspaces.values()):
+        self._last_tick = now
+        for ls in list(self._lockspaces.values()):
             if ls.check_deadline(now):
                 self._fence(ls, now)
-        healthy = all(ls.healthy(now) for ls in list(self.lockspaces.values()))
+        healthy = all(ls.healthy(now) for ls in list(self._lockspaces.values()))
         with self._device:
             if self._released:
                 return
@@ -752,7 +811,7 @@ class Agent:
                     # Keep the reset where it is (last feed + W) even if we die now: closing the
                     # device counts as a keepalive, so let it run with only the time left, minus
                     # a second for the tick between two calls (README, "Limits of the proof").
-                    left = int(self.last_feed + self.device_timeout() - now) - 1
+                    left = int(self._last_feed + self.device_timeout() - now) - 1
                     if left >= 1:
                         self.watchdog.shorten(left)
                 return
@@ -761,11 +820,13 @@ class Agent:
             if self._armed or not self._quarantined(now):
                 self._arm_and_feed(now)
 
-    def _fence(self, ls: Lockspace, now: float) -> None:
-        with self.lock:
+    def _fence(self, ls: JoinedLockspace, now: float) -> None:
+        """A failed lockspace: who of ours could still write under it is fenced
+        (``fencing.FencingDriver``); once nobody could, the lockspace is left."""
+        with self._lock:
             holders = [
                 c
-                for c in self.registry.clients.values()
+                for c in self._registry.clients.values()
                 if any(h.res.lockspace == ls.name for h in c.leases.values())
             ]
             # an acquisition in flight may still win its ballot: its holder is fenced too
@@ -773,34 +834,15 @@ class Agent:
             holders += [
                 c
                 for c, name in self._inflight
-                if name == ls.name and c not in holders and self.registry.alive(c)
+                if name == ls.name and c not in holders and self._registry.alive(c)
             ]
         if not holders:
             # nobody of ours can write under this lockspace any more: leave it, keep the node
-            with self.lock:
-                if self.lockspaces.get(ls.name) is ls:
-                    self.lockspaces.pop(ls.name)
+            with self._lock:
+                if self._lockspaces.get(ls.name) is ls:
+                    self._lockspaces.pop(ls.name)
             ls.stop(release=False, wait=False)  # the main loop never waits on storage
             self.event("lockspace_lost", lockspace=ls.name, error=ls.error)
             self.save()
             return
-        if ls.name not in self._fencing:
-            self._fencing.add(ls.name)
-            self.event("fencing", lockspace=ls.name, holders=[c.key for c in holders])
-        for client in holders:
-            if not self.registry.alive(client):
-                self._drop(client, ls.name)
-                continue
-            st = client.kill_state.setdefault(ls.name, {})
-            action = fencing.next_action(
-                now, ls.deadline(), self.cfg.grace, st, bool(client.kill_command)
-            )
-            if action.kind != fencing.WAIT:
-                self.event("fence", lockspace=ls.name, holder=client.key, action=action.kind)
-            fencing.apply(action, client, now, st)
-
-    def _drop(self, client: Client, lockspace: str) -> None:
-        with self.lock:
-            for label in [k for k, h in client.leases.items() if h.res.lockspace == lockspace]:
-                client.leases.pop(label)
-                self.event("dropped", lease=label, holder=client.key, reason="lockspace failed")
+        self._fencer.escalate(ls, holders, now)

@@ -19,9 +19,13 @@ import logging
 import os
 import signal
 import subprocess
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from vmlease_agent.core.holders import Client
+from vmlease_agent.core.holders import Client, ClientRegistry
+from vmlease_agent.core.lockspace import JoinedLockspace
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +98,44 @@ def apply(action: Action, client: Client, now: float, state: dict) -> None:
             os.kill(client.pid, sig)
     except ProcessLookupError:
         pass
+
+
+class FencingDriver:
+    """The escalation above, driven by the agent's main loop once per pass for each failed
+    lockspace that still has holders of ours: the kill command or SIGTERM, SIGKILL after the
+    grace, and the leases of a holder confirmed dead dropped WITHOUT disk I/O. Which holders to
+    fence, and leaving the lockspace once there are none, is the agent's decision."""
+
+    def __init__(
+        self,
+        registry: ClientRegistry,
+        lock: threading.RLock,
+        grace: float,
+        event: Callable[..., Any],
+    ) -> None:
+        self._registry = registry
+        self._lock = lock  # the agent's: client.leases changes under it
+        self._grace = grace
+        self._event = event
+        self._fencing: set[str] = set()  # lockspaces whose fencing was announced
+
+    def escalate(self, ls: JoinedLockspace, holders: Iterable[Client], now: float) -> None:
+        holders = list(holders)
+        if ls.name not in self._fencing:
+            self._fencing.add(ls.name)
+            self._event("fencing", lockspace=ls.name, holders=[c.key for c in holders])
+        for client in holders:
+            if not self._registry.alive(client):
+                self._drop(client, ls.name)
+                continue
+            st = client.kill_state.setdefault(ls.name, {})
+            action = next_action(now, ls.deadline(), self._grace, st, bool(client.kill_command))
+            if action.kind != WAIT:
+                self._event("fence", lockspace=ls.name, holder=client.key, action=action.kind)
+            apply(action, client, now, st)
+
+    def _drop(self, client: Client, lockspace: str) -> None:
+        with self._lock:
+            for label in [k for k, h in client.leases.items() if h.res.lockspace == lockspace]:
+                client.leases.pop(label)
+                self._event("dropped", lease=label, holder=client.key, reason="lockspace failed")

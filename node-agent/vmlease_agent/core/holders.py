@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vmlease_agent.core.snapshot import LeaseHolder, holder_kind
 from vmlease_agent.engine.paxos import Resource, Token
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class Client:
     pidfd: int = -1
     dead: bool = False
     kill_state: dict = field(default_factory=dict)  # fencing progress
+
+    def identity(self) -> LeaseHolder:
+        return LeaseHolder(self.key, holder_kind(self.key), self.pid, self.name, self.owner)
 
 
 class ClientRegistry:

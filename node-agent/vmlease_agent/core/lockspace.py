@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from vmlease_agent.core.snapshot import LockspaceSnapshot
 from vmlease_agent.engine import delta, errors, ondisk, paxos, timeouts
 from vmlease_agent.engine.clock import REAL_CLOCK, Aborted, Clock
 from vmlease_agent.engine.directio import Storage
@@ -80,8 +81,10 @@ class FireTimeoutTooLong(errors.LeaseError):
     )
 
 
-class Lockspace:
-    """Membership in one lockspace. ``on_change(lockspace)`` is called on state changes."""
+class JoinedLockspace:
+    """This node's membership in one lockspace (our delta lease on one host_id), not to be
+    confused with the Kubernetes object ``vmlease_api.models.Lockspace`` that may ask for it.
+    ``on_change(lockspace)`` is called on state changes."""
 
     def __init__(
         self,
@@ -89,7 +92,7 @@ class Lockspace:
         host_name: str,
         fire_timeout: int,
         clock: Clock = REAL_CLOCK,
-        on_change: Callable[[Lockspace], None] | None = None,
+        on_change: Callable[[JoinedLockspace], None] | None = None,
         identity: ondisk.Identity | None = None,
     ) -> None:
         if fire_timeout > cfg.promised_fire_timeout:
@@ -395,18 +398,18 @@ class Lockspace:
             )
         return rows
 
-    def describe(self) -> dict:
+    def snapshot(self) -> LockspaceSnapshot:
         now = self.clock.now()
-        return {
-            "name": self.name,
-            "host_id": self.cfg.host_id,
-            "path": self.cfg.path,
-            "offset": self.cfg.offset,
-            "io_timeout": self.cfg.io_timeout,
-            "generation": self.generation,
-            "state": self.state,
-            "error": self.error,
-            "last_renewal_ago": round(now - self.last_success, 1) if self.last_success else None,
-            "renewal_ms": round(self.renewal_ms, 2),
-            "deadline_in": round(self.deadline() - now, 1) if self.last_success else None,
-        }
+        return LockspaceSnapshot(
+            name=self.name,
+            host_id=self.cfg.host_id,
+            path=self.cfg.path,
+            offset=self.cfg.offset,
+            io_timeout=self.cfg.io_timeout,
+            generation=self.generation,
+            state=self.state,
+            error=self.error,
+            last_renewal_ago=round(now - self.last_success, 1) if self.last_success else None,
+            renewal_ms=round(self.renewal_ms, 2),
+            deadline_in=round(self.deadline() - now, 1) if self.last_success else None,
+        )

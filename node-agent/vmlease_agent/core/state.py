@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from vmlease_agent.core.holders import Client, HeldLease
-from vmlease_agent.core.lockspace import LIVE, Lockspace, LockspaceConfig
+from vmlease_agent.core.lockspace import LIVE, JoinedLockspace, LockspaceConfig
 from vmlease_agent.engine import ondisk, timeouts
 from vmlease_agent.engine.ondisk import Dblock, Leader, Sizes
 from vmlease_agent.engine.paxos import Resource, Token
@@ -100,7 +100,7 @@ def _lease_from(d: dict) -> HeldLease:
 
 
 def save(
-    run_dir: str, node: str, lockspaces: dict[str, Lockspace], clients: dict[str, Client]
+    run_dir: str, node: str, lockspaces: dict[str, JoinedLockspace], clients: dict[str, Client]
 ) -> None:
     doc = {
         "version": VERSION,
@@ -171,7 +171,7 @@ def load(run_dir: str, node: str) -> Saved:
                 d["pid"],
                 d["start_time"],
                 d["owner"],
-                _current_kill_command(d["kill_command"]),
+                current_kill_command(d["kill_command"]),
                 [_lease_from(x) for x in d["leases"]],
             )
         )
@@ -182,7 +182,7 @@ def load(run_dir: str, node: str) -> Saved:
 _MOVED_MODULES = {"vmlease_agent.libvirt_fence": "vmlease_agent.virt.fence"}
 
 
-def _current_kill_command(command: list[str] | None) -> list[str] | None:
+def current_kill_command(command: list[str] | None) -> list[str] | None:
     """A kill command saved before the modules moved (vmlease 0.1) runs the module's new path:
     a holder adopted across that upgrade must still be fenced through libvirt."""
     if command is None:

@@ -150,6 +150,16 @@ class LinuxWatchdog:
         # by any other open, and an ioctl or a 'V' must never reach that other file.
         self._lock = threading.Lock()
 
+    @property
+    def fd(self) -> int | None:
+        """The open device (None while closed)."""
+        return self._fd
+
+    @property
+    def timeout(self) -> int:
+        """The timeout the device runs with now, as the driver reported it (see ``shorten``)."""
+        return self._current
+
     def arm(self) -> None:
         with self._lock:
             if self._fd is None:

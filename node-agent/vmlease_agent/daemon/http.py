@@ -36,11 +36,11 @@ STATES = (local_ls.JOINING, local_ls.LIVE, local_ls.FAILED, local_ls.STOPPED)
 
 
 def healthy(agent: Agent) -> tuple[bool, str]:
-    loop = agent._loop
-    if loop is None or not loop.is_alive():
+    snap = agent.snapshot()
+    if not snap.loop_running:
         return False, "the agent's main loop is not running"
-    stale = agent.clock.now() - agent.last_tick
-    if agent.last_tick and stale > LOOP_STALE_SECONDS:
+    stale = snap.taken_at - snap.last_tick
+    if snap.last_tick and stale > LOOP_STALE_SECONDS:
         return False, f"the agent's main loop has not run for {stale:.0f} s"
     return True, "ok"
 
@@ -49,21 +49,21 @@ def ready(agent: Agent, sync: Any | None) -> tuple[bool, list[str]]:
     if sync is not None:
         return sync.readiness()
     missing = [
-        f"lockspace {d['name']}: {d['state']} {d['error']}".strip()
-        for d in agent.status()["lockspaces"]
-        if d["state"] != local_ls.LIVE
+        f"lockspace {ls.name}: {ls.state} {ls.error}".strip()
+        for ls in agent.snapshot().lockspaces
+        if ls.state != local_ls.LIVE
     ]
     return not missing, missing
 
 
 class AgentCollector(Collector):
-    """Metrics computed from ``Agent.status()`` at scrape time."""
+    """Metrics computed from ``Agent.snapshot()`` at scrape time."""
 
     def __init__(self, agent: Agent, sync: Any | None = None) -> None:
         self.agent, self.sync = agent, sync
 
     def collect(self) -> Iterator[Any]:
-        st = self.agent.status()
+        snap = self.agent.snapshot()
         latency = GaugeMetricFamily(
             "vmlease_delta_renewal_latency_seconds",
             "Duration of the last delta-lease renewal (read + write)",
@@ -84,34 +84,34 @@ class AgentCollector(Collector):
             "1 for the lockspace's current state",
             labels=["lockspace", "host_id", "state"],
         )
-        for ls in st["lockspaces"]:
-            name = ls["name"]
-            latency.add_metric([name], (ls["renewal_ms"] or 0) / 1000)
-            if ls["last_renewal_ago"] is not None:
-                age.add_metric([name], ls["last_renewal_ago"])
-            if ls["deadline_in"] is not None:
-                deadline.add_metric([name], ls["deadline_in"])
+        for ls in snap.lockspaces:
+            name = ls.name
+            latency.add_metric([name], (ls.renewal_ms or 0) / 1000)
+            if ls.last_renewal_ago is not None:
+                age.add_metric([name], ls.last_renewal_ago)
+            if ls.deadline_in is not None:
+                deadline.add_metric([name], ls.deadline_in)
             for s in STATES:
-                state.add_metric([name, str(ls["host_id"]), s], 1.0 if ls["state"] == s else 0.0)
+                state.add_metric([name, str(ls.host_id), s], 1.0 if ls.state == s else 0.0)
         held = GaugeMetricFamily(
             "vmlease_leases_held", "Leases held on this node", labels=["lockspace", "mode"]
         )
         counts: dict[tuple[str, str], int] = {}
-        for lease in st["leases"]:
-            key = (lease["lockspace"], "shared" if lease["shared"] else "exclusive")
+        for lease in snap.leases:
+            key = (lease.lockspace, "shared" if lease.shared else "exclusive")
             counts[key] = counts.get(key, 0) + 1
         for (name, mode), n in sorted(counts.items()):
             held.add_metric([name, mode], n)
         armed = GaugeMetricFamily(
             "vmlease_watchdog_armed", "1 while the watchdog is armed (something is held)"
         )
-        armed.add_metric([], 1.0 if st["watchdog"]["armed"] else 0.0)
+        armed.add_metric([], 1.0 if snap.watchdog.armed else 0.0)
         feed = GaugeMetricFamily(
             "vmlease_watchdog_last_feed_age_seconds",
             "Seconds since the watchdog was last fed (absent while it is disarmed)",
         )
-        if st["watchdog"]["last_feed_ago"] is not None:
-            feed.add_metric([], st["watchdog"]["last_feed_ago"])
+        if snap.watchdog.last_feed_ago is not None:
+            feed.add_metric([], snap.watchdog.last_feed_ago)
         yield from (latency, age, deadline, state, held, armed, feed)
         if self.sync is not None:
             errors = CounterMetricFamily(

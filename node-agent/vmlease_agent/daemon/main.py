@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: signalled.append(signum))
     for ls_cfg in wanted:
-        if ls_cfg.name not in agent.lockspaces:
+        if agent.snapshot().lockspace(ls_cfg.name) is None:
             try:
                 agent.add_lockspace(ls_cfg, wait=False)
             except errors.LeaseError as e:

@@ -46,6 +46,7 @@ from vmlease_api.models import (
 from vmlease_api.selector import matches
 
 from vmlease_agent.core import lockspace as local_ls
+from vmlease_agent.core.snapshot import LockspaceSnapshot
 
 JOINED, RENEWING = "Joined", "Renewing"
 
@@ -114,7 +115,7 @@ def my_hostid(records: Iterable[HostIdRecord], lockspace: str, node: str) -> Hos
 
 @dataclass(frozen=True)
 class Local:
-    """One lockspace as the local agent holds it (``Lockspace.describe()``)."""
+    """One lockspace as the local agent holds it (``JoinedLockspace.snapshot()``)."""
 
     name: str
     host_id: int
@@ -125,15 +126,15 @@ class Local:
     renewal_ms: float = 0.0
 
     @classmethod
-    def from_describe(cls, d: Mapping[str, Any]) -> Local:
+    def of(cls, ls: LockspaceSnapshot) -> Local:
         return cls(
-            name=d["name"],
-            host_id=d["host_id"],
-            state=d["state"],
-            generation=d.get("generation") or 0,
-            error=d.get("error") or "",
-            last_renewal_ago=d.get("last_renewal_ago"),
-            renewal_ms=d.get("renewal_ms") or 0.0,
+            name=ls.name,
+            host_id=ls.host_id,
+            state=ls.state,
+            generation=ls.generation,
+            error=ls.error,
+            last_renewal_ago=ls.last_renewal_ago,
+            renewal_ms=ls.renewal_ms,
         )
 
     @property

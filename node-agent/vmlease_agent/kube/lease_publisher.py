@@ -10,13 +10,14 @@ holders whose release happened while the agent or the API server was away.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import ValidationError
 from vmlease_api.models import DiskLease, DiskLeaseStatus, Lockspace
 from vmlease_api.patch import merge_patch
 
+from vmlease_agent.core.snapshot import LeaseSnapshot
 from vmlease_agent.kube import lease_status
 from vmlease_agent.kube.api import DISKLEASES, Conflict, KubeApi, NotFound
 from vmlease_agent.kube.decisions import utc
@@ -48,11 +49,11 @@ class LeasePublisher:
 
     def publish(
         self,
-        leases: Iterable[Mapping[str, Any]],
+        leases: Iterable[LeaseSnapshot],
         lockspace: Callable[[str], Lockspace | None],
         mono: float,
     ) -> None:
-        """Bring every DiskLease in line with ``leases`` (``Agent.status()["leases"]``).
+        """Bring every DiskLease in line with ``leases`` (``Agent.snapshot().leases``).
         Raises kube_api.Unavailable when the API server is away (the caller backs off)."""
         views, skipped = lease_status.held_views(leases, self.node)
         for label in skipped:

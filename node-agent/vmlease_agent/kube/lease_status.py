@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from vmlease_api.models import (
     ObjectMeta,
 )
 
+from vmlease_agent.core.snapshot import LeaseSnapshot
 from vmlease_agent.kube.decisions import put_condition, relative_path, resolve_path, utc
 
 HELD, SYNCED = "Held", "Synced"
@@ -60,31 +61,29 @@ class HeldView:
         return (self.lver, self.shared, tuple(h.model_dump_json() for h in self.holders))
 
 
-def held_views(
-    leases: Iterable[Mapping[str, Any]], node: str
-) -> tuple[dict[str, HeldView], list[str]]:
-    """The agent's leases (``Agent.status()["leases"]``) grouped by DiskLease name, and the
+def held_views(leases: Iterable[LeaseSnapshot], node: str) -> tuple[dict[str, HeldView], list[str]]:
+    """The agent's leases (``Agent.snapshot().leases``) grouped by DiskLease name, and the
     labels of leases whose names cannot be object names (no DiskLease is possible for them)."""
-    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    grouped: dict[str, list[LeaseSnapshot]] = {}
     skipped = []
     for lease in leases:
-        name = naming.disklease_name(lease["lockspace"], lease["resource"])
-        if not _object_name_ok(lease["lockspace"], lease["resource"]):
-            skipped.append(lease["lease"])
+        name = naming.disklease_name(lease.lockspace, lease.resource)
+        if not _object_name_ok(lease.lockspace, lease.resource):
+            skipped.append(lease.lease)
             continue
         grouped.setdefault(name, []).append(lease)
     views = {}
     for name, items in grouped.items():
-        items = sorted(items, key=lambda x: (x.get("since") or 0, str(x.get("holder"))))
+        items = sorted(items, key=lambda x: (x.since or 0, x.holder.key))
         first = items[0]
         views[name] = HeldView(
             name=name,
-            lockspace=first["lockspace"],
-            resource=first["resource"],
-            path=first["path"],
-            offset=first["offset"],
-            lver=max(int(x["lver"]) for x in items),
-            shared=bool(first["shared"]),
+            lockspace=first.lockspace,
+            resource=first.resource,
+            path=first.path,
+            offset=first.offset,
+            lver=max(x.lver for x in items),
+            shared=first.shared,
             holders=tuple(_holder(x, node) for x in items),
         )
     return views, skipped
@@ -98,18 +97,16 @@ def _object_name_ok(lockspace: str, resource: str) -> bool:
     return all(len(p) <= 48 and _NAME.match(p) for p in (lockspace, resource))
 
 
-def _holder(lease: Mapping[str, Any], node: str) -> Holder:
-    key = str(lease.get("holder") or "")
-    domain = (lease.get("owner") or None) if key.startswith("libvirt:") else None
-    since = lease.get("since")
+def _holder(lease: LeaseSnapshot, node: str) -> Holder:
+    who = lease.holder
     return Holder(
         node=node,
-        host_id=int(lease["host_id"]),
-        generation=lease.get("generation"),
-        pid=lease.get("pid") or None,
-        process=(lease.get("owner") or lease.get("process") or None) if not domain else None,
-        domain=domain,
-        since=utc(since) if since else None,
+        host_id=lease.host_id,
+        generation=lease.generation,
+        pid=who.pid or None,
+        process=(who.shown_as or None) if who.domain is None else None,
+        domain=who.domain,
+        since=utc(lease.since) if lease.since else None,
     )
 
 

@@ -24,14 +24,13 @@ What it writes, and when (rates are per node):
     are created when first held.
 
 The decisions are plain functions in ``kube_logic``; this module is the loop that feeds them.
+Joining and leaving lockspaces (membership) is ``membership``; status is written from here and
+by the publishers (``hostid_publisher``, ``lease_publisher``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -41,30 +40,26 @@ from pydantic import ValidationError
 from vmlease_api import naming
 from vmlease_api.allocation import HostIdRecord
 from vmlease_api.models import (
-    ALIGN_BYTES,
     HostState,
     Lockspace,
 )
 
 from vmlease_agent.core import lockspace as local_ls
 from vmlease_agent.core.agent import Agent
-from vmlease_agent.core.lockspace import LockspaceConfig
 from vmlease_agent.engine import errors
 from vmlease_agent.kube import decisions as kube_logic
-from vmlease_agent.kube import formatting as kube_format
 from vmlease_agent.kube.api import (
     HOSTIDS,
     LOCKSPACES,
     NODES,
-    Conflict,
     KubeApi,
-    Refused,
     Unavailable,
 )
-from vmlease_agent.kube.decisions import Decision, Local, Step
+from vmlease_agent.kube.decisions import Local, Step
 from vmlease_agent.kube.hostid_publisher import HostIdPublisher
 from vmlease_agent.kube.informer import Backoff, Informer
 from vmlease_agent.kube.lease_publisher import LeasePublisher
+from vmlease_agent.kube.membership import LockspaceMembership, local_condition
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +74,6 @@ POLL_SECONDS = 1.0
 #: A full check of every DiskLease naming this node (one list), to clear ones whose release
 #: happened while the agent or the API server was down.
 DISKLEASE_RESYNC_SECONDS = 600.0
-#: First and longest pause between join attempts of one lockspace after a failed join.
-JOIN_RETRY_SECONDS, JOIN_RETRY_MAX_SECONDS = 5.0, 60.0
-#: Pause after a failed format before the next attempt (the area or the path needs fixing).
-FORMAT_RETRY_SECONDS = 30.0
-#: How many read-modify-write rounds the formatted mark tries before leaving it to the next pass.
-CONFLICT_ROUNDS = 3
-MANAGED_FILE = "kube-lockspaces.json"
 #: Joined reasons that say more than the local lockspace state does.
 _STICKY = ("LeaveBlocked", Step.CONFLICT.value)
 
@@ -126,20 +114,24 @@ class KubeSync:
             label_selector=f"{naming.LABEL_NODE}={naming.node_label_value(cfg.node)}",
             on_change=wake,
         )
-        self.managed: set[str] = self._load_managed()
-        self.conditions: dict[str, tuple[bool, str, str]] = {}
         self.wanted_names: set[str] | None = None
         self.last_pass = 0.0
         self.api_errors = 0
         self._backoff = Backoff()
         self._api_retry_at = 0.0
-        self._join_at: dict[str, float] = {}
-        self._join_delay: dict[str, float] = {}
-        self._format_at: dict[str, float] = {}
         self._report_at: dict[str, float] = {}
-        self._left: dict[str, int] = {}
-        self._claims: set[str] = set()
         self._said: set[str] = set()
+        self.membership = LockspaceMembership(
+            agent,
+            api,
+            cfg.node,
+            cfg.shared_dir,
+            cfg.run_dir,
+            self.lockspaces,
+            wall,
+            self._say_once,
+            api_ready=lambda mono: mono >= self._api_retry_at,
+        )
         self.hostid_status = HostIdPublisher(
             api, cfg.node, self.hostids, wall, cfg.status_interval, self._say_once
         )
@@ -197,13 +189,13 @@ class KubeSync:
     def pass_once(self) -> None:
         mono = self.monotonic()
         self.last_pass = mono
-        status = self.agent.status()
-        local = {d["name"]: Local.from_describe(d) for d in status["lockspaces"]}
-        leases = status["leases"]
+        snap = self.agent.snapshot()
+        local = {ls.name: Local.of(ls) for ls in snap.lockspaces}
+        leases = snap.leases
         records = self._records()
         synced = all(i.synced.is_set() for i in self.informers)
         wanted: dict[str, Lockspace] = {}
-        self._claims.clear()
+        self.membership.new_pass()
         if synced:
             wanted = kube_logic.wanted(self._lockspace_models(), self._node_labels())
             self.wanted_names = set(wanted)
@@ -212,9 +204,9 @@ class KubeSync:
                 decision = kube_logic.decide(
                     ls, hostid, local.get(name), self.cfg.node, self.cfg.fire_timeout
                 )
-                self._act(ls, decision, local.get(name), mono)
-            self._leave(wanted, local, leases)
-            local = {d["name"]: Local.from_describe(d) for d in self.agent.status()["lockspaces"]}
+                self.membership.act(ls, decision, local.get(name), mono)
+            self.membership.leave(wanted, local, leases)
+            local = {ls.name: Local.of(ls) for ls in self.agent.snapshot().lockspaces}
         if mono < self._api_retry_at:
             return
         try:
@@ -266,164 +258,6 @@ class KubeSync:
             self._said.add(key)
             log.warning("%s", message)
 
-    # ---- joining --------------------------------------------------------------------------------
-
-    def _act(self, ls: Lockspace, d: Decision, local: Local | None, mono: float) -> None:
-        name = ls.metadata.name
-        if d.step == Step.JOINED:
-            if d.hostid is not None and name not in self.managed:
-                self._manage(name, True)
-            self._left.pop(name, None)
-            self.conditions[name] = self._local_condition(local)
-            if local is not None and local.state == local_ls.LIVE:
-                self._join_delay.pop(name, None)
-        elif d.step == Step.JOIN:
-            self._join(ls, d.hostid, local, mono)
-        elif d.step == Step.FORMAT:
-            self._format(ls, d.hostid, mono)
-        elif d.step == Step.CLAIM:
-            self._claims.add(name)
-            self.conditions[name] = (False, "Claimed", "claimed; waiting for the format")
-        else:
-            self.conditions[name] = (False, d.step.value, d.message)
-            if d.step in (Step.REFUSED, Step.CONFLICT):
-                self._say_once(f"{d.step}:{name}", d.message)
-
-    def _local_condition(self, local: Local | None) -> tuple[bool, str, str]:
-        if local is None:
-            return (False, "NotJoined", "not joined")
-        if local.state == local_ls.LIVE:
-            return (True, "Joined", f"host_id {local.host_id}, generation {local.generation}")
-        if local.state == local_ls.FAILED:
-            return (False, "Failed", local.error or "renewals failed")
-        if local.state == local_ls.STOPPED:
-            return (False, "JoinFailed", f"{local.error}; the agent retries")
-        return (
-            False,
-            "Joining",
-            "acquiring the delta lease (2N; 8N+W when another host name held it)",
-        )
-
-    def _join(
-        self, ls: Lockspace, hostid: HostIdRecord | None, local: Local | None, mono: float
-    ) -> None:
-        assert hostid is not None
-        name = ls.metadata.name
-        if local is not None and local.state == local_ls.STOPPED:
-            self.conditions[name] = self._local_condition(local)
-        if mono < self._join_at.get(name, 0.0):
-            return
-        delay = self._join_delay.get(name, JOIN_RETRY_SECONDS / 2) * 2
-        self._join_delay[name] = min(JOIN_RETRY_MAX_SECONDS, delay)
-        self._join_at[name] = mono + self._join_delay[name]
-        spec = ls.spec
-        cfg = LockspaceConfig(
-            name,
-            hostid.host_id,
-            kube_logic.resolve_path(self.cfg.shared_dir, spec.path),
-            spec.offset,
-            spec.io_timeout_seconds,
-            # every host of a Kubernetes Lockspace agrees to judge us by its promise
-            promised_fire_timeout=spec.watchdog_fire_timeout_seconds,
-        )
-        self._manage(name, True)
-        self._left.pop(name, None)
-        try:
-            self.agent.add_lockspace(cfg, wait=False)
-        except errors.LeaseError as error:
-            self.conditions[name] = (False, "JoinFailed", str(error))
-            log.error("joining lockspace %s failed: %s", name, error)
-            return
-        self.conditions[name] = self._local_condition(
-            Local(name, hostid.host_id, local_ls.JOINING, 0)
-        )
-        log.info("joining lockspace %s with host_id %d (%s)", name, hostid.host_id, cfg.spec)
-
-    def _format(self, ls: Lockspace, hostid: HostIdRecord | None, mono: float) -> None:
-        assert hostid is not None
-        name, spec = ls.metadata.name, ls.spec
-        if mono < self._format_at.get(name, 0.0):
-            return
-        geometry = kube_format.Geometry(
-            name=name,
-            path=kube_logic.resolve_path(self.cfg.shared_dir, spec.path),
-            offset=spec.offset,
-            sector_size=spec.sector_size,
-            align_bytes=ALIGN_BYTES[spec.align_size],
-            io_timeout=spec.io_timeout_seconds,
-        )
-        try:
-            outcome = kube_format.format_or_adopt(geometry)
-        except (errors.LeaseError, OSError) as error:
-            self._format_at[name] = mono + FORMAT_RETRY_SECONDS
-            self.conditions[name] = (False, "FormatFailed", f"formatting {geometry.path}: {error}")
-            log.error("formatting lockspace %s at %s failed: %s", name, geometry.path, error)
-            return
-        verb = "formatted" if outcome == kube_format.FORMATTED else "found already formatted"
-        log.info(
-            "%s lockspace %s at %s:%d (host_id %d)",
-            verb,
-            name,
-            geometry.path,
-            geometry.offset,
-            hostid.host_id,
-        )
-        self.conditions[name] = (False, "Formatted", f"{verb} by this node; joining next")
-        if mono >= self._api_retry_at:
-            with contextlib.suppress(Unavailable, Refused):
-                self._mark_formatted(name)
-
-    def _mark_formatted(self, name: str) -> None:
-        """Set status.formatted (and drop the request), re-reading on conflicts."""
-        for _ in range(CONFLICT_ROUNDS):
-            obj = self.api.get(LOCKSPACES, name)
-            status = obj.get("status") or {}
-            if status.get("formatted"):
-                return
-            patch = {
-                "formatted": True,
-                "formattedBy": self.cfg.node,
-                "formattedAt": _iso(self.wall()),
-                "formatRequest": None,
-            }
-            try:
-                new = self.api.patch_status(
-                    LOCKSPACES, name, patch, obj["metadata"]["resourceVersion"]
-                )
-            except Conflict:
-                continue
-            self.lockspaces.apply("MODIFIED", new)
-            return
-
-    def _leave(
-        self, wanted: dict[str, Lockspace], local: dict[str, Local], leases: list[dict]
-    ) -> None:
-        joined = [n for n, item in local.items() if item.active]
-        for name in kube_logic.to_leave(self.managed, joined, wanted):
-            users = sorted({str(x["holder"]) for x in leases if x["lockspace"] == name})
-            if users:
-                self.conditions[name] = (
-                    True,
-                    "LeaveBlocked",
-                    f"no Lockspace selects node {self.cfg.node} any more, but "
-                    f"{', '.join(users)} hold leases in it: the agent leaves once they are "
-                    f"released",
-                )
-                continue
-            host_id = local[name].host_id
-            try:
-                self.agent.rem_lockspace(name)
-            except errors.LeaseError as error:
-                log.warning("leaving lockspace %s failed: %s", name, error)
-                continue
-            log.info("left lockspace %s (host_id %d): no longer selected", name, host_id)
-            self._manage(name, False)
-            self._left[name] = host_id
-            self.conditions[name] = (False, "Left", f"node {self.cfg.node} is no longer selected")
-        for name in list(self.managed):
-            if name not in local and name not in wanted:
-                self._manage(name, False)
-
     # ---- HostId status --------------------------------------------------------------------------
 
     def _write_own_status(
@@ -433,21 +267,22 @@ class KubeSync:
         records: list[HostIdRecord],
         mono: float,
     ) -> None:
-        names = set(wanted) | (self.managed & set(local)) | set(self._left)
+        joins = self.membership
+        names = set(wanted) | (joins.managed & set(local)) | set(joins.left)
         for name in sorted(names):
             item = local.get(name)
-            left = self._left.get(name)
+            left = joins.left.get(name)
             host_id = item.host_id if item is not None else left
             record = self._record_for(records, name, host_id)
             if record is None:
                 if left is not None:
-                    self._left.pop(name, None)  # nothing to tell: the HostId is gone
+                    joins.forget_left(name)  # nothing to tell: the HostId is gone
                 continue
             condition = self._condition(name, item)
             if not record.claimed:
                 # claim only when the decision says so: a node that refuses the lockspace (its
                 # watchdog is too slow) must not be chosen to format it
-                if name in self._claims:
+                if name in joins.claims:
                     self.hostid_status.claim(record, condition, mono)
                 elif name in wanted:
                     self.hostid_status.note(record, condition, mono)
@@ -461,15 +296,15 @@ class KubeSync:
             if self.hostid_status.write(record, state, item, condition, mono) and (
                 state == HostState.FREE
             ):
-                self._left.pop(name, None)
+                joins.forget_left(name)
 
     def _condition(self, name: str, item: Local | None) -> tuple[bool, str, str]:
         """The Joined condition: the local lockspace's own state once there is one (it changes
         between passes), unless the decision has more to say (a blocked leave, a conflict)."""
-        decided = self.conditions.get(name)
+        decided = self.membership.conditions.get(name)
         if decided is not None and (item is None or decided[1] in _STICKY):
             return decided
-        return self._local_condition(item)
+        return local_condition(item)
 
     def _record_for(
         self, records: Iterable[HostIdRecord], name: str, host_id: int | None
@@ -485,7 +320,7 @@ class KubeSync:
 
     def _report_peers(self, local: dict[str, Local], mono: float) -> None:
         for name, item in local.items():
-            if name not in self.managed or item.state != local_ls.LIVE:
+            if name not in self.membership.managed or item.state != local_ls.LIVE:
                 continue
             if mono < self._report_at.get(name, 0.0):
                 continue
@@ -513,37 +348,12 @@ class KubeSync:
         """Ready when every Lockspace that selects this node is joined and live."""
         if self.wanted_names is None:
             return False, ["waiting for the first list of Lockspaces, this Node and its HostIds"]
-        local = {d["name"]: d for d in self.agent.status()["lockspaces"]}
+        snap = self.agent.snapshot()
         missing = []
         for name in sorted(self.wanted_names):
-            state = local.get(name, {}).get("state")
+            joined = snap.lockspace(name)
+            state = joined.state if joined is not None else None
             if state != local_ls.LIVE:
-                _, reason, message = self.conditions.get(name, (False, "NotJoined", ""))
+                _, reason, message = self.membership.conditions.get(name, (False, "NotJoined", ""))
                 missing.append(f"lockspace {name}: {state or 'not joined'} ({reason}: {message})")
         return not missing, missing
-
-    # ---- managed lockspaces ---------------------------------------------------------------------
-
-    def _load_managed(self) -> set[str]:
-        try:
-            with open(os.path.join(self.cfg.run_dir, MANAGED_FILE)) as f:
-                return set(json.load(f)["lockspaces"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return set()
-
-    def _manage(self, name: str, on: bool) -> None:
-        """Remember which lockspaces were joined for Kubernetes, across agent restarts: one
-        whose Lockspace was deleted while the agent was down must still be left."""
-        before = set(self.managed)
-        (self.managed.add if on else self.managed.discard)(name)
-        if self.managed == before:
-            return
-        path = os.path.join(self.cfg.run_dir, MANAGED_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"lockspaces": sorted(self.managed)}, f)
-        os.replace(tmp, path)
-
-
-def _iso(ts: float) -> str:
-    return kube_logic.utc(ts).isoformat().replace("+00:00", "Z")

@@ -124,8 +124,7 @@ class Handlers:
         return self.agent.status()
 
     def events(self, req: dict, uid: int) -> object:
-        with self.agent.lock:
-            return list(self.agent.events)
+        return self.agent.recent_events()
 
     def host_status(self, req: dict, uid: int) -> object:
         name = str(_require(req, "lockspace", str)).split(":")[0]

@@ -21,7 +21,7 @@ import time
 
 from vmlease_agent.engine import timeouts
 from vmlease_agent.engine.errors import LeaseError
-from vmlease_agent.sim.node import SimNode, _bin
+from vmlease_agent.sim.node import SimNode, script_path
 
 N = 1  # io_timeout
 W = 10  # watchdog fire timeout
@@ -77,7 +77,7 @@ def main() -> int:
 
 def run(work: str, nodes: list[SimNode]) -> int:
     ls_path, disk_lease = os.path.join(work, "lockspace"), os.path.join(work, "vm1.lease")
-    vmlease = _bin("vmlease")
+    vmlease = script_path("vmlease")
     for path in (ls_path, disk_lease):
         with open(path, "wb") as f:
             f.truncate(1024 * 1024)

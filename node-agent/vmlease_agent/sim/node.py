@@ -22,7 +22,7 @@ from vmlease_agent.rpc.client import AgentClient
 from vmlease_agent.sim.watchdog_harness import spawn_harness
 
 
-def _bin(name: str) -> str:
+def script_path(name: str) -> str:
     """A console script next to the running interpreter (the venv), else on PATH."""
     local = os.path.join(os.path.dirname(sys.executable), name)
     return local if os.path.exists(local) else name
@@ -65,7 +65,7 @@ class SimNode:
         and, once, the watchdog harness for it."""
         os.makedirs(self.run_dir, exist_ok=True)
         cmd = [
-            _bin("vmlease-agent"),
+            script_path("vmlease-agent"),
             "--run-dir",
             self.run_dir,
             "--node-name",
@@ -119,7 +119,7 @@ class SimNode:
         self, resources: list[str], argv: list[str], owner: str = ""
     ) -> subprocess.Popen:
         """Run ``argv`` on this node holding ``resources`` (``vmlease client command``)."""
-        cmd = [_bin("vmlease"), "client", "--run-dir", self.run_dir, "command"]
+        cmd = [script_path("vmlease"), "client", "--run-dir", self.run_dir, "command"]
         if owner:
             cmd += ["--owner", owner]
         for r in resources:

@@ -244,11 +244,10 @@ class LibvirtWatcher:
             self._report(name, uuid, state, (f"cannot compute its leases: {e}",))
             return
         wants = plan(self.cfg, leases)
-        with self.agent.lock:
-            client = self.agent.registry.clients.get(key)
-            held = set(client.leases) if client is not None else set()
-            bound = client.pid if client is not None else 0
-            fenced = bool(client.kill_command) if client is not None else False
+        holder = self.agent.holder(key)
+        held = set(holder.labels) if holder is not None else set()
+        bound = holder.holder.pid if holder is not None else 0
+        fenced = bool(holder.kill_command) if holder is not None else False
         if held:
             pid = self._qemu_pid(name)
             if not bound and pid:
@@ -299,16 +298,16 @@ class LibvirtWatcher:
 
     def _release_stale(self, running: set[str]) -> None:
         now = time.time()
-        with self.agent.lock:
-            stale = [
-                c.key
-                for c in self.agent.registry.clients.values()
-                if c.key.startswith(KEY_PREFIX)
-                and c.key[len(KEY_PREFIX) :] not in running
-                and c.pid == 0
-                and c.leases
-                and all(now - h.since > self.stale_after for h in c.leases.values())
-            ]
+        stale = [
+            h.key
+            for h in self.agent.snapshot().holders
+            if not h.exiting
+            and h.key.startswith(KEY_PREFIX)
+            and h.key[len(KEY_PREFIX) :] not in running
+            and h.holder.pid == 0
+            and h.leases
+            and all(now - x.since > self.stale_after for x in h.leases)
+        ]
         for key in stale:
             try:
                 released = self.agent.release(key, None)
