@@ -188,3 +188,13 @@ def test_start_needs_the_flag_and_reports_a_bad_config_without_stopping_the_agen
     args = argparse.Namespace(libvirt="qemu:///system", libvirt_config=str(bad))
     assert libvirt_events.start(args, agent) is None
     assert "is not a known setting" in agent.kinds("libvirt_unavailable")[0]["error"]
+
+
+def test_the_hooks_holder_key_is_what_the_agent_calls_a_domain():
+    """virt.plan names a domain's placeholder (the hook cannot afford to import core); the agent's
+    snapshot tells a domain from a process by the same prefix: one rule, two copies, pinned."""
+    from vmlease_agent.core.snapshot import DOMAIN_KEY_PREFIX, holder_kind
+    from vmlease_agent.virt.plan import KEY_PREFIX, holder_key
+
+    assert KEY_PREFIX == DOMAIN_KEY_PREFIX
+    assert holder_kind(holder_key("9f1c0e4a-0000-4000-8000-000000000001")) == "domain"

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from vmlease_agent.core.snapshot import LockspaceSnapshot
-from vmlease_agent.engine import delta, errors, ondisk, paxos, timeouts
+from vmlease_agent.engine import SANLK_RENEW_OWNER, delta, errors, ondisk, paxos, timeouts
 from vmlease_agent.engine.clock import REAL_CLOCK, Aborted, Clock
 from vmlease_agent.engine.directio import Storage
 from vmlease_agent.engine.ondisk import Leader
@@ -38,7 +38,7 @@ RENEW_RETRY_SECONDS = 0.5
 
 
 class ResumeExpired(errors.LeaseError):
-    code = -260
+    code = SANLK_RENEW_OWNER
     template = (
         "lockspace {lockspace}: our host_id {host_id} lease was last renewed {ago:.0f}s ago, past "
         "its {limit}s deadline while the agent was down; other hosts may own our leases now, so "

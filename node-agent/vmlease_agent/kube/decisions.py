@@ -1,7 +1,7 @@
 """The agent's Kubernetes mode as plain decisions: no I/O, no clock, no client library.
 
 ``kube_sync`` feeds these functions what its watches and the local agent show and carries out
-what they return. The protocol with the operator (``vmlease_operator.allocator``,
+what they return. The protocol with the operator (``vmlease_operator.hostid_writes``,
 ``vmlease_operator.formatting``) as seen from a node:
 
 1. **Which lockspaces.** A Lockspace is *wanted* while its ``spec.nodeSelector`` matches this

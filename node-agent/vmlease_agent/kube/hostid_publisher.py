@@ -1,7 +1,7 @@
 """Writing HostId status: this node's own ids, and other nodes' ids as read on disk.
 
 Own ids: the claim is the only write with a resourceVersion precondition (it is what orders the
-agent against the operator's removal of unclaimed extras, see ``vmlease_operator.allocator``);
+agent against the operator's removal of unclaimed extras, see ``vmlease_operator.hostid_writes``);
 later writes are merge patches of fields only this node's agent writes, rate-limited by
 ``kube_logic.WriteGate`` so that renewals never become API writes. Other nodes' ids: written by
 one reporter per lockspace, each guarded by the resourceVersion it was decided on, so a node that

@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 from vmlease_agent.core.agent import Agent
 from vmlease_agent.core.holders import process_uid
 from vmlease_agent.core.lockspace import LockspaceConfig
-from vmlease_agent.engine import errors, leasespec, timeouts
+from vmlease_agent.engine import SANLK_ERROR, errors, leasespec, timeouts
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,8 @@ def handle_line(handlers: Handlers, line: bytes, uid: int) -> dict:
         }
     except Exception as e:  # a bug must not take the daemon down
         log.exception("request failed")
-        return {"ok": False, "error": {"code": -201, "name": type(e).__name__, "message": str(e)}}
+        error = {"code": SANLK_ERROR, "name": type(e).__name__, "message": str(e)}
+        return {"ok": False, "error": error}
 
 
 class _Handler(socketserver.StreamRequestHandler):

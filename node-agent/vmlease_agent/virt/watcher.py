@@ -302,7 +302,7 @@ class LibvirtWatcher:
             h.key
             for h in self.agent.snapshot().holders
             if not h.exiting
-            and h.key.startswith(KEY_PREFIX)
+            and h.holder.kind == "domain"
             and h.key[len(KEY_PREFIX) :] not in running
             and h.holder.pid == 0
             and h.leases
