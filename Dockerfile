@@ -44,6 +44,7 @@ COPY hack/image/requirements.txt /tmp/requirements.txt
 RUN pip install --require-hashes --no-deps -r /tmp/requirements.txt
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY api api
 COPY node-agent node-agent
 COPY operator operator
 RUN pip install --no-deps . \

@@ -21,21 +21,24 @@ envtest-tools:
 
 # Regenerates crds/*.yaml from the pydantic models (tests/unit/test_crds.py fails on drift).
 crds:
-	$(PY) -m vmlease_operator.api.gen
+	$(PY) -m vmlease_api.gen
 
-lint: deps
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check node-agent operator tests bench
+# Style, types (mypy, product code) and the house's import boundaries (pyproject.toml contracts).
+LINT = $(PY) -m ruff check . && $(PY) -m ruff format --check api node-agent operator tests bench \
+	&& $(PY) -m mypy && .venv/bin/lint-imports
+
+lint: core
+	$(LINT)
 
 test: deps
-	$(PY) -m ruff check .
+	$(LINT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: deps
 	$(PY) -m pytest -m "not interop and not libvirt and not envtest and not e2e" $(PYTEST_ARGS)
 
 demo: core
-	$(PY) -m vmlease_agent.demo
+	$(PY) -m vmlease_agent.sim.demo
 
 bench: core
 	$(PY) bench/run.py

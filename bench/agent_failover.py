@@ -24,9 +24,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from sanlockd import SanlockDaemon, SanlockError, sanlock_skip_reason  # noqa: E402
-from vmlease_agent.client import AgentClient  # noqa: E402
 from vmlease_agent.engine import timeouts  # noqa: E402
-from vmlease_agent.simnode import SimNode, _bin  # noqa: E402
+from vmlease_agent.rpc.client import AgentClient  # noqa: E402
+from vmlease_agent.sim.node import SimNode, script_path  # noqa: E402
 
 
 def init_files(work: str, n: int) -> tuple[str, str]:
@@ -35,7 +35,7 @@ def init_files(work: str, n: int) -> tuple[str, str]:
     for p in (ls, res):
         with open(p, "wb") as f:
             f.truncate(1 << 20)
-    vm = _bin("vmlease")
+    vm = script_path("vmlease")
     subprocess.run(
         [vm, "direct", "init", "-s", f"B:0:{ls}:0", "-o", str(n)], check=True, capture_output=True
     )

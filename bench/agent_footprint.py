@@ -18,10 +18,10 @@ import sys
 import tempfile
 import time
 
-from vmlease_agent.client import AgentClient
 from vmlease_agent.engine import paxos
 from vmlease_agent.engine.directio import Storage
 from vmlease_agent.engine.ondisk import MiB, Sizes
+from vmlease_agent.rpc.client import AgentClient
 
 S512 = Sizes(512, MiB)
 

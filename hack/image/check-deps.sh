@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 "$PYTHON" -m venv "$WORK/venv"
 PIP="$WORK/venv/bin/pip"
 "$PIP" install --quiet --require-hashes --no-deps -r hack/image/requirements.txt
-cp -r pyproject.toml README.md node-agent operator "$WORK/"
+cp -r pyproject.toml README.md api node-agent operator "$WORK/"
 find "$WORK" -name '*.egg-info' -prune -exec rm -rf {} +
 "$PIP" install --quiet --no-deps "$WORK"
 "$PIP" check

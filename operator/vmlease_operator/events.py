@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmlease_operator.allocation import HostIdRecord
-from vmlease_operator.api.models import HostState, LeasePhase
+from vmlease_api.allocation import HostIdRecord
+from vmlease_api.models import HostState, LeasePhase
 
 NORMAL, WARNING = "Normal", "Warning"
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable
 
-from vmlease_operator.allocation import HostIdRecord
-from vmlease_operator.api.models import FormatRequest, LockspaceStatus
+from vmlease_api.allocation import HostIdRecord
+from vmlease_api.models import FormatRequest, LockspaceStatus
 
 
 def format_request(

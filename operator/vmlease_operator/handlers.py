@@ -24,18 +24,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
-from vmlease_agent.libvirt_domain import disk_resource_name
+from vmlease_api import GROUP, VERSION, naming
+from vmlease_api.allocation import HostIdRecord, LockspaceFull, ReleaseClock
+from vmlease_api.conditions import now
+from vmlease_api.errors import Conflict, NotFound, Refused
+from vmlease_api.models import DiskLease, HostState, Lockspace, LockspaceSpec
+from vmlease_api.naming import disk_resource_name
+from vmlease_api.selector import matches
 
 from vmlease_operator import events, metrics, reconcile
-from vmlease_operator.allocation import HostIdRecord, LockspaceFull, ReleaseClock
-from vmlease_operator.allocator import Allocator, Conflict, NotFound, release
-from vmlease_operator.api import GROUP, VERSION, naming
-from vmlease_operator.api.conditions import now
-from vmlease_operator.api.models import DiskLease, HostState, Lockspace, LockspaceSpec
+from vmlease_operator.hostid_writes import Allocator, release
 from vmlease_operator.kube import DISKLEASES, LOCKSPACES, Kube
-from vmlease_operator.selector import matches
 
 #: How often each Lockspace is reconciled; also the granularity of id release.
 RECONCILE_SECONDS = 10.0
@@ -63,7 +63,7 @@ def _post(body: Mapping[str, Any], event: events.Event, node: Mapping[str, Any] 
     targets = [body]
     if event.on_node and node is not None:
         targets.append(node)
-    kopf.event(targets, type=event.type, reason=event.reason, message=event.message)
+    kopf.event(targets, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]  # plain mappings
 
 
 @kopf.on.startup()
@@ -78,6 +78,9 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
 
 
 # --- indexes ---------------------------------------------------------------------------------
+# KOPF_INDICES: kopf passes every index to a handler as a keyword argument named after it
+# (``nodes_idx`` ...), which its callback protocols cannot list; handlers that take indices carry
+# a ``type: ignore[arg-type]`` on the decorator for that reason only.
 
 
 @kopf.index("", "v1", "nodes")
@@ -132,7 +135,7 @@ async def _allocate(
         _post(result.body, events.allocated(result.record, result.conflicts), None)
 
 
-@kopf.on.event("", "v1", "nodes")
+@kopf.on.event("", "v1", "nodes")  # type: ignore[arg-type]  # indices: see KOPF_INDICES
 async def node_event(
     type: str | None,
     name: str,
@@ -202,7 +205,7 @@ def _export(name: str, records: list[HostIdRecord], waiting: int, failover: int)
     metrics.FAILOVER.labels(name).set(failover)
 
 
-@kopf.timer(GROUP, VERSION, "lockspaces", interval=RECONCILE_SECONDS)
+@kopf.timer(GROUP, VERSION, "lockspaces", interval=RECONCILE_SECONDS)  # type: ignore[arg-type]  # indices: see KOPF_INDICES
 async def lockspace_pass(
     body: kopf.Body,
     name: str,
@@ -215,7 +218,7 @@ async def lockspace_pass(
     await _run_plan(_rt(memo), body, nodes_idx, hostids_idx.get(name, []), logger)
 
 
-@kopf.on.delete(GROUP, VERSION, "lockspaces")
+@kopf.on.delete(GROUP, VERSION, "lockspaces")  # type: ignore[arg-type]  # indices: see KOPF_INDICES
 async def lockspace_deleted(
     body: kopf.Body,
     name: str,
@@ -242,7 +245,7 @@ async def lockspace_deleted(
 # --- host ids and disk leases ----------------------------------------------------------------
 
 
-@kopf.on.event(GROUP, VERSION, "hostids")
+@kopf.on.event(GROUP, VERSION, "hostids")  # type: ignore[arg-type]  # indices: see KOPF_INDICES
 async def hostid_event(
     type: str | None,
     body: kopf.Body,
@@ -307,11 +310,11 @@ async def _fill_resource(rt: Runtime, body: kopf.Body, lease: DiskLease) -> None
         )
     except (Conflict, NotFound):
         return  # changed or gone meanwhile: the next event decides again
-    except ApiException as error:
+    except Refused as error:  # 422: the CRD's naming rule refuses the name with this resource
         expected = naming.disklease_name(lease.spec.lockspace, resource)
         message = (
             f"resource {resource} (MD5 of {lease.spec.disk_path}) cannot be set: this DiskLease "
-            f"must be named {expected}; recreate it under that name ({error.reason})"
+            f"must be named {expected}; recreate it under that name ({error})"
         )
         _post(body, events.Event(events.WARNING, events.DISK_LEASE_INVALID, message), None)
 

@@ -5,7 +5,7 @@ Two replicas (the chart's default) use kopf peering through a ``ClusterKopfPeeri
 object itself when it is missing): only the highest-priority replica handles events, the other
 waits. Replicas must have distinct priorities — equal ones make both freeze — so the default is
 derived from the pod IP (``POD_IP``, downward API) or else random. Peering only saves work:
-allocation stays safe with both replicas active (see ``allocator``), which ``--standalone``
+allocation stays safe with both replicas active (see ``hostid_writes``), which ``--standalone``
 allows for tests.
 """
 
@@ -21,20 +21,26 @@ import sys
 import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from vmlease_api.errors import Conflict, NotFound
 
 from vmlease_operator import handlers, metrics
-from vmlease_operator.allocator import Allocator
-from vmlease_operator.kube import Kube, api_client
+from vmlease_operator.hostid_writes import Allocator
+from vmlease_operator.kube import Kube, api_client, translate
 
 PEERING_NAME = "vmlease-operator"
 
 
-def default_priority() -> int:
-    """Distinct per replica: the pod IP's low bits, else random (kopf's own advice)."""
+#: kopf's priorities are positive ints; the highest replica handles events.
+MAX_PRIORITY = 2**31 - 1
+
+
+def default_priority(rng: random.Random | None = None) -> int:
+    """Distinct per replica: the pod IP's low 31 bits, else uniform in 1..MAX_PRIORITY (kopf's
+    own advice). ``rng``: the random source (the module's by default; tests pass a seeded one)."""
     pod_ip = os.environ.get("POD_IP")
     if pod_ip:
-        return int(ipaddress.ip_address(pod_ip)) % 2**31
-    return random.randint(1, 2**31 - 1)
+        return int(ipaddress.ip_address(pod_ip)) % (MAX_PRIORITY + 1)
+    return (rng.randint if rng is not None else random.randint)(1, MAX_PRIORITY)
 
 
 def ensure_peering(api: client.ApiClient, name: str) -> None:
@@ -44,14 +50,15 @@ def ensure_peering(api: client.ApiClient, name: str) -> None:
     try:
         objects.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", body)
     except ApiException as error:
-        if error.status == 409:
+        answer = translate(error)
+        if isinstance(answer, Conflict):  # it exists already
             return
-        if error.status == 404:
+        if isinstance(answer, NotFound):
             raise SystemExit(
                 "vmlease-operator: the ClusterKopfPeering CRD is missing: apply "
                 "crds/kopf.dev_clusterkopfpeerings.yaml, or run a single replica with --standalone"
             ) from error
-        raise
+        raise answer from error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

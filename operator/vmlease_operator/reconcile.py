@@ -15,20 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmlease_agent.engine.timeouts import host_dead_seconds
-
-from vmlease_operator import events
-from vmlease_operator.allocation import HostIdRecord, ReleaseClock, keeper, release_reason
-from vmlease_operator.api.conditions import set_condition
-from vmlease_operator.api.models import (
+from vmlease_api.allocation import HostIdRecord, ReleaseClock, keeper, release_reason
+from vmlease_api.conditions import set_condition
+from vmlease_api.models import (
     ConditionStatus,
     HostState,
     Lockspace,
     LockspaceSpec,
     LockspaceStatus,
 )
-from vmlease_operator.api.patch import merge_patch
+from vmlease_api.patch import merge_patch
+from vmlease_api.selector import matches
+
+from vmlease_operator import events
 from vmlease_operator.formatting import format_request
-from vmlease_operator.selector import matches
 
 FORMATTED, READY, DEGRADED = "Formatted", "Ready", "Degraded"
 

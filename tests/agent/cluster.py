@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from vmlease_agent.simnode import SimNode
+from vmlease_agent.sim.node import SimNode
 
 N = 1
 W = 4

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from vmlease_operator.api import GROUP, VERSION
+from vmlease_api import GROUP, VERSION
 
 from .apiserver import REPO, APIServer
 

@@ -38,8 +38,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from vmlease_agent.libvirt_domain import disk_resource_name
-from vmlease_operator.api import GROUP, VERSION
+from vmlease_api import GROUP, VERSION
+from vmlease_api.naming import disk_resource_name
 
 from .apiserver import APIServer
 from .operator_harness import (
@@ -81,7 +81,7 @@ class AgentProc:
     def start(self) -> AgentProc:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            sys.executable, "-m", "vmlease_agent.daemon", "--kubernetes",
+            sys.executable, "-m", "vmlease_agent.daemon.main", "--kubernetes",
             "--node-name", self.node, "--run-dir", str(self.run_dir),
             "--watchdog", "none", "--watchdog-fire-timeout", str(W),
             "--shared-dir", str(self.shared), "--status-interval", "5",
@@ -126,8 +126,9 @@ class AgentProc:
         """A "VM": a process holding ``resource`` for as long as it runs (sanlock's
         ``client command``: acquire for our pid, then exec)."""
         argv = [
-            sys.executable, "-m", "vmlease_agent.cli", "client", "--run-dir", str(self.run_dir),
-            "command", "-r", resource, "--owner", owner, "-c", "sleep", "600",
+            sys.executable, "-m", "vmlease_agent.cli.main", "client",
+            "--run-dir", str(self.run_dir), "command", "-r", resource, "--owner", owner,
+            "-c", "sleep", "600",
         ]  # fmt: skip
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -157,7 +158,7 @@ class Cluster:
         return {i["spec"]["nodeName"]: i for i in items}
 
     def vmlease(self, *args: str) -> None:
-        subprocess.run([sys.executable, "-m", "vmlease_agent.cli", *args], check=True)
+        subprocess.run([sys.executable, "-m", "vmlease_agent.cli.main", *args], check=True)
 
     def resource_lease(self, resource: str, relative: str) -> str:
         """Create and initialise a resource lease file; returns its LS:RES:PATH:0 spec."""

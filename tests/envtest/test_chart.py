@@ -40,8 +40,8 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from vmlease_agent.libvirt_domain import disk_resource_name
-from vmlease_operator.api import GROUP, VERSION
+from vmlease_api import GROUP, VERSION
+from vmlease_api.naming import disk_resource_name
 
 from .apiserver import REPO, APIServer
 from .operator_harness import (
@@ -238,7 +238,7 @@ def test_rendered_chart_passes_a_server_side_dry_run(server: APIServer, variant:
     assert len(applied) == len(docs), result.stdout
 
     agent = container(docs, "DaemonSet")
-    assert unknown_flags(agent["args"], "vmlease_agent.daemon") == []
+    assert unknown_flags(agent["args"], "vmlease_agent.daemon.main") == []
     assert unknown_flags(container(docs, "Deployment")["args"], "vmlease_operator.main") == []
     (daemonset,) = by_kind(docs, "DaemonSet")
     pod = daemonset["spec"]["template"]["spec"]
@@ -463,7 +463,7 @@ class AgentRun:
 
     def __init__(self, args: list[str], node: str, run_dir: Path, env: dict[str, str]) -> None:
         self.node, self.run_dir = node, run_dir
-        self.argv = [sys.executable, "-m", "vmlease_agent.daemon", *args]
+        self.argv = [sys.executable, "-m", "vmlease_agent.daemon.main", *args]
         self.env = {**env, "NODE_NAME": node, "PYTHONUNBUFFERED": "1"}
         self.log_path = run_dir / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -591,12 +591,12 @@ def test_operator_and_agents_work_with_only_their_rbac(server: APIServer, releas
                 f.truncate(1024 * 1024)
             spec = f"{name}:{resource}:{path}:0"
             subprocess.run(
-                [sys.executable, "-m", "vmlease_agent.cli", "direct", "init", "-r", spec],
+                [sys.executable, "-m", "vmlease_agent.cli.main", "direct", "init", "-r", spec],
                 check=True,
             )
             holder = subprocess.Popen(
                 [
-                    sys.executable, "-m", "vmlease_agent.cli", "client",
+                    sys.executable, "-m", "vmlease_agent.cli.main", "client",
                     "--run-dir", str(agents[0].run_dir), "command", "-r", spec,
                     "--owner", "rbac-vm", "-c", "sleep", "600",
                 ],

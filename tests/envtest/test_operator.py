@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
-from vmlease_operator.api import GROUP, VERSION
+from vmlease_api import GROUP, VERSION
 
 from .apiserver import APIServer
 from .operator_harness import (
@@ -244,7 +244,7 @@ def test_two_peered_replicas_serve_with_one_active(server, name):
 
 
 def test_disk_lease_resource_is_derived_from_the_disk_path(server, name):
-    from vmlease_agent.libvirt_domain import disk_resource_name
+    from vmlease_api.naming import disk_resource_name
 
     path = "/var/lib/libvirt/images/vm1.qcow2"
     resource = disk_resource_name(path)

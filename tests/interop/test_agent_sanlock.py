@@ -16,7 +16,7 @@ import time
 
 import pytest
 from sanlockd import SanlockDaemon, SanlockError, sanlock_skip_reason
-from vmlease_agent.simnode import SimNode
+from vmlease_agent.sim.node import SimNode
 
 pytestmark = pytest.mark.interop
 

@@ -163,7 +163,7 @@ def test_sanlock_holds_we_get_idlive_then_win_after_release(mixed):
             assert info.value.code == -243 and "held by host 1" in str(info.value)
             assert digest(res.path) == before
             # the CLI, which has no monitor table, says the same with exit status 243
-            cmd = [sys.executable, "-m", "vmlease_agent.cli", "direct", "acquire"]
+            cmd = [sys.executable, "-m", "vmlease_agent.cli.main", "direct", "acquire"]
             cmd += ["-r", f"LS:SL_HOLDS:{res.path}:0", "-s", f"LS:0:{mixed.ls_path}:0"]
             cmd += ["-i", "2", "-g", str(mixed.lease.generation), "-o", str(N)]
             proc = subprocess.run(

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from leasekit import MiB, leader_of, make_file, read_bytes
-from vmlease_agent import cli
+from vmlease_agent.cli import main as cli
 from vmlease_agent.engine import delta, ondisk, paxos
 from vmlease_agent.engine.clock import Clock, FakeClock
 from vmlease_agent.engine.directio import Storage
@@ -101,7 +101,7 @@ def test_init_cleared_resource_matches_but_for_the_init_time(lease_dir):
 
 def test_invalid_size_combination_refused_by_both(lease_dir):
     path = make_file(lease_dir, "x", 2 * MiB)
-    for tool in (["sanlock"], ["python3", "-m", "vmlease_agent.cli"]):
+    for tool in (["sanlock"], ["python3", "-m", "vmlease_agent.cli.main"]):
         proc = subprocess.run(
             [*tool, "direct", "init", "-s", f"LS:0:{path}:0", "-Z", "512", "-A", "2M"],
             capture_output=True,

@@ -29,7 +29,7 @@ from stallfs import StallFs
 from stallfs_fixture import stallfs_skip_reason
 from vmlease_agent.engine import delta, ondisk, paxos
 from vmlease_agent.engine.directio import Storage
-from vmlease_agent.simnode import SimNode
+from vmlease_agent.sim.node import SimNode
 from vmlease_lab import LS, SAFE, VMLEASE, N, VmleaseLab, resource_of, wait_for
 
 pytestmark = pytest.mark.libvirt

@@ -24,7 +24,7 @@ from lab import (
     recording_hook,
     running_pid,
 )
-from vmlease_agent.libvirt_domain import (
+from vmlease_agent.virt.domain import (
     METADATA_NS,
     ExplicitLease,
     LeaseMode,

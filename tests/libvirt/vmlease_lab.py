@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import URI, Lab
-from vmlease_agent.libvirt_config import LibvirtConfig
-from vmlease_agent.simnode import SimNode
+from vmlease_agent.sim.node import SimNode
+from vmlease_agent.virt.config import LibvirtConfig
 
 N = 1
 W = 6
@@ -200,7 +200,7 @@ class VmleaseLab:
 
     def hold(self, node: SimNode, resource: str, owner: str = "vm-elsewhere"):
         """A process on ``node`` holding the disk lease (``vmlease client command ... sleep``)."""
-        from vmlease_agent.libvirt_files import ensure_lease_file
+        from vmlease_agent.virt.files import ensure_lease_file
 
         ensure_lease_file(LS, resource, str(self.lease_path(resource)), 30)
         proc = node.spawn_holder([self.spec(resource)], ["sleep", "600"], owner=owner)

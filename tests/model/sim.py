@@ -502,7 +502,7 @@ class Sim:
         return SimClock(self, host.offset)
 
     def renewer(self, host: SimHost, table: delta.HostStatusTable, joined: threading.Event):
-        """The lockspace's join and renewal loop (vmlease_agent.lockspace), on the real engine."""
+        """The lockspace's join and renewal loop (``core.lockspace``), on the real engine."""
         clock = self.clock(host)
         lease = delta.DeltaLease(
             host.storage, self.loc, SIZES, host.host_id, f"node{host.host_id}", N,

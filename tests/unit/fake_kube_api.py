@@ -1,13 +1,18 @@
-"""An in-memory API server for the agent's Kubernetes mode, faithful where the sync relies on it.
+"""The in-memory API server of the unit tests, faithful where the agent's sync and the operator's
+host_id allocation rely on it. The agent's sync uses it directly (it implements the agent's
+``KubeApi``); the operator's allocation goes through ``fake_hostid_store.FakeHostIdStore``, a
+thin adapter over it, so both programs are tested against one server.
 
 Kept: one resourceVersion counter for everything (as etcd's revision), bumped on every write;
-resourceVersion preconditions that fail with Conflict; names unique per kind (Conflict with
-``already_exists``); the status subresource (``create`` ignores ``status``, ``patch_status``
-touches nothing else); JSON merge patch semantics (``null`` removes a field); equality label
-selectors and ``metadata.name`` field selectors; watches that replay changes after a
-resourceVersion and answer Expired for a compacted one; finalizers that turn a delete into
-"terminating". ``down = True`` makes every call fail with Unavailable, as a lost API server
-does. ``tests/unit/test_kube_fake_api.py`` checks these behaviours.
+resourceVersion preconditions that fail with Conflict; names unique per kind (AlreadyExists, a
+Conflict); the CRD's naming rule for HostIds (``<lockspace>.<hostId>``, else Refused as the 422
+Invalid); the status subresource (``create`` ignores ``status``, ``patch_status`` touches
+nothing else); JSON merge patch semantics (``null`` removes a field); equality label selectors
+and ``metadata.name`` field selectors; watches that replay changes after a resourceVersion and
+answer Expired for a compacted one; finalizers that turn a delete into "terminating", and an
+object that goes when its last finalizer does. Errors are the shared ``vmlease_api.errors``, as
+both programs' real clients raise them. ``down = True`` makes every call fail with Unavailable,
+as a lost API server does. ``tests/unit/test_kube_fake_api.py`` checks these behaviours.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from vmlease_agent.kube_api import Conflict, Expired, NotFound, Unavailable
+from vmlease_api import naming
+from vmlease_api.errors import AlreadyExists, Conflict, Expired, NotFound, Refused, Unavailable
 
 KINDS = ("nodes", "lockspaces", "hostids", "diskleases")
+#: What the fake writes into metadata.deletionTimestamp (any value: only its presence counts).
+DELETED_AT = "2026-01-01T00:00:00Z"
 
 
 def apply_merge_patch(target: Any, patch: Any) -> Any:
@@ -72,7 +80,7 @@ class FakeKubeApi:
 
     def _check(self) -> None:
         if self.down:
-            raise Unavailable("connection refused (fake API server is down)")
+            raise Unavailable("connection refused (fake API server is down)", 0)
 
     def _bump(self, kind: str, type_: str, obj: dict[str, Any]) -> None:
         rv = next(self._rv)
@@ -92,15 +100,55 @@ class FakeKubeApi:
             self._bump(kind, "MODIFIED" if old else "ADDED", obj)
             return copy.deepcopy(obj)
 
-    def delete(self, kind: str, name: str) -> None:
+    def _current(self, kind: str, name: str, resource_version: str | None) -> dict[str, Any]:
+        """The stored object, checked against a resourceVersion precondition (if any)."""
+        obj = self.objects[kind].get(name)
+        if obj is None:
+            raise NotFound(f'{kind} "{name}" not found', 404)
+        if resource_version is not None and resource_version != obj["metadata"].get(
+            "resourceVersion"
+        ):
+            raise Conflict(
+                f'the object has been modified: {kind} "{name}" is at '
+                f"{obj['metadata']['resourceVersion']}, not {resource_version}",
+                409,
+            )
+        return obj
+
+    def delete(
+        self, kind: str, name: str, resource_version: str | None = None
+    ) -> dict[str, Any] | None:
+        """Delete, with an optional resourceVersion precondition. Returns the object when a
+        finalizer keeps it (terminating; deleting it again changes nothing), else None."""
         with self._lock:
-            obj = self.objects[kind][name]
-            if obj["metadata"].get("finalizers"):
-                obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-                self._bump(kind, "MODIFIED", obj)
-            else:
+            self._check()
+            obj = self._current(kind, name, resource_version)
+            self.writes.append(("delete", kind, name))
+            if not obj["metadata"].get("finalizers"):
                 del self.objects[kind][name]
                 self._bump(kind, "DELETED", obj)
+                return None
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj["metadata"]["deletionTimestamp"] = DELETED_AT
+                self._bump(kind, "MODIFIED", obj)
+            return copy.deepcopy(obj)
+
+    def set_finalizers(
+        self, kind: str, name: str, finalizers: list[str], resource_version: str | None = None
+    ) -> dict[str, Any] | None:
+        """A metadata patch of the finalizers. A terminating object whose last finalizer goes
+        is deleted (None is returned)."""
+        with self._lock:
+            self._check()
+            obj = self._current(kind, name, resource_version)
+            self.writes.append(("set_finalizers", kind, name))
+            obj["metadata"]["finalizers"] = list(finalizers)
+            if not finalizers and obj["metadata"].get("deletionTimestamp"):
+                del self.objects[kind][name]
+                self._bump(kind, "DELETED", obj)
+                return None
+            self._bump(kind, "MODIFIED", obj)
+            return copy.deepcopy(obj)
 
     def compact(self) -> None:
         """Forget history: watches from an older resourceVersion get Expired (410)."""
@@ -110,6 +158,12 @@ class FakeKubeApi:
 
     def obj(self, kind: str, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.objects[kind][name])
+
+    def stored(self, kind: str) -> list[dict[str, Any]]:
+        """Every object of a kind, as a caught-up watch would show them (not counted as a read,
+        never refused: tests look, no client asked)."""
+        with self._lock:
+            return [copy.deepcopy(o) for o in self.objects[kind].values()]
 
     def status_writes(self, kind: str, name: str | None = None) -> int:
         return sum(
@@ -146,7 +200,7 @@ class FakeKubeApi:
             if not any(rv > since for rv, *_ in self.events):
                 self._lock.wait(wait)
             if since < self.compacted:
-                raise Expired(f"too old resource version: {since} ({self.compacted})")
+                raise Expired(f"too old resource version: {since} ({self.compacted})", 410)
             events = [e for e in self.events if e[0] > since and e[1] == kind]
         for _, _, type_, obj in events:
             if _labels_match(obj, label_selector) and _fields_match(obj, field_selector):
@@ -156,16 +210,20 @@ class FakeKubeApi:
         with self._lock:
             self._check()
             self.reads += 1
-            if name not in self.objects[kind]:
-                raise NotFound(f'{kind} "{name}" not found')
-            return copy.deepcopy(self.objects[kind][name])
+            return copy.deepcopy(self._current(kind, name, None))
 
     def create(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             self._check()
             name = body["metadata"]["name"]
+            if kind == "hostids":
+                spec = body["spec"]
+                if name != naming.hostid_name(spec["lockspace"], spec["hostId"]):
+                    raise Refused(
+                        f"422: HostId {name}: a HostId must be named <lockspace>.<hostId>", 422
+                    )
             if name in self.objects[kind]:
-                raise Conflict(f'{kind} "{name}" already exists', already_exists=True)
+                raise AlreadyExists(f'{kind} "{name}" already exists', 409)
             obj = copy.deepcopy(body)
             obj.pop("status", None)  # the status subresource: create ignores it
             meta = obj["metadata"]
@@ -182,16 +240,7 @@ class FakeKubeApi:
     ) -> dict[str, Any]:
         with self._lock:
             self._check()
-            obj = self.objects[kind].get(name)
-            if obj is None:
-                raise NotFound(f'{kind} "{name}" not found')
-            if resource_version is not None and resource_version != obj["metadata"].get(
-                "resourceVersion"
-            ):
-                raise Conflict(
-                    f'the object has been modified: {kind} "{name}" is at '
-                    f"{obj['metadata']['resourceVersion']}, not {resource_version}"
-                )
+            obj = self._current(kind, name, resource_version)
             new = apply_merge_patch(obj.get("status") or {}, status)
             obj["status"] = new
             self.writes.append(("patch_status", kind, name))

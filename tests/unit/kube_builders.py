@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmlease_operator.allocator import hostid_body
-from vmlease_operator.api.models import HostIdStatus
+from vmlease_api.models import HostIdStatus
+from vmlease_operator.hostid_writes import hostid_body
 
 NOW = "2026-01-01T00:00:00Z"
 

@@ -6,12 +6,14 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
-from vmlease_agent.agent import Agent, AgentConfig
-from vmlease_agent.agent_http import LOOP_STALE_SECONDS, HttpEndpoint
-from vmlease_agent.lockspace import LockspaceConfig
-from vmlease_agent.watchdog import open_watchdog
+from vmlease_agent.core.agent import Agent, AgentConfig
+from vmlease_agent.core.lockspace import LockspaceConfig
+from vmlease_agent.core.watchdog import open_watchdog
+from vmlease_agent.daemon.http import LOOP_STALE_SECONDS, HttpEndpoint, healthy
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -44,14 +46,19 @@ def test_health_follows_the_main_loop(agent):
     http.start()
     try:
         assert get(http.port, "/healthz") == (200, "ok\n")
-        agent.last_tick -= LOOP_STALE_SECONDS + 5  # as if the loop were stuck
-        agent._stop.set()
-        agent._loop.join(2)
+        agent.halt()  # the main loop ends, as if it had died
         code, body = get(http.port, "/healthz")
         assert code == 503 and "main loop" in body
         assert get(http.port, "/nope")[0] == 404
     finally:
         http.stop()
+
+
+def test_health_fails_when_the_main_loop_stops_ticking(agent):
+    now = agent.snapshot()
+    stuck = replace(now, last_tick=now.taken_at - LOOP_STALE_SECONDS - 5)
+    ok, why = healthy(SimpleNamespace(snapshot=lambda: stuck))  # type: ignore[arg-type]
+    assert not ok and "has not run for" in why
 
 
 def test_ready_without_kubernetes_means_every_lockspace_live(agent, tmp_path):

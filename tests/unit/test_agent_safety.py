@@ -26,13 +26,13 @@ from leasekit import (
     make_resource,
     read_bytes,
 )
-from vmlease_agent import state
-from vmlease_agent.agent import Agent, AgentConfig, Busy
-from vmlease_agent.engine import delta, errors, ondisk
+from vmlease_agent.core import state
+from vmlease_agent.core.agent import Agent, AgentConfig, Busy
+from vmlease_agent.core.lockspace import FireTimeoutTooLong, LockspaceConfig
+from vmlease_agent.engine import delta, errors, ondisk, paxos
 from vmlease_agent.engine.clock import boottime
 from vmlease_agent.engine.directio import Storage
 from vmlease_agent.engine.paxos import Resource
-from vmlease_agent.lockspace import FireTimeoutTooLong, LockspaceConfig
 
 N = 1
 
@@ -79,10 +79,7 @@ class World:
             p.kill()
             p.wait()
         for a in self.agents:
-            a._stop.set()
-            for ls in list(a.lockspaces.values()):
-                ls.stop(release=False, wait=False)
-            a.registry.close()
+            a.halt()
 
 
 @pytest.fixture
@@ -120,7 +117,7 @@ def test_watchdog_is_armed_before_the_first_write_and_only_while_held_safety(wor
     st = CountingStorage(world.res.path)
     writes: list[float] = []
     st.before_write.append(lambda off, data: writes.append(boottime()))
-    a.storages[world.res.path] = st
+    a.acquirer_factory = lambda _storage, *args, **kw: paxos.Acquirer(st, *args, **kw)
     vm = world.holder()
     a.acquire(vm.pid, [(world.res, False)])
     assert a.watchdog.when("arm")[0] < writes[0]
@@ -147,7 +144,8 @@ def test_sigterm_lets_go_of_the_device_before_waiting_on_storage_safety(world, c
     world.join(a)
     vm = world.holder()
     a.acquire(vm.pid, [(world.res, False)])
-    ls = a.lockspaces["LS"]
+    ls = a.joined_lockspace("LS")
+    assert ls is not None
     stalled = threading.Event()
     renew = ls.lease.renew
     ls.lease.renew = lambda *args, **kw: (stalled.wait(30), renew(*args, **kw))[1]
@@ -168,7 +166,8 @@ def test_sigterm_after_the_deadline_never_closes_or_feeds_the_device_safety(worl
     world.join(a)
     vm = world.holder()
     a.acquire(vm.pid, [(world.res, False)])
-    ls = a.lockspaces["LS"]
+    ls = a.joined_lockspace("LS")
+    assert ls is not None
     stalled = threading.Event()
     renew = ls.lease.renew
     ls.lease.renew = lambda *args, **kw: (stalled.wait(30), renew(*args, **kw))[1]
@@ -188,10 +187,10 @@ def test_acquisition_in_flight_is_fenced_when_its_lockspace_fails_safety(world):
     a = world.agent()
     world.join(a)
     entered, gate = threading.Event(), threading.Event()
-    real_acquirer = a._acquirer
+    real_acquirer = a.acquirer_factory
 
-    def slow_acquirer(ls, res):
-        acq = real_acquirer(ls, res)
+    def slow_acquirer(*args, **kw):
+        acq = real_acquirer(*args, **kw)
         ballot = acq.acquire
 
         def acquire(**kw):
@@ -202,7 +201,7 @@ def test_acquisition_in_flight_is_fenced_when_its_lockspace_fails_safety(world):
         acq.acquire = acquire
         return acq
 
-    a._acquirer = slow_acquirer
+    a.acquirer_factory = slow_acquirer
     vm = world.holder()
     outcome: dict = {}
 
@@ -218,7 +217,7 @@ def test_acquisition_in_flight_is_fenced_when_its_lockspace_fails_safety(world):
     # the lockspace fails at its next renewal, mid-ballot (stolen again should a renewal in
     # flight have read before the steal and overwritten it)
     wait_for(
-        lambda: steal_host_id(world) or a.lockspaces["LS"].state == "failed",
+        lambda: steal_host_id(world) or a.snapshot().lockspace("LS").state == "failed",
         8,
         "the lockspace to fail",
         every=0.5,
@@ -275,13 +274,15 @@ def test_restart_without_its_state_waits_out_the_previous_agent_safety(world):
     b = world.agent(w=w)
     world.join(b, host_id=1, name="LS2")  # another lockspace, fresh
     world.join(b, wait=False)
-    wait_for(lambda: b.lockspaces["LS"].previous_until > 0, 5, "the wait for the old agent")
+    wait_for(lambda: b.joined_lockspace("LS").previous_until > 0, 5, "the wait for the old agent")
     vm2 = world.holder()
     res2 = Resource("LS2", "R2", make_resource(world.dir, "LS2", "R2", filename="r2")[1].path, 0)
     with pytest.raises(Busy, match="no new leases yet"):
         b.acquire(vm2.pid, [(res2, False)])
     assert b.watchdog.ops() == []  # opening it would feed the old agent's countdown
-    wait_for(lambda: b.lockspaces["LS"].state == "live", 1 + 8 * N + w + 2 * N + 5, "re-join")
+    wait_for(
+        lambda: b.snapshot().lockspace("LS").state == "live", 1 + 8 * N + w + 2 * N + 5, "re-join"
+    )
     assert boottime() >= t + 8 * N + w
     assert world.record().owner_generation == 2
 
@@ -320,8 +321,8 @@ def test_unusable_state_is_reported_in_events(world):
     os.makedirs(run_b)
     os.rename(os.path.join(world.dir, "moved.json"), os.path.join(run_b, state.STATE_FILE))
     b = world.agent(name="node-b")
-    (ev,) = [e for e in b.events if e["event"] == "state_not_adopted"]
-    assert "written by node 'node-a'" in ev["detail"]
+    (ev,) = [e for e in b.snapshot().events if e.kind == "state_not_adopted"]
+    assert "written by node 'node-a'" in ev.fields["detail"]
 
 
 def test_machine_identity_is_written_with_our_record(world):
@@ -333,7 +334,7 @@ def test_machine_identity_is_written_with_our_record(world):
 
 
 def test_status_says_what_a_sigterm_would_do(world, capsys):
-    from vmlease_agent.client_cli import render_status
+    from vmlease_agent.cli.client import render_status
 
     a = world.agent()
     world.join(a)
@@ -349,7 +350,7 @@ def test_status_says_what_a_sigterm_would_do(world, capsys):
 
 
 def test_machine_id_comes_from_the_hosts_file(tmp_path):
-    from vmlease_agent.daemon import machine_id
+    from vmlease_agent.daemon.main import machine_id
 
     (tmp_path / "machine-id").write_text("0123abcd\n")
     assert machine_id(str(tmp_path / "machine-id")) == "0123abcd"
@@ -389,10 +390,10 @@ def test_unadoptable_state_keeps_the_watchdog_closed_until_its_holders_may_be_go
 def gated_acquirer(a: Agent, method: str) -> tuple[threading.Event, threading.Event]:
     """Pause the first call of ``method`` on the agent's Acquirers until ``gate`` is set."""
     entered, gate = threading.Event(), threading.Event()
-    real_acquirer = a._acquirer
+    real_acquirer = a.acquirer_factory
 
-    def acquirer(ls, res):
-        acq = real_acquirer(ls, res)
+    def acquirer(*args, **kw):
+        acq = real_acquirer(*args, **kw)
         real = getattr(acq, method)
 
         def paused(*args, **kw):
@@ -404,7 +405,7 @@ def gated_acquirer(a: Agent, method: str) -> tuple[threading.Event, threading.Ev
         setattr(acq, method, paused)
         return acq
 
-    a._acquirer = acquirer
+    a.acquirer_factory = acquirer
     return entered, gate
 
 

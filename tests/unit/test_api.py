@@ -9,7 +9,7 @@ import tempfile
 import threading
 
 import pytest
-from vmlease_agent import api
+from vmlease_agent.rpc import server as api
 
 
 class StubAgent:
@@ -22,7 +22,7 @@ class StubAgent:
         return {"node": "n"}
 
     def host_status(self, name):
-        from vmlease_agent.agent import NotJoined
+        from vmlease_agent.core.agent import NotJoined
 
         raise NotJoined(lockspace=name, state="")
 

@@ -5,7 +5,7 @@ import threading
 import time
 
 import pytest
-from vmlease_agent.clients import ClientRegistry, process_start_time
+from vmlease_agent.core.holders import ClientRegistry, process_start_time
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ import os
 
 import pytest
 from leasekit import make_lockspace
-from vmlease_agent import daemon, state
+from vmlease_agent.core import state
+from vmlease_agent.core.lockspace import LockspaceConfig
+from vmlease_agent.daemon import main as daemon
 from vmlease_agent.engine import delta, errors
-from vmlease_agent.lockspace import LockspaceConfig
 
 
 @pytest.mark.parametrize("bad", [0, 256, 300, -1, 10.5, True, "10"])

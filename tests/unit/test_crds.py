@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
-from vmlease_operator.api import crd as crdgen
-from vmlease_operator.api import gen
-from vmlease_operator.api.models import (
+from vmlease_api import crd as crdgen
+from vmlease_api import gen
+from vmlease_api.models import (
     ALIGN_BYTES,
     MAX_HOSTS,
     AutoDiskLeases,

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from leasekit import MiB, digest, leader_of, make_file, make_lockspace, read_bytes
-from vmlease_agent import cli
+from vmlease_agent.cli import main as cli
 from vmlease_agent.engine import clock as clock_mod
 from vmlease_agent.engine import ondisk
 from vmlease_agent.engine.clock import Clock, FakeClock
@@ -360,7 +360,7 @@ def test_exit_status_mapping():
 def test_cli_module_runs_as_a_program(files):
     ls, _ = files
     proc = subprocess.run(
-        [sys.executable, "-m", "vmlease_agent.cli", "direct", "init", "-s", f"LS:0:{ls}:0"],
+        [sys.executable, "-m", "vmlease_agent.cli.main", "direct", "init", "-s", f"LS:0:{ls}:0"],
         capture_output=True,
         text=True,
         env={**os.environ},

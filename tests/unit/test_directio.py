@@ -190,7 +190,7 @@ def test_cli_reports_a_stalled_read_within_io_timeout(stallfs):
         [
             sys.executable,
             "-m",
-            "vmlease_agent.cli",
+            "vmlease_agent.cli.main",
             "direct",
             "read_leader",
             "-s",

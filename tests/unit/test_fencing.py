@@ -1,6 +1,6 @@
 """Fencing one holder: ask, then SIGKILL after the grace, never before the deadline."""
 
-from vmlease_agent import fencing
+from vmlease_agent.core import fencing
 
 D, G = 100.0, 6.0
 

@@ -7,18 +7,26 @@ from __future__ import annotations
 import errno
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from fake_kube_api import FakeKubeApi
 from kube_builders import disklease, hostid, lease, lockspace, node
-from vmlease_agent import kube_format
-from vmlease_agent.agent import Agent, AgentConfig, Busy
+from vmlease_agent.core.agent import Agent, AgentConfig, Busy
+from vmlease_agent.core.lockspace import LockspaceConfig
+from vmlease_agent.core.snapshot import (
+    AgentSnapshot,
+    HolderSnapshot,
+    LeaseSnapshot,
+    LockspaceSnapshot,
+    WatchdogSnapshot,
+)
+from vmlease_agent.core.watchdog import open_watchdog
 from vmlease_agent.engine import delta
 from vmlease_agent.engine.directio import Storage
-from vmlease_agent.kube_sync import KubeConfig, KubeSync
-from vmlease_agent.lockspace import LockspaceConfig
-from vmlease_agent.watchdog import open_watchdog
+from vmlease_agent.kube import formatting as kube_format
+from vmlease_agent.kube.sync import KubeConfig, KubeSync
 
 
 class FakeAgent:
@@ -31,14 +39,25 @@ class FakeAgent:
         self.joined: list[LockspaceConfig] = []
         self.calls = 0
 
-    def status(self) -> dict[str, Any]:
+    def snapshot(self) -> AgentSnapshot:
+        """Its lockspaces and leases (kept in their wire form, which tests edit) as the real
+        agent's snapshot."""
         self.calls += 1
-        return {
-            "node": "n1",
-            "watchdog": {"fire_timeout": 10, "last_feed_ago": 0.1},
-            "lockspaces": [dict(v) for v in self.lockspaces.values()],
-            "leases": [dict(x) for x in self.leases],
-        }
+        leases = tuple(LeaseSnapshot.from_wire(x) for x in self.leases)
+        holders = {x.holder: HolderSnapshot(x.holder, None, False, ()) for x in leases}
+        return AgentSnapshot(
+            node="n1",
+            taken_at=0.0,
+            loop_running=True,
+            last_tick=0.0,
+            watchdog=WatchdogSnapshot(10, 10, True, 0.1, "", ""),
+            lockspaces=tuple(LockspaceSnapshot.from_wire(v) for v in self.lockspaces.values()),
+            holders=tuple(
+                replace(h, leases=tuple(x for x in leases if x.holder == who))
+                for who, h in holders.items()
+            ),
+            events=(),
+        )
 
     def add_lockspace(self, cfg: LockspaceConfig, wait: bool = True) -> dict[str, Any]:
         self.joined.append(cfg)
@@ -276,7 +295,7 @@ def test_leaves_when_no_longer_selected_but_only_without_leases(api, tmp_path):
     run(sync)
     assert "ls" not in sync.agent.lockspaces
     assert state(api, "ls.1") == "Free"
-    assert sync.managed == set()
+    assert sync.membership.managed == set()
     run(sync)
     assert sync.agent.joined[-1].name == "ls" and len(sync.agent.joined) == 1  # not rejoined
 
@@ -358,8 +377,8 @@ def test_losing_the_api_server_never_touches_the_agent_and_writes_catch_up(api, 
 
 def test_the_sync_thread_survives_a_failing_pass(api, tmp_path):
     class Broken(FakeAgent):
-        def status(self):
-            super().status()
+        def snapshot(self):
+            super().snapshot()
             raise OSError(errno.EIO, "boom")
 
     sync = make_sync(api, tmp_path, agent=Broken())
@@ -392,8 +411,8 @@ def test_a_real_agent_formats_joins_and_reports_live(api, tmp_path):
             run(sync)
             time.sleep(0.2)
         assert state(api, "ls.1") == "Live"
-        (ls,) = agent.status()["lockspaces"]
-        assert (ls["host_id"], ls["state"]) == (1, "live")
+        (ls,) = agent.snapshot().lockspaces
+        assert (ls.host_id, ls.state) == (1, "live")
         assert api.obj("lockspaces", "ls")["status"]["formattedBy"] == "n1"
     finally:
         agent.stop(clean=True)

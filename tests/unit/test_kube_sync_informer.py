@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from fake_kube_api import FakeKubeApi
 from kube_builders import lockspace
-from vmlease_agent.informer import Backoff, Informer
+from vmlease_agent.kube.informer import Backoff, Informer
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -4,19 +4,27 @@ publisher's writes against the fake API (``lease_publisher``)."""
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from fake_kube_api import FakeKubeApi
-from kube_builders import disklease, lease, lockspace
-from vmlease_agent import lease_status
-from vmlease_agent.lease_publisher import LeasePublisher
-from vmlease_operator.api.models import DiskLease, DiskLeaseStatus, Holder, LeasePhase, Lockspace
+from kube_builders import disklease, lockspace
+from kube_builders import lease as wire_lease
+from vmlease_agent.core.snapshot import LeaseSnapshot
+from vmlease_agent.kube import lease_status
+from vmlease_agent.kube.lease_publisher import LeasePublisher
+from vmlease_api.models import DiskLease, DiskLeaseStatus, Holder, LeasePhase, Lockspace
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 SHARED = "/shared"
 PATH = "/shared/res1.lease"
 
 
-def view(*leases: dict, node: str = "n1") -> lease_status.HeldView:
+def lease(*args: Any, **kw: Any) -> LeaseSnapshot:
+    """A lease as the agent's snapshot has it (built from its wire form)."""
+    return LeaseSnapshot.from_wire(wire_lease(*args, **kw))
+
+
+def view(*leases: LeaseSnapshot, node: str = "n1") -> lease_status.HeldView:
     views, skipped = lease_status.held_views(leases, node)
     assert not skipped
     (only,) = views.values()

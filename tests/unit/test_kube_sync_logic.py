@@ -7,11 +7,11 @@ import datetime
 
 import pytest
 from kube_builders import hostid, lockspace
-from vmlease_agent import kube_logic
-from vmlease_agent.kube_logic import Local, Step
-from vmlease_operator.allocation import HostIdRecord
-from vmlease_operator.api.models import HostId, HostIdStatus, HostState, Lockspace
-from vmlease_operator.api.patch import merge_patch
+from vmlease_agent.kube import decisions as kube_logic
+from vmlease_agent.kube.decisions import Local, Step
+from vmlease_api.allocation import HostIdRecord
+from vmlease_api.models import HostId, HostIdStatus, HostState, Lockspace
+from vmlease_api.patch import merge_patch
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 T1 = T0 + datetime.timedelta(seconds=30)

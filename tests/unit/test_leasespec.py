@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from vmlease_agent import leasespec
-from vmlease_agent.engine import errors
+from vmlease_agent.engine import errors, leasespec
 from vmlease_agent.engine.paxos import Resource
 
 

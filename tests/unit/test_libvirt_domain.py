@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from vmlease_agent.libvirt_domain import (
+from vmlease_agent.virt.domain import (
     METADATA_NS,
     DiskIdentityError,
     DiskPathError,

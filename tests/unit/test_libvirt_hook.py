@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from vmlease_agent import libvirt_cli, libvirt_files
+from vmlease_agent.cli import libvirt as libvirt_cli
 from vmlease_agent.engine import paxos
 from vmlease_agent.engine.directio import Storage
-from vmlease_agent.libvirt_config import ConfigError, LibvirtConfig, load, parse
-from vmlease_agent.libvirt_domain import METADATA_NS, parse_domain
-from vmlease_agent.libvirt_hook import _element_text
-from vmlease_agent.libvirt_leases import fence_command, holder_key, plan
+from vmlease_agent.virt import files as libvirt_files
+from vmlease_agent.virt.config import ConfigError, LibvirtConfig, load, parse
+from vmlease_agent.virt.domain import METADATA_NS, parse_domain
+from vmlease_agent.virt.hook import _element_text
+from vmlease_agent.virt.plan import fence_command, holder_key, plan
 
 UUID = "c7a5fdbd-cdaf-9455-926a-d65c16db1809"
 LS = "__LIBVIRT__DISKS__"
@@ -89,7 +90,7 @@ def test_config_missing_default_file_means_defaults_but_a_named_one_is_an_error(
     tmp_path, monkeypatch
 ):
     monkeypatch.delenv("VMLEASE_LIBVIRT_CONFIG", raising=False)
-    monkeypatch.setattr("vmlease_agent.libvirt_config.DEFAULT_PATH", str(tmp_path / "none"))
+    monkeypatch.setattr("vmlease_agent.virt.config.DEFAULT_PATH", str(tmp_path / "none"))
     assert load() == LibvirtConfig()
     with pytest.raises(ConfigError, match="does not exist"):
         load(str(tmp_path / "typo.conf"))
@@ -151,7 +152,7 @@ def test_plan_names_a_disk_with_a_stable_identity_by_it():
 
 def test_fence_command_names_the_domain_policy_and_agent():
     cmd = fence_command(LibvirtConfig(run_dir="/run/a"), UUID, "pause", python="/py")
-    assert cmd[:3] == ["/py", "-m", "vmlease_agent.libvirt_fence"]
+    assert cmd[:3] == ["/py", "-m", "vmlease_agent.virt.fence"]
     assert cmd[cmd.index("--uuid") + 1] == UUID and cmd[cmd.index("--policy") + 1] == "pause"
     assert cmd[cmd.index("--run-dir") + 1] == "/run/a"
     assert holder_key(UUID) == f"libvirt:{UUID}"
@@ -517,6 +518,96 @@ def test_config_error_refuses_prepare_but_not_release(hook_env, tmp_path):
         assert done.returncode == code and b"is not a known setting" in done.stderr
 
 
+# ---- what the hook imports (its cost: bench/libvirt_start.py) ------------------------------------
+
+#: vmlease modules every hook call imports: the entry, its config, and the engine package (sanlock's
+#: codes and the error pattern; not the engine's modules)
+HOOK_ENTRY = {"vmlease_agent", "vmlease_agent.virt", "vmlease_agent.virt.config",
+              "vmlease_agent.virt.hook", "vmlease_agent.engine"}  # fmt: skip
+#: ... plus, for a call to the agent, the lean client and the plan's holder key.
+HOOK_AGENT = {"vmlease_agent.rpc", "vmlease_agent.rpc.wire", "vmlease_agent.virt.plan"}
+#: stdlib modules the hook may add to a bare ``python -I -S``: ``os``, the lean client's C modules
+#: (``_json``, ``_socket``), ``select`` for the runner. Not ``__future__``: the modules on these
+#: paths quote their annotations instead of importing it
+HOOK_STDLIB = {"os", "os.path", "posixpath", "genericpath", "stat", "_stat", "_collections_abc",
+               "_json", "_socket", "select"}  # fmt: skip
+#: what each would cost a call (bench/libvirt_start.py): never imported on the lean paths
+HEAVY = ("json", "socket", "typing", "xml.etree.ElementTree", "subprocess", "dataclasses", "enum",
+         "re", "contextlib", "collections", "functools", "hashlib", "threading", "logging",
+         "argparse", "signal", "selectors", "inspect", "vmlease_agent.engine.errors",
+         "vmlease_agent.virt.domain", "vmlease_agent.rpc.client")  # fmt: skip
+
+
+@pytest.fixture
+def hook_imports(hook_env, tmp_path):
+    """``hook_env`` whose installed hook writes ``sys.modules`` at each ``os._exit``: the process
+    libvirt waits for ("parent") and, for the ops that fork, the worker ("worker"). The shim is
+    the one ``install-hook`` wrote (``-I -S``, its sys.path), only ``exit_main()`` is wrapped."""
+    run, agent, _ = hook_env
+    hook = tmp_path / "hooks" / "qemu.d" / "50-vmlease"
+    out = tmp_path / "modules."
+    probe = (
+        f"import os, sys; p0 = os.getpid(); real = os._exit; os._exit = lambda code: (open("
+        f'"{out}" + ("parent" if os.getpid() == p0 else "worker"), "w").write('
+        f'" ".join(sorted(sys.modules))), real(code)); '
+    )
+
+    def imports(op: str, xml: str | None = None, entry: str = "vmlease_agent.virt.hook") -> dict:
+        text = hook.read_text()
+        call = "from vmlease_agent.virt.hook import exit_main; exit_main()"
+        assert call in text and "'" not in probe + str(out)
+        hook.write_text(text.replace(call, probe + call.replace("vmlease_agent.virt.hook", entry)))
+        try:
+            for f in tmp_path.glob("modules.*"):
+                f.unlink()
+            done = run(op, xml)
+            assert done.returncode == 0, done.stderr
+        finally:
+            hook.write_text(text)
+        return {f.suffix[1:]: set(f.read_text().split()) for f in tmp_path.glob("modules.*")}
+
+    baseline = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", "import sys; print(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return imports, agent, set(baseline)
+
+
+def _check_lean(modules: set[str], vmlease: set[str], baseline: set[str], where: str) -> None:
+    heavy = [m for m in HEAVY if m in modules]
+    assert not heavy, f"{where} imports {heavy}: each costs every domain start or stop"
+    assert {m for m in modules if m.startswith("vmlease")} == vmlease, where
+    extra = {m for m in modules if not m.startswith("vmlease")} - baseline - HOOK_STDLIB
+    assert not extra, f"{where} imports {sorted(extra)} (the pinned set is HOOK_STDLIB)"
+
+
+def test_the_start_and_stop_ops_import_only_the_lean_modules(hook_imports, tmp_path):
+    imports, agent, baseline = hook_imports
+    (tmp_path / "qemu" / "vm1.pid").write_text(str(os.getpid()))
+    agent.replies["inquire"] = [{"ok": True, "result": [{"lease": "L:r", "pid": 0}]}]
+    for op in ("started", "stopped", "release"):  # inline: no worker, no runner
+        seen = imports(op, domain_xml())
+        assert list(seen) == ["parent"], op
+        _check_lean(seen["parent"], HOOK_ENTRY | HOOK_AGENT, baseline, op)
+    # a domain's restart: prepare, its plan cached by the first start (which parses the XML)
+    assert imports("prepare")["worker"] >= {"vmlease_agent.virt.domain", "xml.etree.ElementTree"}
+    seen = imports("prepare")
+    runner = {"vmlease_agent.virt.runner"}
+    _check_lean(seen["parent"], HOOK_ENTRY | runner, baseline, "prepare")
+    cached = HOOK_ENTRY | runner | HOOK_AGENT | {"vmlease_agent.virt.plancache"}
+    _check_lean(seen["worker"], cached, baseline, "prepare's worker")
+
+
+def test_a_hook_installed_by_vmlease_0_1_still_runs(hook_imports, tmp_path):
+    """0.1's hook files import ``vmlease_agent.libvirt_hook``: it stays a re-export."""
+    imports, agent, baseline = hook_imports
+    (tmp_path / "qemu" / "vm1.pid").write_text(str(os.getpid()))
+    seen = imports("started", domain_xml(), entry="vmlease_agent.libvirt_hook")
+    assert agent.ops() == ["bind", "set_kill_command"]
+    old = HOOK_ENTRY | HOOK_AGENT | {"vmlease_agent.libvirt_hook"}
+    _check_lean(seen["parent"], old, baseline, "started (0.1 hook file)")
+
+
 # ---- the fencing command (libvirt's in-process test driver: no daemon) --------------------------
 
 
@@ -530,7 +621,7 @@ def test_driver():
 
 
 def test_fence_destroys_the_domain_through_libvirt(test_driver, tmp_path):
-    from vmlease_agent.libvirt_fence import fence
+    from vmlease_agent.virt.fence import fence
 
     _, dom = test_driver
     assert dom.isActive()
@@ -539,7 +630,7 @@ def test_fence_destroys_the_domain_through_libvirt(test_driver, tmp_path):
 
 
 def test_fence_pause_suspends_and_hands_the_leases_back_to_the_agent(test_driver, tmp_path):
-    from vmlease_agent.libvirt_fence import fence
+    from vmlease_agent.virt.fence import fence
 
     _, dom = test_driver
     agent = FakeAgent(tmp_path / "run")
@@ -551,7 +642,7 @@ def test_fence_pause_suspends_and_hands_the_leases_back_to_the_agent(test_driver
 
 
 def test_fence_falls_back_to_sigterm_when_libvirt_cannot_do_it(test_driver, tmp_path):
-    from vmlease_agent.libvirt_fence import fence
+    from vmlease_agent.virt.fence import fence
 
     _, dom = test_driver
     for uri, pidfile in (("test:///nonexistent.xml", None), ("test:///default", "1")):
@@ -564,7 +655,7 @@ def test_fence_falls_back_to_sigterm_when_libvirt_cannot_do_it(test_driver, tmp_
 
 
 def test_the_hooks_lean_client_speaks_the_agents_json():
-    from vmlease_agent.libvirt_rpc import decode, encode
+    from vmlease_agent.rpc.wire import decode, encode
 
     request = {"op": "acquire", "key": 'libvirt:"é"', "resources": ["L:R:/a\\:b:0", "x"],
                "wait": False, "pid": 42, "n": None, "t": 1.5}  # fmt: skip
@@ -580,7 +671,7 @@ def test_the_hooks_lean_client_speaks_the_agents_json():
 
 
 def test_plan_cache_hits_only_when_every_input_of_the_plan_is_unchanged(tmp_path):
-    from vmlease_agent import libvirt_plancache as cache
+    from vmlease_agent.virt import plancache as cache
 
     image = tmp_path / "disk.img"
     image.write_bytes(b"")
@@ -615,3 +706,28 @@ def test_prepare_uses_the_cached_plan_and_acquires_the_same_leases(hook_env, tmp
     first, second = (r for r in agent.requests if r["op"] == "acquire")
     assert first == second
     assert (tmp_path / "run" / "libvirt-plans" / UUID).exists()
+
+
+def test_the_plan_cache_fingerprints_code_that_exists():
+    """A module renamed away from ``CODE`` would stamp "?" forever, and an edited plan computation
+    would reuse plans cached by the old code (the 0.1 names did that after the move to virt/)."""
+    from vmlease_agent.virt import plancache as cache
+
+    here = Path(cache.__file__).parent
+    assert all((here / name).is_file() for name in cache.CODE)
+    assert "?" not in cache.fingerprint(LibvirtConfig()).split("\n")[0]
+
+
+def test_every_error_family_is_built_from_the_one_template_pattern():
+    from vmlease_agent.engine import Templated
+    from vmlease_agent.engine.errors import LeaseError
+    from vmlease_agent.rpc import wire
+    from vmlease_agent.virt import hook
+    from vmlease_agent.virt.domain import DomainXMLError
+
+    for family in (LeaseError, hook.HookError, ConfigError, DomainXMLError, wire.Unreachable,
+                   wire.Refused):  # fmt: skip
+        assert issubclass(family, Templated) and family.__init__ is Templated.__init__, family
+    e = hook.NoQemuPid(domain="vm1", path="/run/x.pid", detail="No such\nfile", config="c")
+    assert "\n" not in str(e) and e.fields["path"] == e.path == "/run/x.pid"  # one line, fields
+    assert isinstance(ConfigError(path="p", problem="q", fix="f"), ValueError)

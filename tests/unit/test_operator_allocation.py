@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fake_hostid_store import FakeHostIdStore
-from vmlease_operator.allocation import (
+from vmlease_api.allocation import (
     HostIdRecord,
     LockspaceFull,
     ReleaseClock,
@@ -16,8 +16,8 @@ from vmlease_operator.allocation import (
     lowest_free,
     release_reason,
 )
-from vmlease_operator.allocator import Allocator, hostid_body, release
-from vmlease_operator.api.models import HostState
+from vmlease_api.models import HostState
+from vmlease_operator.hostid_writes import Allocator, hostid_body, release
 
 SAFE = 140.0
 

@@ -6,8 +6,8 @@ import datetime
 
 import pytest
 from pydantic import ValidationError
-from vmlease_operator.api import conditions, naming
-from vmlease_operator.api.models import (
+from vmlease_api import conditions, naming
+from vmlease_api.models import (
     ConditionStatus,
     DiskLeaseSpec,
     HostId,

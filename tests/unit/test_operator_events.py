@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from vmlease_api.allocation import HostIdRecord
+from vmlease_api.models import HostState, LeasePhase
 from vmlease_operator import events
-from vmlease_operator.allocation import HostIdRecord
-from vmlease_operator.api.models import HostState, LeasePhase
 
 
 def _rec(state: HostState | None) -> HostIdRecord:

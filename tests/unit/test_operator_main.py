@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import urllib.request
 
 import pytest
@@ -12,13 +13,33 @@ from vmlease_operator import main, metrics
 def test_priority_comes_from_the_pod_ip_so_replicas_differ(monkeypatch):
     monkeypatch.setenv("POD_IP", "10.0.0.7")
     first = main.default_priority()
+    assert first == (10 << 24) + 7  # the address itself, below 2**31
     monkeypatch.setenv("POD_IP", "10.0.0.8")
-    assert first != main.default_priority() and first > 0
+    assert main.default_priority() == first + 1
+    monkeypatch.setenv("POD_IP", "fd00::1:7")
+    assert main.default_priority() == (1 << 16) + 7  # IPv6: its low 31 bits
 
 
 def test_priority_without_pod_ip_is_random_and_positive(monkeypatch):
+    """Uniform over kopf's positive range from the given source, so two replicas started
+    without POD_IP differ (equal priorities would freeze both)."""
     monkeypatch.delenv("POD_IP", raising=False)
-    assert {main.default_priority() for _ in range(5)} != {0}
+    assert main.default_priority(random.Random(7)) == random.Random(7).randint(1, 2**31 - 1)
+    draws = [main.default_priority(random.Random(seed)) for seed in range(50)]
+    assert len(set(draws)) == 50
+    assert all(1 <= p <= main.MAX_PRIORITY == 2**31 - 1 for p in draws)
+    # Spread over the whole range, not bunched near one end.
+    assert min(draws) < 2**31 // 4 and max(draws) > 3 * (2**31 // 4)
+
+    class Bounds(random.Random):
+        def randint(self, a: int, b: int) -> int:
+            self.asked = (a, b)
+            return a
+
+    edge = Bounds()
+    assert main.default_priority(edge) == 1 and edge.asked == (1, 2**31 - 1)
+    # Without a source, the module's own: still in range, and not a constant.
+    assert len({main.default_priority() for _ in range(5)}) > 1
 
 
 def test_args_default_to_peering_with_liveness_and_metrics():
@@ -55,7 +76,7 @@ def test_forget_lockspace_drops_its_series():
     assert sample("vmlease_lockspace_nodes_waiting", {"lockspace": "ls-gone"}) is None
 
 
-@pytest.mark.parametrize("module", ["vmlease_operator.api", "vmlease_operator.api.models"])
+@pytest.mark.parametrize("module", ["vmlease_api", "vmlease_api.models"])
 def test_api_package_does_not_import_kopf(module):
     """The agent imports the API package: it must not drag kopf in."""
     import subprocess

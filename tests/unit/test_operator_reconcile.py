@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime
 
 from vmlease_agent.engine.timeouts import host_dead_seconds
+from vmlease_api.allocation import HostIdRecord, ReleaseClock
+from vmlease_api.models import FormatRequest, HostState, Lockspace
 from vmlease_operator import events, reconcile
-from vmlease_operator.allocation import HostIdRecord, ReleaseClock
-from vmlease_operator.api.models import FormatRequest, HostState, Lockspace
 from vmlease_operator.formatting import format_request
 
 NOW = datetime.datetime(2025, 1, 1, 12, 0, tzinfo=datetime.UTC)
@@ -167,7 +167,7 @@ def test_departed_formatter_request_is_removed_from_status():
 
 
 def test_merge_patch():
-    from vmlease_operator.api.patch import merge_patch
+    from vmlease_api.patch import merge_patch
 
     old = {"a": 1, "b": {"c": 2, "d": 3}, "e": [1]}
     new = {"a": 1, "b": {"c": 2, "d": 4}, "e": [1, 2], "f": 5}

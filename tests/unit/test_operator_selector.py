@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from vmlease_operator.api.models import LabelSelector
-from vmlease_operator.selector import matches
+from vmlease_api.models import LabelSelector
+from vmlease_api.selector import matches
 
 LABELS = {"zone": "a", "vmlease.io/enabled": "true"}
 

@@ -4,11 +4,11 @@ import json
 import os
 
 import pytest
-from vmlease_agent import state
-from vmlease_agent.clients import Client, HeldLease
+from vmlease_agent.core import state
+from vmlease_agent.core.holders import Client, HeldLease
+from vmlease_agent.core.lockspace import LIVE, LockspaceConfig
 from vmlease_agent.engine.ondisk import Dblock, Leader, Sizes
 from vmlease_agent.engine.paxos import Resource, Token
-from vmlease_agent.lockspace import LIVE, LockspaceConfig
 
 
 class FakeLease:
@@ -100,3 +100,15 @@ def test_state_of_another_boot_is_ignored_quietly(tmp_path):
 
 def test_missing_state_is_empty(tmp_path):
     assert state.load(str(tmp_path / "nope"), "n").clients == []
+
+
+def test_a_kill_command_saved_before_the_modules_moved_still_fences():
+    old = ["/py", "-m", "vmlease_agent.libvirt_fence", "--uuid", "u"]
+    assert state.current_kill_command(old) == [
+        "/py",
+        "-m",
+        "vmlease_agent.virt.fence",
+        "--uuid",
+        "u",
+    ]
+    assert state.current_kill_command(None) is None

@@ -29,9 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmlease_agent import watchdog
-from vmlease_agent.engine.clock import boottime
-from vmlease_agent.watchdog import (
+from vmlease_agent.core import watchdog
+from vmlease_agent.core.watchdog import (
     WDIOC_GETTIMEOUT,
     WDIOC_KEEPALIVE,
     WDIOC_SETTIMEOUT,
@@ -43,7 +42,8 @@ from vmlease_agent.watchdog import (
     open_watchdog,
     read_state,
 )
-from vmlease_agent.watchdog_harness import spawn_harness
+from vmlease_agent.engine.clock import boottime
+from vmlease_agent.sim.watchdog_harness import spawn_harness
 
 W = 1  # fire timeout of the simulated nodes, seconds
 SLACK = 0.3  # the harness polls every 0.1 s; the rest is scheduling
@@ -54,7 +54,7 @@ SLACK = 0.3  # the harness polls every 0.1 s; the rest is scheduling
 # or "hang" (stops feeding, stays alive).
 NODE = """
 import json, subprocess, sys, time
-from vmlease_agent.watchdog import open_watchdog
+from vmlease_agent.core.watchdog import open_watchdog
 device, w, feed, end, linger = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), *sys.argv[4:]
 vm = subprocess.Popen(["sleep", "60"])
 print(json.dumps({"vm": vm.pid}), flush=True)
@@ -226,7 +226,7 @@ def test_harness_refuses_its_own_process_group_safety(device: Path) -> None:
 
     Safe even if it did run: the device is never armed, so it could not fire.
     """
-    cmd = [sys.executable, "-m", "vmlease_agent.watchdog_harness", "--device", str(device)]
+    cmd = [sys.executable, "-m", "vmlease_agent.sim.watchdog_harness", "--device", str(device)]
     for pgid in (os.getpgrp(), 0, 1):
         r = subprocess.run([*cmd, "--pgid", str(pgid)], capture_output=True, text=True, timeout=10)
         assert r.returncode == 2, r.stderr
@@ -382,7 +382,7 @@ def test_linux_arm_keepalive_disarm(pty_device: tuple[str, int, FakeDriver]) -> 
     wd.arm()
     assert driver.calls == [WDIOC_SETTIMEOUT, WDIOC_GETTIMEOUT, WDIOC_KEEPALIVE]
     assert driver.timeout == 10 and wd.fire_timeout == 10
-    fd = wd._fd  # the fd must not leak into processes the agent starts
+    fd = wd.fd  # the fd must not leak into processes the agent starts
     assert fd is not None and fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
     assert stat.S_ISCHR(os.fstat(fd).st_mode)
     wd.arm()  # idempotent: no second open, only a keepalive
@@ -467,7 +467,7 @@ def test_linux_shorten_trusts_the_timeout_read_back_safety(
     wd.arm()
     wd.shorten(7)
     assert driver.timeout <= 7
-    assert driver.timeout == wd._current == 4  # what the device runs with, as read back
+    assert driver.timeout == wd.timeout == 4  # what the device runs with, as read back
     wd.keepalive(seconds=6)  # an effective W below the configured one: never rounded up either
     assert driver.timeout == 4
     wd.keepalive()

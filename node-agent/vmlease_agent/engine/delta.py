@@ -465,7 +465,7 @@ class DeltaLease:
             return 0.0  # a previous boot of this machine: none of its processes survived
         if theirs is not None:
             # this boot: the timestamp is on our clock, truncated to whole seconds (+1)
-            until = current.timestamp + 1 + timeouts.host_dead_seconds(other_n, other_w)
+            until = float(current.timestamp + 1 + timeouts.host_dead_seconds(other_n, other_w))
             wait = until - self.clock.now()
         else:
             wait, until = held_wait, self.clock.now() + held_wait

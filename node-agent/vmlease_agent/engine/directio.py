@@ -233,7 +233,8 @@ class Storage:
                     detail="this file system does not support O_DIRECT (tmpfs?); keep leases "
                     "on a local disk file system, NFS or a block device",
                 ) from None
-            raise errors.StorageUnusable(path=path, detail=os.strerror(e.errno)) from None
+            detail = os.strerror(e.errno or errno.EIO)
+            raise errors.StorageUnusable(path=path, detail=detail) from None
         self.sector_size = self._discover_sector_size()
         self._pool = _IoWorkers(f"io:{os.path.basename(path)}", self.MAX_WORKERS)
         self._lock = threading.Lock()
@@ -293,7 +294,7 @@ class Storage:
                 length=length,
                 path=self.path,
                 offset=offset,
-                detail=os.strerror(job.error.errno),
+                detail=os.strerror(job.error.errno or errno.EIO),
             )
         if job.error is not None:
             raise job.error

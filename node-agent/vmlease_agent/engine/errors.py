@@ -8,24 +8,17 @@ the number an admin knows and python-sanlock users see the same ``errno``.
 from __future__ import annotations
 
 import errno
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from vmlease_agent import engine
+from vmlease_agent.engine import Templated
 
 
-class LeaseError(Exception):
-    """Base class. Subclasses set ``code`` and ``template`` (``str.format`` with the kwargs)."""
+class LeaseError(Templated):
+    """Base class. Subclasses set ``code`` and ``template`` (``str.format`` with the kwargs:
+    the pattern of every vmlease error, ``engine.Templated``)."""
 
-    code: ClassVar[int] = -201  # SANLK_ERROR, "General error"
-    template: ClassVar[str] = "{detail}"
-
-    def __init__(self, **fields: Any) -> None:
-        self.fields = fields
-        super().__init__(self.template.format(**fields))
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["fields"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    code: ClassVar[int] = engine.SANLK_ERROR
 
 
 # ---- input and layout ---------------------------------------------------------------------
@@ -53,7 +46,7 @@ class OffsetNotAligned(LeaseError):
 
 
 class BadSizes(LeaseError):
-    code = -230  # SANLK_ADDLS_SIZES
+    code = engine.SANLK_ADDLS_SIZES
     template = (
         "invalid sector/align size combination {sector_size}/{align_size}: use 512 with 1M, "
         "or 4096 with 1M, 2M, 4M or 8M"
@@ -61,7 +54,7 @@ class BadSizes(LeaseError):
 
 
 class HostIdOutOfRange(LeaseError):
-    code = -231  # SANLK_ADDLS_INVALID_HOSTID
+    code = engine.SANLK_ADDLS_INVALID_HOSTID
     template = (
         "{lease} at {path}:{offset}: host_id {host_id} is out of range; this lockspace "
         "holds host_ids 1..{max_hosts}"
@@ -90,7 +83,7 @@ class RefuseOverwrite(LeaseError):
 
 
 class LeaderMagic(LeaseError):
-    code = -223  # SANLK_LEADER_MAGIC, "Lease does not exist on storage"
+    code = engine.SANLK_LEADER_MAGIC  # "Lease does not exist on storage"
     template = (
         "{lease} at {path}:{offset}: no {kind} lease on storage (magic {magic:#010x}, "
         "expected {expected:#010x}){hint}"
@@ -98,7 +91,7 @@ class LeaderMagic(LeaseError):
 
 
 class LeaderVersion(LeaseError):
-    code = -224
+    code = engine.SANLK_LEADER_VERSION
     template = (
         "{lease} at {path}:{offset}: on-disk format version {version:#010x} is not "
         "recognised (expected major {expected:#010x}); it was written by an incompatible tool"
@@ -106,7 +99,7 @@ class LeaderVersion(LeaseError):
 
 
 class LeaderSectorSize(LeaseError):
-    code = -225
+    code = engine.SANLK_LEADER_SECTORSIZE
     template = (
         "{lease} at {path}:{offset}: the lease was written with sector size "
         "{on_disk} but {detail}; use the sector size the lease was initialised with"
@@ -114,7 +107,7 @@ class LeaderSectorSize(LeaseError):
 
 
 class LeaderLockspace(LeaseError):
-    code = -226
+    code = engine.SANLK_LEADER_LOCKSPACE
     template = (
         "{lease} at {path}:{offset}: the lease on storage belongs to lockspace "
         "{found!r}, not {expected!r}; check the lockspace name and the offset"
@@ -122,7 +115,7 @@ class LeaderLockspace(LeaseError):
 
 
 class LeaderResource(LeaseError):
-    code = -227
+    code = engine.SANLK_LEADER_RESOURCE
     template = (
         "{lease} at {path}:{offset}: the lease on storage is resource {found!r}, not "
         "{expected!r}; check the resource name and the offset"
@@ -130,7 +123,7 @@ class LeaderResource(LeaseError):
 
 
 class LeaderNumHosts(LeaseError):
-    code = -228
+    code = engine.SANLK_LEADER_NUMHOSTS
     template = (
         "{lease} at {path}:{offset}: the lease was initialised for {num_hosts} hosts and "
         "cannot be used by host_id {host_id}; re-initialise it with a larger -n"
@@ -138,7 +131,7 @@ class LeaderNumHosts(LeaseError):
 
 
 class LeaderChecksum(LeaseError):
-    code = -229
+    code = engine.SANLK_LEADER_CHECKSUM
     template = (
         "{lease} at {path}:{offset}: leader checksum mismatch (stored {stored:#010x}, "
         "computed {computed:#010x}): the record is corrupt; nothing was written"
@@ -146,7 +139,7 @@ class LeaderChecksum(LeaseError):
 
 
 class DblockChecksum(LeaseError):
-    code = -214
+    code = engine.SANLK_DBLOCK_CHECKSUM
     template = (
         "{lease} at {path}:{offset}: paxos block of host_id {host_id} is corrupt "
         "(checksum mismatch); nothing was written"
@@ -157,7 +150,7 @@ class DblockChecksum(LeaseError):
 
 
 class IoTimeout(LeaseError):
-    code = -202  # SANLK_AIO_TIMEOUT
+    code = engine.SANLK_AIO_TIMEOUT
     template = (
         "{op} of {length} bytes at {path}:{offset} did not complete within the io_timeout "
         "of {timeout}s: the storage is stalled or too slow; check the path to the storage"
@@ -183,7 +176,7 @@ class WriteAbandoned(LeaseError):
 
 
 class HostIdBusy(LeaseError):
-    code = -262  # SANLK_HOSTID_BUSY
+    code = engine.SANLK_HOSTID_BUSY
     template = (
         "{lease} at {path}:{offset}: host_id {host_id} is in use by another host "
         "({holder}); pick another host_id, or stop the host that uses it"
@@ -191,7 +184,7 @@ class HostIdBusy(LeaseError):
 
 
 class HostNameCollision(LeaseError):
-    code = -262  # SANLK_HOSTID_BUSY: the host_id is in use, by a machine with our name
+    code = engine.SANLK_HOSTID_BUSY  # the host_id is in use, by a machine with our name
     template = (
         "{lease} at {path}:{offset}: host_id {host_id} is held under our host name {name!r} by "
         "another machine (machine {theirs}; this machine is {ours}): two machines use the same "
@@ -200,7 +193,7 @@ class HostNameCollision(LeaseError):
 
 
 class RenewOwner(LeaseError):
-    code = -260
+    code = engine.SANLK_RENEW_OWNER
     template = (
         "{lease} at {path}:{offset}: our delta lease of host_id {host_id} was taken over "
         "({detail}); another host uses the same host_id"
@@ -208,7 +201,7 @@ class RenewOwner(LeaseError):
 
 
 class RenewDiff(LeaseError):
-    code = -261
+    code = engine.SANLK_RENEW_DIFF
     template = (
         "{lease} at {path}:{offset}: our delta lease of host_id {host_id} changed on disk "
         "since our last renewal; another writer uses the same host_id"
@@ -219,22 +212,22 @@ class RenewDiff(LeaseError):
 
 
 class DblockLver(LeaseError):
-    code = -212
+    code = engine.SANLK_DBLOCK_LVER
     template = "{lease}: lost the ballot, another host acquired a newer lease version"
 
 
 class DblockMbal(LeaseError):
-    code = -213
+    code = engine.SANLK_DBLOCK_MBAL
     template = "{lease}: lost the ballot to another host with a higher ballot number"
 
 
 class AcquireLver(LeaseError):
-    code = -240
+    code = engine.SANLK_ACQUIRE_LVER
     template = "{lease}: lease version is {found}, not the requested {expected}"
 
 
 class AcquireIdLive(LeaseError):
-    code = -243  # SANLK_ACQUIRE_IDLIVE, "Lease is held by another host"
+    code = engine.SANLK_ACQUIRE_IDLIVE  # "Lease is held by another host"
     template = (
         "disk lease {lease} at {path}:{offset} is held by host {owner_id} "
         "(node {owner_name}, generation {owner_generation}){renewed}; it cannot be taken while "
@@ -243,7 +236,7 @@ class AcquireIdLive(LeaseError):
 
 
 class OwnerRecordOlder(LeaseError):
-    code = -243  # SANLK_ACQUIRE_IDLIVE: to its clients the lease is held, not takeable
+    code = engine.SANLK_ACQUIRE_IDLIVE  # to its clients the lease is held, not takeable
     template = (
         "disk lease {lease} at {path}:{offset} is held by host {owner_id} generation "
         "{owner_generation}, but the lockspace {lockspace} holds an older record for host_id "
@@ -256,7 +249,7 @@ class OwnerRecordOlder(LeaseError):
 
 
 class AcquireOwned(LeaseError):
-    code = -244
+    code = engine.SANLK_ACQUIRE_OWNED
     template = (
         "disk lease {lease} at {path}:{offset} was acquired by host {owner_id} "
         "(generation {owner_generation}) in a concurrent ballot"
@@ -264,7 +257,7 @@ class AcquireOwned(LeaseError):
 
 
 class AcquireOther(LeaseError):
-    code = -245
+    code = engine.SANLK_ACQUIRE_OTHER
     template = (
         "disk lease {lease} at {path}:{offset}: our ballot committed host {owner_id}'s "
         "earlier proposal; the lease belongs to host {owner_id}"
@@ -272,7 +265,7 @@ class AcquireOther(LeaseError):
 
 
 class AcquireOwnedRetry(LeaseError):
-    code = -247
+    code = engine.SANLK_ACQUIRE_OWNED_RETRY
     template = (
         "disk lease {lease} at {path}:{offset} is owned by host {owner_id}, which has "
         "not been silent long enough to be declared dead ({waited:.0f}s of {needed}s); retry later"
@@ -288,7 +281,7 @@ class SharedHeld(LeaseError):
 
 
 class ReleaseLver(LeaseError):
-    code = -250
+    code = engine.SANLK_RELEASE_LVER
     template = (
         "{lease} at {path}:{offset}: cannot release: lease version on disk is {found}, "
         "ours is {expected}"
@@ -296,12 +289,12 @@ class ReleaseLver(LeaseError):
 
 
 class ReleaseOwner(LeaseError):
-    code = -251
+    code = engine.SANLK_RELEASE_OWNER
     template = "{lease} at {path}:{offset}: cannot release: {detail}"
 
 
 class RequestOld(LeaseError):
-    code = -272
+    code = engine.SANLK_REQUEST_OLD
     template = (
         "{lease}: request for lease version {requested} is stale; the lease is already "
         "at version {current}"
@@ -309,10 +302,10 @@ class RequestOld(LeaseError):
 
 
 class RequestLver(LeaseError):
-    code = -273
+    code = engine.SANLK_REQUEST_LVER
     template = "{lease}: a request for a newer lease version ({existing}) is already pending"
 
 
 class RequestMagic(LeaseError):
-    code = -270
+    code = engine.SANLK_REQUEST_MAGIC
     template = "{lease} at {path}:{offset}: the request record is not valid (not initialised?)"

@@ -341,7 +341,7 @@ class Leader:
     @classmethod
     def unpack(cls, buf: bytes | memoryview) -> Leader:
         f = _LEADER.unpack_from(buf, 0)
-        return cls(*f[:9], decode_name(f[9]), decode_name(f[10]), *f[11:])
+        return cls(*f[:9], decode_name(f[9]), decode_name(f[10]), *f[11:])  # type: ignore[call-arg]
 
     @property
     def sizes(self) -> Sizes:

@@ -1,0 +1,848 @@
+"""The node agent's core: lockspaces, process-lifetime leases, fencing, watchdog, saved state.
+
+Everything the local API can ask for is a method here; the socket server (``api``) only parses
+and checks credentials. A main-loop thread (``tick``, 5 times a second) checks deadlines, drives
+fencing and feeds the watchdog only while every lockspace holding our delta lease is healthy.
+
+The watchdog protects holders, not the node: it is armed before the first write of the first
+acquisition (an acquisition in flight counts as a holder from then on, so a lockspace failing
+mid-ballot is fenced, not left), fed only while every lockspace is healthy, run with the smallest
+W any of our delta leases advertises on disk, and disarmed (magic close) as soon as nothing is
+held. So stopping, uninstalling or crash-looping an agent that protects nothing resets nobody.
+
+Restart without harm: the state needed to carry on (lockspaces with our last delta-lease record,
+every lease with its holder's pid and start time) is saved in the run directory after each change.
+A new agent started with the same run directory adopts it: the delta leases are resumed, not
+re-acquired (same host_id, same generation), so the leases on disk stay valid and no holder is
+disturbed, as long as it is back before the deadline T + 8N (and before the watchdog fires).
+A new agent that cannot adopt (state lost, another node name or run directory) fails closed: its
+delta leases' machine identity makes it wait out the earlier agent's deadline + W before it
+re-joins, and it does not open the watchdog (a keepalive of the old countdown) until then.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from vmlease_agent.core import fencing, state
+from vmlease_agent.core.holders import (
+    Client,
+    ClientRegistry,
+    HeldLease,
+    pid_key,
+    process_start_time,
+)
+from vmlease_agent.core.lockspace import LIVE, STOPPED, JoinedLockspace, LockspaceConfig
+from vmlease_agent.core.snapshot import (
+    AgentEvent,
+    AgentSnapshot,
+    HolderSnapshot,
+    LeaseSnapshot,
+    WatchdogSnapshot,
+)
+from vmlease_agent.core.watchdog import Watchdog, WatchdogError
+from vmlease_agent.engine import errors, ondisk, paxos, timeouts
+from vmlease_agent.engine.clock import REAL_CLOCK, Aborted, Clock
+from vmlease_agent.engine.directio import Storage
+from vmlease_agent.engine.paxos import Resource
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.2
+
+#: How a request names a lease holder: a process id, or a placeholder key (``libvirt:<uuid>``)
+#: until it is bound. (The holder itself, as readers see it, is ``snapshot.LeaseHolder``.)
+HolderRef = int | str
+
+
+class AgentError(errors.LeaseError):
+    """Errors of the agent itself (not of the on-disk protocol)."""
+
+
+class NotJoined(AgentError):
+    code = -errno.ENOSPC  # what sanlock returns for a lockspace not joined
+    template = (
+        "lockspace {lockspace} is not joined on this node{state}: add it with "
+        "`vmlease client add_lockspace -s {lockspace}:HOST_ID:PATH:OFFSET`"
+    )
+
+
+class NoSuchProcess(AgentError):
+    code = -errno.ESRCH
+    template = "process {pid} does not exist (or exited): leases belong to a running process"
+
+
+class AlreadyHeld(AgentError):
+    code = -errno.EEXIST
+    template = "disk lease {lease} is already held on this node by pid {pid} ({name})"
+
+
+class NotHeld(AgentError):
+    code = -errno.ENOENT
+    template = "pid {pid} holds no lease {lease} on this node"
+
+
+class Exists(AgentError):
+    code = -errno.EEXIST
+    template = "lockspace {lockspace} is already joined (host_id {host_id})"
+
+
+class Busy(AgentError):
+    code = -errno.EBUSY
+    template = "{detail}"
+
+
+class Stopping(AgentError):
+    code = -errno.ESHUTDOWN
+    template = "the agent is stopping: no new leases (ask the next agent)"
+
+
+@dataclass
+class AgentConfig:
+    run_dir: str
+    node_name: str
+    watchdog_fire_timeout: int = timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
+    kill_grace: int | None = None  # default: timeouts.kill_grace_seconds(W)
+    #: this machine's /etc/machine-id ("" if unknown: then no restart can prove a reboot)
+    machine_id: str = ""
+
+    @property
+    def grace(self) -> int:
+        if self.kill_grace is not None:
+            return self.kill_grace
+        return timeouts.kill_grace_seconds(self.watchdog_fire_timeout)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, watchdog: Watchdog, clock: Clock = REAL_CLOCK) -> None:
+        self.cfg = cfg
+        self.watchdog = watchdog
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._lockspaces: dict[str, JoinedLockspace] = {}
+        self._storages: dict[str, Storage] = {}
+        self._registry = ClientRegistry(self._on_client_exit, self._lock)
+        self._fencer = fencing.FencingDriver(self._registry, self._lock, cfg.grace, self.event)
+        self._events: list[AgentEvent] = []  # recent events, for status and people
+        #: How an acquisition or a release is carried out on disk (``paxos.Acquirer``); a
+        #: seam for tests that pause a ballot half-way, nothing else replaces it.
+        self.acquirer_factory: Callable[..., paxos.Acquirer] = paxos.Acquirer
+        self._stop = threading.Event()
+        self._loop: threading.Thread | None = None
+        self._last_feed = 0.0
+        self._last_tick = 0.0  # monotonic time of the last main-loop pass (health endpoint)
+        #: leases with an acquisition or a release on disk in flight on this node: label -> who.
+        #: One at a time per lease: our own host_id's ballot finds a lease we hold "already
+        #: ours", and a release that read the leader before a local ballot committed would free
+        #: the new version on disk (see ``_reserve``).
+        self._busy: dict[str, str] = {}
+        self._busy_done = threading.Condition(self._lock)
+        # The device: every decision to arm, feed, shorten, disarm or let go is taken under
+        # ``_device`` (then ``lock`` if needed), so an acquisition never writes unprotected.
+        self._device = threading.Lock()
+        self._armed = False
+        self._released = False  # let go of at stop: never touched again by this agent
+        self._stopping = False
+        #: acquisitions in flight: (client, lockspace name); they count as holders
+        self._inflight: list[tuple[Client, str]] = []
+        self.identity = ondisk.Identity.of(cfg.machine_id, state.boot_id())
+        #: an unadoptable state file of this boot: the watchdog stays closed until then
+        self._previous_until = 0.0
+
+    # ---- events and state -----------------------------------------------------------------
+
+    def event(self, kind: str, **fields) -> None:
+        e = AgentEvent(kind, self.clock.now(), time.time(), MappingProxyType(fields))
+        log.info("event %s %s", kind, fields)
+        with self._lock:
+            self._events.append(e)
+            del self._events[:-200]
+
+    def save(self) -> None:
+        with self._lock:
+            state.save(
+                self.cfg.run_dir, self.cfg.node_name, self._lockspaces, self._registry.clients
+            )
+
+    def _on_lockspace_change(self, ls: JoinedLockspace) -> None:
+        if ls.state == LIVE and ls.lease and ls.lease.record:
+            self.save()
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Adopt the saved state (restart without harm), arm the watchdog, run the main loop."""
+        saved = state.load(self.cfg.run_dir, self.cfg.node_name)
+        if saved.problem:
+            log.error("%s", saved.problem)
+            self.event("state_not_adopted", detail=saved.problem)
+            self._previous_until = saved.previous_until
+        if not self.cfg.machine_id:
+            log.warning(
+                "no machine id (/etc/machine-id): after a lost state or a reboot this agent can "
+                "never prove its earlier incarnation gone, so it always waits out 8N + W to re-join"
+            )
+        for item in saved.lockspaces:
+            self._add(item.cfg, resume=item.record)
+        for item in saved.lockspaces:
+            ls = self._lockspaces[item.cfg.name]
+            if not ls.wait_joined(timeout=item.cfg.io_timeout * 4):
+                log.error("lockspace %s could not be resumed: %s", ls.name, ls.error)
+        for c in saved.clients:
+            self._adopt_client(c)
+        if saved.lockspaces or saved.clients:
+            self.save()  # an empty start keeps whatever file is there until something changes
+        self.tick()  # arm and feed now if every resumed lockspace is healthy: no lease waits
+        self._loop = threading.Thread(target=self._run, name="main-loop", daemon=True)
+        self._loop.start()
+
+    def _adopt_client(self, saved: state.SavedClient) -> None:
+        try:
+            if saved.key == pid_key(saved.pid):
+                client = self._registry.get(saved.pid, saved.start_time, saved.owner)
+            else:
+                client = self._registry.placeholder(saved.key, saved.owner)
+                if saved.pid:
+                    self._registry.bind(saved.key, saved.pid, saved.start_time)
+        except (ProcessLookupError, OSError):
+            log.warning("pid %d exited while the agent was down: releasing its leases", saved.pid)
+            for held in saved.leases:
+                self._release_on_disk(held)
+            return
+        client.kill_command = saved.kill_command
+        for held in saved.leases:
+            client.leases[held.label] = held
+        self.event("adopted", holder=client.key, leases=sorted(client.leases))
+
+    def stop(self, clean: bool) -> None:
+        """Stop the agent.
+
+        ``clean``: release everything and disarm the watchdog (refused while leases are held).
+        Otherwise (SIGTERM, an upgrade) keep every lease and the delta leases on disk and the
+        saved state. The device is decided about first, before anything waits on storage:
+        nothing held, it is disarmed (the node is not reset); leases held, it is let go of while
+        every lockspace is healthy and keeps counting (the restart window: a new agent must
+        adopt them within W); a lockspace failing, we stay and fence until it is healthy again
+        or the watchdog resets the node (``_let_go_of_device``).
+        """
+        if clean:
+            self.check_clean_stop()
+        with self._device:
+            self._stopping = True
+        if clean:
+            with self._device:
+                self._disarm("clean stop")
+                self._released = True
+        else:
+            self._let_go_of_device()
+        self._stop.set()
+        if self._loop:
+            self._loop.join(timeout=2)
+        if not clean:
+            self.save()  # while the lockspaces are still live: the next agent resumes them
+        for ls in list(self._lockspaces.values()):
+            ls.stop(release=clean, wait=clean)
+        if clean:
+            state.clear(self.cfg.run_dir)
+        self._registry.close()
+
+    def halt(self) -> None:
+        """End this agent's threads as a killed process would: nothing released, nothing saved,
+        nothing decided about the device (tests simulate a crash with it)."""
+        self._stop.set()
+        if self._loop:
+            self._loop.join(timeout=2)
+        for ls in list(self._lockspaces.values()):
+            ls.stop(release=False, wait=False)
+        self._registry.close()
+
+    def _let_go_of_device(self) -> None:
+        """SIGTERM: decide about the device now, never after waiting on storage.
+
+        Closing a Linux watchdog without the magic character counts as one last keepalive, and
+        so does exiting (the kernel closes the fd): after a deadline that would push the reset
+        past the moment other hosts take our leases. So with leases held we let go only while
+        every lockspace is healthy (feeding would still be allowed), and otherwise stay, the
+        main loop fencing, until that is true again or the node is reset.
+        """
+        warned = False
+        while True:
+            with self._device:
+                now = self.clock.now()
+                if not self._armed or not self._holding():
+                    self._disarm("stopping with nothing held")
+                    self._released = True
+                    return
+                if all(ls.healthy(now) for ls in list(self._lockspaces.values())):
+                    self.watchdog.abandon()
+                    self._armed, self._released = False, True
+                    log.warning(
+                        "STOPPING WITH LEASES HELD (%s): the watchdog keeps counting; this node "
+                        "is reset in %d s unless a new agent adopts them (same run directory, "
+                        "node name and boot)",
+                        ", ".join(self._holder_keys()),
+                        self.device_timeout(),
+                    )
+                    return
+            if not warned:
+                log.warning("stop requested while a lockspace is failing: fencing first")
+                warned = True
+            time.sleep(TICK_SECONDS)
+
+    def check_clean_stop(self) -> None:
+        """A clean stop releases everything: refuse while processes hold leases."""
+        held = self._holder_keys()
+        if held:
+            raise Busy(
+                detail=f"{', '.join(held)} hold leases: release them (or stop them) first, "
+                "or stop the agent with SIGTERM to keep them across a restart"
+            )
+
+    # ---- the watchdog device ----------------------------------------------------------------
+
+    def _holder_keys(self) -> list[str]:
+        with self._lock:
+            keys = {c.key for c in self._registry.clients.values() if c.leases}
+            keys |= {c.key for c in self._registry.exiting.values() if c.leases}
+            keys |= {c.key for c, _ in self._inflight}
+        return sorted(keys)
+
+    def _holding(self) -> bool:
+        """Could anything of ours write under a lease: a holder, or an acquisition in flight?"""
+        return bool(self._holder_keys())
+
+    def device_timeout(self) -> int:
+        """The W the device may run with: the configured one, but never more than any of our
+        delta leases on disk advertises. After a restart with a larger W, peers still judge us
+        by the old record's W until our first renewal has written the new one."""
+        w = self.watchdog.fire_timeout
+        for ls in list(self._lockspaces.values()):
+            advertised = ls.advertised_fire_timeout
+            if advertised is not None:
+                w = min(w, advertised)
+        return w
+
+    def _quarantined(self, now: float) -> str:
+        """A lockspace whose join waits out an earlier holder of our host_id (maybe an earlier
+        agent of this boot whose holders still run): opening the device would feed its
+        countdown, so it stays closed until then. Returns the reason, or ""."""
+        if self._previous_until > now:
+            return (
+                f"the saved state of an earlier agent of this boot could not be adopted; its "
+                f"holders may run until {self._previous_until - now:.0f}s from now"
+            )
+        for ls in list(self._lockspaces.values()):
+            if ls.previous_until > now:
+                return (
+                    f"lockspace {ls.name}: host_id {ls.cfg.host_id} was held until recently, "
+                    f"perhaps by an earlier agent of this node; waiting "
+                    f"{ls.previous_until - now:.0f}s more before the watchdog may be opened"
+                )
+        return ""
+
+    def _arm_and_feed(self, now: float) -> None:
+        """Under ``_device``, with every lockspace healthy and something to protect."""
+        if not self._armed:
+            self.watchdog.arm()
+            self._armed = True
+            self.event("watchdog_armed", fire_timeout=self.device_timeout())
+        self.watchdog.keepalive(self.device_timeout())
+        self._last_feed = now
+
+    def _disarm(self, why: str) -> None:
+        """Under ``_device``: nothing is held, so nothing needs the node reset."""
+        if self._armed:
+            self.watchdog.disarm()
+            self._armed = False
+            self.event("watchdog_disarmed", reason=why)
+
+    def _begin_acquisition(self, client: Client, ls: JoinedLockspace) -> None:
+        """Before the first write of an acquisition: count it as a holder, and make sure the
+        device is armed (refused when it cannot be: the node could not be fenced)."""
+        with self._device:
+            if self._stopping:
+                raise Stopping()
+            now = self.clock.now()
+            sick = [x.name for x in list(self._lockspaces.values()) if not x.healthy(now)]
+            if sick:
+                raise Busy(
+                    detail=f"lockspace {', '.join(sick)} is failing (its holders are being "
+                    "fenced): no new leases on this node until it is healthy again"
+                )
+            reason = self._quarantined(now)
+            if reason:
+                raise Busy(detail=f"no new leases yet: {reason}")
+            try:
+                self._arm_and_feed(now)
+            except WatchdogError as e:
+                raise AgentError(
+                    detail=f"the watchdog cannot be armed, so this node could not be fenced: {e}"
+                ) from None
+            with self._lock:
+                self._inflight.append((client, ls.name))
+
+    def _end_acquisition(self, client: Client, ls: JoinedLockspace) -> None:
+        with self._lock:
+            self._inflight.remove((client, ls.name))
+
+    # ---- lockspaces -------------------------------------------------------------------------
+
+    def _add(self, cfg: LockspaceConfig, resume=None) -> JoinedLockspace:
+        ls = JoinedLockspace(
+            cfg,
+            self.cfg.node_name,
+            self.cfg.watchdog_fire_timeout,
+            self.clock,
+            on_change=self._on_lockspace_change,
+            identity=self.identity,
+        )
+        with self._lock:
+            self._lockspaces[cfg.name] = ls
+        ls.start(resume)
+        return ls
+
+    def add_lockspace(self, cfg: LockspaceConfig, wait: bool = True) -> dict:
+        with self._lock:
+            cur = self._lockspaces.get(cfg.name)
+            if cur is not None and cur.state != STOPPED:
+                raise Exists(lockspace=cfg.name, host_id=cur.cfg.host_id)
+        ls = self._add(cfg)
+        self.event("joining", lockspace=cfg.name, host_id=cfg.host_id)
+        if wait and not ls.wait_joined():
+            with self._lock:
+                self._lockspaces.pop(cfg.name, None)
+            raise AgentError(detail=f"joining lockspace {cfg.name} failed: {ls.error}")
+        if ls.state == LIVE:
+            self.event("joined", lockspace=cfg.name, host_id=cfg.host_id, generation=ls.generation)
+        return ls.snapshot().to_wire()
+
+    def rem_lockspace(self, name: str) -> None:
+        with self._lock:
+            ls = self._lockspaces.get(name)
+            if ls is None:
+                raise NotJoined(lockspace=name, state="")
+            users = [
+                c.key
+                for c in self._registry.clients.values()
+                if any(h.res.lockspace == name for h in c.leases.values())
+            ]
+            if users:
+                raise Busy(
+                    detail=f"lockspace {name} has leases held by {users}: release them first"
+                )
+            self._lockspaces.pop(name)
+        ls.stop(release=True)
+        self.event("left", lockspace=name)
+        self.save()
+
+    def joined_lockspace(self, name: str) -> JoinedLockspace | None:
+        """The lockspace object itself, for the core and for tests that inject faults into it;
+        readers take ``snapshot()``."""
+        with self._lock:
+            return self._lockspaces.get(name)
+
+    def _joined(self, name: str) -> JoinedLockspace:
+        ls = self._lockspaces.get(name)
+        if ls is None or ls.state != LIVE:
+            raise NotJoined(lockspace=name, state=f" (it is {ls.state})" if ls else "")
+        return ls
+
+    # ---- resource leases --------------------------------------------------------------------
+
+    def _storage(self, path: str) -> Storage:
+        with self._lock:
+            st = self._storages.get(path)
+            if st is None:
+                st = self._storages[path] = Storage(path)
+            return st
+
+    def _acquirer(self, ls: JoinedLockspace, res: Resource) -> paxos.Acquirer:
+        return self.acquirer_factory(
+            self._storage(res.path),
+            res,
+            ls.cfg.host_id,
+            ls.generation,
+            ls.cfg.io_timeout,
+            ls.owner_view(),
+            self.clock,
+            abort=ls.lost,  # a wait under a lockspace we lost must not end in a new lease
+        )
+
+    def _client(self, holder: HolderRef, owner: str = "", create: bool = False) -> Client:
+        """The client a request names: a pid, or a placeholder key such as ``libvirt:<uuid>``."""
+        if isinstance(holder, str):
+            if create:
+                return self._registry.placeholder(holder, owner)
+            c = self._registry.clients.get(holder)
+            if c is None:
+                raise NotHeld(pid=holder, lease="(any)")
+            return c
+        try:
+            c = self._registry.get(holder, owner=owner) if create else self._registry.by_pid(holder)
+        except (ProcessLookupError, OSError):
+            raise NoSuchProcess(pid=holder) from None
+        if c is None:
+            if process_start_time(holder) is None:
+                raise NoSuchProcess(pid=holder)
+            raise NotHeld(pid=holder, lease="(any)")
+        return c
+
+    def acquire(
+        self,
+        holder: HolderRef,
+        resources: list[tuple[Resource, bool]],
+        owner: str = "",
+        wait: bool = True,
+    ) -> list[dict]:
+        """Acquire every resource for ``holder``, all or nothing (taken ones released on error)."""
+        client = self._client(holder, owner, create=True)
+        taken: list[HeldLease] = []
+        try:
+            for res, shared in resources:
+                taken.append(self._acquire_one(client, res, shared, wait))
+        except BaseException:
+            for held in reversed(taken):
+                with self._lock:
+                    self._reserve(held.label, "being released (its acquisition failed)", wait=True)
+                    client.leases.pop(held.label, None)
+                try:
+                    self._release_on_disk(held)
+                finally:
+                    self._unreserve(held.label)
+            self._forget_if_idle(client)
+            raise
+        self.save()
+        for held in taken:
+            self.event(
+                "acquired",
+                lease=held.label,
+                holder=client.key,
+                owner=client.owner,
+                lver=held.token.lver,
+                shared=held.shared,
+            )
+        return [self._lease_snapshot(client, h).to_wire() for h in taken]
+
+    def _acquire_one(self, client: Client, res: Resource, shared: bool, wait: bool) -> HeldLease:
+        ls = self._joined(res.lockspace)
+        with self._lock:
+            self._reserve(res.label, f"being acquired by {client.pid or client.key}", wait)
+            try:
+                for other in [*self._registry.clients.values(), *self._registry.exiting.values()]:
+                    held = other.leases.get(res.label)
+                    if held is not None and not (shared and held.shared and not other.dead):
+                        raise AlreadyHeld(
+                            lease=res.label,
+                            pid=other.pid or other.key,
+                            name=other.owner or other.name,
+                        )
+                    if held is not None:  # shared: one on-disk SH mark per host
+                        h = HeldLease(res, held.token, True)
+                        client.leases[res.label] = h
+                        self._unreserve(res.label)
+                        return h
+            except BaseException:
+                self._unreserve(res.label)
+                raise
+        try:
+            self._begin_acquisition(client, ls)
+        except BaseException:
+            self._unreserve(res.label)
+            raise
+        try:
+            try:
+                token = self._acquirer(ls, res).acquire(shared=shared, nowait=not wait)
+            except Aborted:
+                raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})") from None
+            h = HeldLease(res, token, shared)
+            with self._lock:
+                if self._lockspaces.get(ls.name) is not ls or not ls.healthy() or client.dead:
+                    # The lockspace failed (or the holder died) during the ballot: the lease
+                    # may be ours on disk, but our host_id lease is no longer valid, so it is
+                    # neither used nor released (no I/O); others take it after 8N + W.
+                    log.warning("lease %s won after its lockspace failed: dropped", res.label)
+                    raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})")
+                client.leases[res.label] = h
+            return h
+        finally:
+            self._end_acquisition(client, ls)
+            self._unreserve(res.label)
+
+    def _reserve(self, label: str, why: str, wait: bool) -> None:
+        """Under ``lock``: make this the one acquisition or release of ``label`` on this node.
+
+        Another one in flight: an acquisition (another local holder) is refused at once, as
+        sanlock refuses a lease this host holds; a release is waited for when ``wait`` (it is a
+        few I/Os, each bounded by the io_timeout, so the wait is bounded too)."""
+        while label in self._busy:
+            other = self._busy[label]
+            if not wait or not other.startswith("being released"):
+                raise Busy(detail=f"disk lease {label} is {other} on this node")
+            self._busy_done.wait()
+        self._busy[label] = why
+
+    def _unreserve(self, label: str) -> None:
+        with self._lock:
+            self._busy.pop(label, None)
+            self._busy_done.notify_all()
+
+    def _release_on_disk(self, held: HeldLease) -> None:
+        ls = self._lockspaces.get(held.res.lockspace)
+        if ls is None or ls.state != LIVE:
+            # our host_id lease is not valid: writing now could clobber a new owner's lease
+            log.warning(
+                "lease %s dropped without disk I/O (lockspace %s)",
+                held.label,
+                ls.state if ls else "left",
+            )
+            return
+        if held.shared and self._shared_elsewhere(held):
+            return
+        try:
+            self._acquirer(ls, held.res).release(held.token)
+        except errors.LeaseError as e:
+            log.error("release of %s failed: %s", held.label, e)
+
+    def _shared_elsewhere(self, held: HeldLease) -> bool:
+        """Does another live local holder still hold this (shared) lease?"""
+        with self._lock:
+            return any(held.label in c.leases for c in self._registry.clients.values())
+
+    def release(self, holder: HolderRef, labels: list[str] | None) -> list[str]:
+        """Release the named leases of ``holder`` (all of them if ``labels`` is None)."""
+        with self._lock:
+            client = self._client(holder)
+            pid = client.pid or client.key
+            names = list(client.leases) if labels is None else labels
+            reserved: list[str] = []
+            try:
+                for n in names:  # first, so no local acquisition sees the lease gone too early
+                    self._reserve(n, f"being released by pid {pid}", wait=True)
+                    reserved.append(n)
+                missing = [n for n in names if n not in client.leases]
+                if missing:
+                    raise NotHeld(pid=pid, lease=", ".join(missing))
+            except BaseException:
+                for n in reserved:
+                    self._unreserve(n)
+                raise
+            gone = [client.leases.pop(n) for n in names]
+        for held in gone:
+            try:
+                self._release_on_disk(held)
+            finally:
+                self._unreserve(held.label)
+            self.event("released", lease=held.label, holder=client.key)
+        self._forget_if_idle(client)
+        self.save()
+        return [h.label for h in gone]
+
+    def _forget_if_idle(self, client: Client) -> None:
+        with self._lock:
+            if not client.leases and not client.kill_command:
+                self._registry.forget(client.key)
+
+    def _on_client_exit(self, client: Client) -> None:
+        """The holder exited: release its leases at once (on disk if our lockspace is valid).
+
+        Until the release is on disk the leases still show in ``status``: nobody should be told
+        a lease is free before it is.
+        """
+        reserved: list[str] = []
+        try:
+            with self._lock:
+                for label in list(client.leases):
+                    self._reserve(label, f"being released (pid {client.pid} exited)", wait=True)
+                    reserved.append(label)
+            for held in list(client.leases.values()):
+                self._release_on_disk(held)
+                self.event("released", lease=held.label, holder=client.key, reason="holder exited")
+        finally:
+            with self._lock:
+                client.leases.clear()
+                for label in reserved:
+                    self._unreserve(label)
+        self.save()
+
+    def set_kill_command(self, holder: HolderRef, command: list[str]) -> None:
+        """Run ``command`` (plus the holder's pid) instead of SIGTERM when fencing this holder."""
+        client = self._client(holder, create=True)
+        client.kill_command = command or None
+        self.save()
+
+    def bind(self, key: str, pid: int) -> None:
+        """Tie the leases a placeholder ``key`` holds to process ``pid`` (libvirt ``started``)."""
+        try:
+            self._registry.bind(key, pid)
+        except KeyError:
+            raise NotHeld(pid=key, lease="(any)") from None
+        except (ProcessLookupError, OSError):
+            raise NoSuchProcess(pid=pid) from None
+        except ValueError as e:
+            raise Busy(detail=str(e)) from None
+        self.event("bound", holder=key, pid=pid)
+        self.save()
+
+    def _lease_snapshot(self, client: Client, h: HeldLease) -> LeaseSnapshot:
+        return LeaseSnapshot(
+            lease=h.label,
+            lockspace=h.res.lockspace,
+            resource=h.res.name,
+            path=h.res.path,
+            offset=h.res.offset,
+            lver=h.token.lver,
+            shared=h.shared,
+            host_id=h.token.host_id,
+            generation=h.token.generation,
+            holder=client.identity(),
+            since=h.since,
+        )
+
+    def inquire(self, holder: HolderRef) -> list[dict]:
+        with self._lock:
+            try:
+                client = self._client(holder)
+            except NotHeld:
+                return []
+            return [self._lease_snapshot(client, h).to_wire() for h in client.leases.values()]
+
+    # ---- status -----------------------------------------------------------------------------
+
+    def snapshot(self) -> AgentSnapshot:
+        """Everything a reader may know, as frozen values taken in one critical section."""
+        with self._lock:
+            now = self.clock.now()
+            loop = self._loop
+            return AgentSnapshot(
+                node=self.cfg.node_name,
+                taken_at=now,
+                loop_running=loop is not None and loop.is_alive(),
+                last_tick=self._last_tick,
+                watchdog=WatchdogSnapshot(
+                    fire_timeout=self.cfg.watchdog_fire_timeout,
+                    device_timeout=self.device_timeout(),
+                    armed=self._armed,
+                    last_feed_ago=round(now - self._last_feed, 1) if self._armed else None,
+                    on_sigterm=self._on_sigterm(),
+                    new_leases_wait=self._quarantined(now),
+                ),
+                lockspaces=tuple(ls.snapshot() for ls in self._lockspaces.values()),
+                holders=tuple(
+                    self._holder_snapshot(c, exiting)
+                    for exiting, clients in (
+                        (False, self._registry.clients),
+                        (True, self._registry.exiting),
+                    )
+                    for c in clients.values()
+                ),
+                events=tuple(self._events),
+            )
+
+    def _holder_snapshot(self, c: Client, exiting: bool) -> HolderSnapshot:
+        return HolderSnapshot(
+            holder=c.identity(),
+            kill_command=tuple(c.kill_command) if c.kill_command is not None else None,
+            exiting=exiting,
+            leases=tuple(self._lease_snapshot(c, h) for h in c.leases.values()),
+        )
+
+    def holder(self, key: str) -> HolderSnapshot | None:
+        """A registered holder (not one whose process has exited) by key, as it is now."""
+        with self._lock:
+            c = self._registry.clients.get(key)
+            return self._holder_snapshot(c, exiting=False) if c is not None else None
+
+    def status(self) -> dict:
+        """The socket API's ``status``: the snapshot in its wire form."""
+        return self.snapshot().to_wire()
+
+    def recent_events(self) -> list[dict]:
+        """The socket API's ``events``: the last 200, oldest first, in their wire form."""
+        with self._lock:
+            events = list(self._events)
+        return [e.to_wire() for e in events]
+
+    def _on_sigterm(self) -> str:
+        """What stopping the agent now (SIGTERM, a rolling update) would do to this node."""
+        held = self._holder_keys()
+        if not held:
+            return "disarm the watchdog: nothing is held, the node is not reset"
+        return (
+            f"keep the watchdog counting: {len(held)} holder(s) keep their leases, and the "
+            f"node is reset {self.device_timeout()} s later unless a new agent adopts them"
+        )
+
+    def host_status(self, name: str) -> list[dict]:
+        ls = self._lockspaces.get(name)
+        if ls is None:
+            raise NotJoined(lockspace=name, state="")
+        return ls.hosts()
+
+    # ---- the main loop ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("main loop")
+
+    def tick(self) -> None:
+        now = self.clock.now()
+        self._last_tick = now
+        for ls in list(self._lockspaces.values()):
+            if ls.check_deadline(now):
+                self._fence(ls, now)
+        healthy = all(ls.healthy(now) for ls in list(self._lockspaces.values()))
+        with self._device:
+            if self._released:
+                return
+            if not self._holding():
+                self._disarm("nothing is held")
+                return
+            if not healthy:
+                if self._armed:
+                    # Keep the reset where it is (last feed + W) even if we die now: closing the
+                    # device counts as a keepalive, so let it run with only the time left, minus
+                    # a second for the tick between two calls (README, "Limits of the proof").
+                    left = int(self._last_feed + self.device_timeout() - now) - 1
+                    if left >= 1:
+                        self.watchdog.shorten(left)
+                return
+            # Opening a device an earlier agent left counting is itself a keepalive: only after
+            # the health check above, and never while an earlier incarnation is waited out.
+            if self._armed or not self._quarantined(now):
+                self._arm_and_feed(now)
+
+    def _fence(self, ls: JoinedLockspace, now: float) -> None:
+        """A failed lockspace: who of ours could still write under it is fenced
+        (``fencing.FencingDriver``); once nobody could, the lockspace is left."""
+        with self._lock:
+            holders = [
+                c
+                for c in self._registry.clients.values()
+                if any(h.res.lockspace == ls.name for h in c.leases.values())
+            ]
+            # an acquisition in flight may still win its ballot: its holder is fenced too
+            # (a dead one cannot use what it wins: the acquisition drops it)
+            holders += [
+                c
+                for c, name in self._inflight
+                if name == ls.name and c not in holders and self._registry.alive(c)
+            ]
+        if not holders:
+            # nobody of ours can write under this lockspace any more: leave it, keep the node
+            with self._lock:
+                if self._lockspaces.get(ls.name) is ls:
+                    self._lockspaces.pop(ls.name)
+            ls.stop(release=False, wait=False)  # the main loop never waits on storage
+            self.event("lockspace_lost", lockspace=ls.name, error=ls.error)
+            self.save()
+            return
+        self._fencer.escalate(ls, holders, now)

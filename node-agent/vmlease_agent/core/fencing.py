@@ -1,0 +1,141 @@
+"""Fencing: what happens to lease holders when their lockspace can no longer be renewed.
+
+Timeline (see ``engine.timeouts``; D = the lockspace's deadline T + 8N, G = kill grace, W = the
+watchdog fire timeout, G < W):
+  D        the lockspace has failed; the watchdog is no longer fed (it fires by D + W at the
+           latest); every holder of a lease in it is asked to stop: its kill command (e.g. a
+           libvirt destroy) runs once, otherwise SIGTERM, repeated every second;
+  D + G    holders still alive get SIGKILL, repeated every second;
+  any time every holder is confirmed dead (pidfd), its leases are dropped WITHOUT disk I/O (our
+           host_id lease is stale, so we must not write) and the lockspace is left; the watchdog
+           may then be fed again, as nothing of ours can still write under that lockspace.
+Other hosts wait 8N + W after they last saw our timestamp change (>= T) before taking a lease, so
+by then either every holder is dead or the node has been reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from vmlease_agent.core.holders import Client, ClientRegistry
+from vmlease_agent.core.lockspace import JoinedLockspace
+
+log = logging.getLogger(__name__)
+
+TERM, KILL, COMMAND, WAIT = "SIGTERM", "SIGKILL", "command", "wait"
+
+#: Seconds between repeated signals to the same holder (sanlock: once per second).
+RESEND_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: str
+    reason: str
+
+
+def next_action(
+    now: float, deadline: float, grace: float, state: dict, has_command: bool
+) -> Action:
+    """What to do to one holder at ``now``; ``state`` remembers what was done (per holder)."""
+    if now < deadline:
+        return Action(WAIT, "lockspace still within its renewal deadline")
+    last = state.get("last_signal_at", -1e9)
+    if now >= deadline + grace:
+        if now - state.get("last_kill_at", -1e9) >= RESEND_SECONDS:
+            return Action(KILL, f"still alive {now - deadline:.0f}s after the lockspace failed")
+        return Action(WAIT, "SIGKILL sent")
+    if has_command and not state.get("command_run"):
+        return Action(COMMAND, "lockspace failed: running the holder's kill command")
+    if not has_command and now - last >= RESEND_SECONDS:
+        return Action(TERM, "lockspace failed: asking the holder to stop")
+    return Action(WAIT, "waiting for the holder to stop")
+
+
+def record(action: Action, now: float, state: dict) -> None:
+    """Remember in ``state`` that ``action`` was taken at ``now`` (what next_action reads)."""
+    if action.kind == COMMAND:
+        state["command_run"] = True
+    elif action.kind in (TERM, KILL):
+        state["last_kill_at" if action.kind == KILL else "last_signal_at"] = now
+        state.setdefault("signals", []).append((action.kind, now))
+
+
+def apply(action: Action, client: Client, now: float, state: dict) -> None:
+    """Carry out ``action`` on ``client`` (a process), recording it in ``state``."""
+    if action.kind == WAIT:
+        return
+    record(action, now, state)
+    if action.kind == COMMAND and client.kill_command:
+        cmd = [*client.kill_command, str(client.pid or client.key)]
+        log.warning("fencing %s (%s): %s", client.key, client.owner or client.name, cmd)
+        try:
+            subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            log.error("fencing %s: kill command failed to start: %s", client.key, e)
+        return
+    if client.pid == 0:
+        return  # a placeholder without a process: only its kill command or the watchdog can act
+    sig = signal.SIGKILL if action.kind == KILL else signal.SIGTERM
+    log.warning(
+        "fencing pid %d (%s): %s (%s)",
+        client.pid,
+        client.owner or client.name,
+        action.kind,
+        action.reason,
+    )
+    try:
+        if client.pidfd >= 0:
+            signal.pidfd_send_signal(client.pidfd, sig)
+        else:
+            os.kill(client.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class FencingDriver:
+    """The escalation above, driven by the agent's main loop once per pass for each failed
+    lockspace that still has holders of ours: the kill command or SIGTERM, SIGKILL after the
+    grace, and the leases of a holder confirmed dead dropped WITHOUT disk I/O. Which holders to
+    fence, and leaving the lockspace once there are none, is the agent's decision."""
+
+    def __init__(
+        self,
+        registry: ClientRegistry,
+        lock: threading.RLock,
+        grace: float,
+        event: Callable[..., Any],
+    ) -> None:
+        self._registry = registry
+        self._lock = lock  # the agent's: client.leases changes under it
+        self._grace = grace
+        self._event = event
+        self._fencing: set[str] = set()  # lockspaces whose fencing was announced
+
+    def escalate(self, ls: JoinedLockspace, holders: Iterable[Client], now: float) -> None:
+        holders = list(holders)
+        if ls.name not in self._fencing:
+            self._fencing.add(ls.name)
+            self._event("fencing", lockspace=ls.name, holders=[c.key for c in holders])
+        for client in holders:
+            if not self._registry.alive(client):
+                self._drop(client, ls.name)
+                continue
+            st = client.kill_state.setdefault(ls.name, {})
+            action = next_action(now, ls.deadline(), self._grace, st, bool(client.kill_command))
+            if action.kind != WAIT:
+                self._event("fence", lockspace=ls.name, holder=client.key, action=action.kind)
+            apply(action, client, now, st)
+
+    def _drop(self, client: Client, lockspace: str) -> None:
+        with self._lock:
+            for label in [k for k, h in client.leases.items() if h.res.lockspace == lockspace]:
+                client.leases.pop(label)
+                self._event("dropped", lease=label, holder=client.key, reason="lockspace failed")

@@ -1,0 +1,415 @@
+"""A joined lockspace: our delta lease on one host_id, renewed by a thread of its own.
+
+One thread per lockspace, each with its own Storage (and so its own I/O workers), so a stalled or
+failing path to one lockspace never delays the renewals of another.
+
+Health, in the terms of ``engine.timeouts`` (T = our last successful renewal, local monotonic):
+  * ``T + 8N`` is the lockspace's *deadline*: the watchdog may only be fed while every lockspace
+    is before its deadline (minus a margin), and fencing starts when it passes;
+  * a renewal that finds our record changed by someone else (-260/-261, a bad checksum) fails
+    the lockspace at once: another writer owns our host_id, so we must stop writing now.
+The on-disk timestamp we write *is* T (our CLOCK_MONOTONIC seconds), which is what lets a
+restarted agent know its deadline without trusting anything but the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from vmlease_agent.core.snapshot import LockspaceSnapshot
+from vmlease_agent.engine import SANLK_RENEW_OWNER, delta, errors, ondisk, paxos, timeouts
+from vmlease_agent.engine.clock import REAL_CLOCK, Aborted, Clock
+from vmlease_agent.engine.directio import Storage
+from vmlease_agent.engine.ondisk import Leader
+
+log = logging.getLogger(__name__)
+
+JOINING, LIVE, FAILED, STOPPED = "joining", "live", "failed", "stopped"
+
+#: Seconds of margin between our last keepalive and the deadline T + 8N: the check and the
+#: keepalive are not atomic, and our clock reading is rounded to whole seconds on disk.
+FEED_MARGIN = 1.0
+
+#: Pause between a failed renewal and the next attempt (sanlock retries after 0.5 s).
+RENEW_RETRY_SECONDS = 0.5
+
+
+class ResumeExpired(errors.LeaseError):
+    code = SANLK_RENEW_OWNER
+    template = (
+        "lockspace {lockspace}: our host_id {host_id} lease was last renewed {ago:.0f}s ago, past "
+        "its {limit}s deadline while the agent was down; other hosts may own our leases now, so "
+        "their holders here are being stopped. Add the lockspace again once they are gone."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LockspaceConfig:
+    name: str
+    host_id: int
+    path: str
+    offset: int
+    io_timeout: int = timeouts.DEFAULT_IO_TIMEOUT
+    #: The longest watchdog fire timeout the other hosts of this lockspace may assume of us.
+    #: sanlock hosts ignore our fire-timeout tag and assume 60 s, and nothing outside Kubernetes
+    #: keeps them out of a lockspace, so 60 unless a Kubernetes Lockspace promises otherwise.
+    promised_fire_timeout: int = timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        # every way in (--lockspace, the API, Kubernetes, saved state) builds one of these
+        delta.check_io_timeout(self.io_timeout, f"lockspace {self.name}")
+
+    @property
+    def location(self) -> delta.Location:
+        return delta.Location(self.name, self.path, self.offset)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.host_id}:{self.path}:{self.offset}"
+
+
+class FireTimeoutTooLong(errors.LeaseError):
+    code = -22
+    template = (
+        "lockspace {lockspace}: this agent's watchdog fires {fire_timeout} s after its last "
+        "keepalive, but the other hosts of the lockspace judge it by {promised} s{why}: they "
+        "would take its leases before it is reset. Run the agent with --watchdog-fire-timeout "
+        "{promised} or less"
+    )
+
+
+class JoinedLockspace:
+    """This node's membership in one lockspace (our delta lease on one host_id), not to be
+    confused with the Kubernetes object ``vmlease_api.models.Lockspace`` that may ask for it.
+    ``on_change(lockspace)`` is called on state changes."""
+
+    def __init__(
+        self,
+        cfg: LockspaceConfig,
+        host_name: str,
+        fire_timeout: int,
+        clock: Clock = REAL_CLOCK,
+        on_change: Callable[[JoinedLockspace], None] | None = None,
+        identity: ondisk.Identity | None = None,
+    ) -> None:
+        if fire_timeout > cfg.promised_fire_timeout:
+            sanlock = cfg.promised_fire_timeout == timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
+            raise FireTimeoutTooLong(
+                lockspace=cfg.name,
+                fire_timeout=fire_timeout,
+                promised=cfg.promised_fire_timeout,
+                why=" (sanlock hosts assume 60 s and ignore our tag)" if sanlock else "",
+            )
+        self.cfg = cfg
+        self.host_name = host_name
+        self.fire_timeout = fire_timeout
+        self.identity = identity
+        self.clock = clock
+        #: set once the lockspace has failed or stopped: aborts acquisitions waiting under it
+        self.lost = threading.Event()
+        self.on_change = on_change or (lambda ls: None)
+        self.state = JOINING
+        self.error: str = ""
+        self.last_success = 0.0  # T, local monotonic seconds (0: never)
+        self.last_error_at = 0.0
+        self.renewal_ms = 0.0
+        self.st = Storage(cfg.path)
+        self.sizes: ondisk.Sizes | None = None
+        self.lease: delta.DeltaLease | None = None
+        self.table: delta.HostStatusTable | None = None
+        self._stop = threading.Event()
+        self._joined = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Who closes the storage: ``stop`` if the thread has finished, else the thread itself
+        # once its (maybe stalled) I/O returns; closing under a running I/O could let the fd
+        # number be reused by another open while a queued write still targets it.
+        self._closing = threading.Lock()
+        self._finished = False
+        self._close_on_exit = False
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def generation(self) -> int:
+        return self.lease.generation if self.lease else 0
+
+    def start(self, resume: Leader | None = None) -> None:
+        """Join in the background (acquire the host_id, or resume ``resume``), then renew.
+
+        A resumed lease is protected from the first moment: its deadline counts from the
+        timestamp we last wrote, not from when we got it back.
+        """
+        if resume is not None:
+            self.last_success = float(resume.timestamp)
+        self._thread = threading.Thread(
+            target=self._run, args=(resume,), name=f"lockspace:{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def wait_joined(self, timeout: float | None = None) -> bool:
+        self._joined.wait(timeout)
+        return self.state == LIVE
+
+    def _set(self, state: str, error: str = "") -> None:
+        self.state, self.error = state, error
+        if state in (FAILED, STOPPED):
+            self.lost.set()
+        self._notify()
+
+    @property
+    def advertised_fire_timeout(self) -> int | None:
+        """The W our record on disk tells peers to judge us by (None: no record of ours yet)."""
+        if self.lease is None or self.lease.record is None or not self.lease.record.timestamp:
+            return None
+        return self.lease.advertised_fire_timeout
+
+    @property
+    def previous_until(self) -> float:
+        """While joining waits out an earlier holder of our host_id (perhaps an earlier agent of
+        this machine whose saved state was lost): until when. The watchdog must not be opened
+        before then: that would feed the earlier agent's countdown."""
+        return self.lease.previous_until if self.lease is not None else 0.0
+
+    def _notify(self) -> None:
+        try:
+            self.on_change(self)
+        except Exception:  # an observer's bug must never stop the renewals
+            log.exception("lockspace %s: change handler failed", self.name)
+
+    def _run(self, resume: Leader | None) -> None:
+        try:
+            self._run_until_stopped(resume)
+        finally:
+            with self._closing:
+                self._finished = True
+                if self._close_on_exit:
+                    self.st.close()
+
+    def _run_until_stopped(self, resume: Leader | None) -> None:
+        try:
+            self._join(resume)
+        except Aborted:
+            self._set(STOPPED)
+            self._joined.set()
+            return
+        except errors.LeaseError as e:
+            log.error("lockspace %s: join failed: %s", self.name, e)
+            # a lease we had before a restart and cannot take back: its holders must be fenced
+            self._set(FAILED if resume is not None else STOPPED, str(e))
+            self._joined.set()
+            return
+        self._joined.set()
+        self._renew_loop()
+
+    def _join(self, resume: Leader | None) -> None:
+        cfg = self.cfg
+        self.sizes, _ = delta.read_sizes(self.st, cfg.location, cfg.io_timeout)
+        delta.check_host_id(cfg.location, self.sizes, cfg.host_id)
+        self.table = delta.HostStatusTable(cfg.location, self.sizes, cfg.io_timeout)
+        self.lease = delta.DeltaLease(
+            self.st,
+            cfg.location,
+            self.sizes,
+            cfg.host_id,
+            self.host_name,
+            cfg.io_timeout,
+            fire_timeout=self.fire_timeout,
+            clock=self.clock,
+            identity=self.identity,
+        )
+        if resume is not None:
+            self.lease.record = self._adopt(resume)
+        else:
+            self.lease.acquire(self._stop)
+        assert self.lease.record is not None  # acquire and adopt both set it
+        self.last_success = float(self.lease.record.timestamp)
+        log.info(
+            "lockspace %s: %s host_id %d generation %d",
+            self.name,
+            "resumed" if resume else "joined",
+            cfg.host_id,
+            self.lease.generation,
+        )
+        self._set(LIVE)
+
+    def _adopt(self, remembered: Leader) -> Leader:
+        """Restart without harm: take back our delta lease as it is on disk, same generation.
+
+        The record on disk must be ours (owner, generation, host name) and identical to what we
+        remember except for a newer timestamp of our own (we may have renewed after the state
+        was saved). Anything else means someone else touched our host_id: refuse.
+        """
+        assert self.lease is not None and self.sizes is not None
+        current = delta.read_host(
+            self.st, self.cfg.location, self.sizes, self.cfg.host_id, self.cfg.io_timeout
+        )
+        expired = current.timestamp + timeouts.id_renewal_fail_seconds(self.cfg.io_timeout)
+        if self.clock.now() + FEED_MARGIN >= expired:
+            # others may already have judged us dead and taken our leases: never renew it
+            raise ResumeExpired(
+                lockspace=self.name,
+                host_id=self.cfg.host_id,
+                ago=self.clock.now() - current.timestamp,
+                limit=timeouts.id_renewal_fail_seconds(self.cfg.io_timeout),
+            )
+        same = replace(current, timestamp=remembered.timestamp, checksum=0)
+        if (
+            current.timestamp == 0
+            or current.timestamp < remembered.timestamp
+            or (same.pack() != replace(remembered, checksum=0).pack())
+        ):
+            raise errors.RenewDiff(**self.cfg.location.describe(), host_id=self.cfg.host_id)
+        return current
+
+    # ---- renewal ------------------------------------------------------------------------------
+
+    def deadline(self) -> float:
+        """T + 8N: after this our leases must be considered lost (fencing starts)."""
+        return self.last_success + timeouts.id_renewal_fail_seconds(self.cfg.io_timeout)
+
+    def healthy(self, now: float | None = None) -> bool:
+        """May the watchdog be fed on this lockspace's behalf?"""
+        if self.state in (JOINING, STOPPED) and not self.last_success:
+            return True  # no delta lease held (yet): nothing to protect
+        if self.state == FAILED:
+            return False
+        now = self.clock.now() if now is None else now
+        return now + FEED_MARGIN < self.deadline()
+
+    def _renew_loop(self) -> None:
+        assert self.lease is not None and self.table is not None
+        n = self.cfg.io_timeout
+        interval = timeouts.id_renewal_seconds(n)
+        warned = False
+        while not self._stop.is_set():
+            now = self.clock.now()
+            due = self.last_success + interval
+            if now < due:
+                self._stop.wait(min(1.0, due - now))
+                continue
+            if self.state == FAILED:
+                self._stop.wait(1.0)
+                continue
+            if now >= self.deadline():
+                # past T + 8N a renewal must not happen: others start counting our death from
+                # T, and a late write would only hide that we lost our leases
+                self._set(FAILED, f"no successful renewal for {now - self.last_success:.0f}s")
+                continue
+            started = self.clock.now()
+            try:
+                record, area = self.lease.renew()
+            except (
+                errors.RenewOwner,
+                errors.RenewDiff,
+                errors.LeaderMagic,
+                errors.LeaderChecksum,
+                errors.LeaderLockspace,
+                errors.LeaderVersion,
+            ) as e:
+                log.error("lockspace %s: our host_id lease is no longer ours: %s", self.name, e)
+                self._set(FAILED, str(e))
+                continue
+            except errors.LeaseError as e:
+                self.last_error_at = self.clock.now()
+                lag = self.last_error_at - self.last_success
+                if lag >= timeouts.id_renewal_warn_seconds(n) and not warned:
+                    log.warning("lockspace %s: renewal failing for %.0fs: %s", self.name, lag, e)
+                    warned = True
+                if self.clock.now() >= self.deadline():
+                    self._set(FAILED, f"renewal failed for {lag:.0f}s: {e}")
+                self._stop.wait(RENEW_RETRY_SECONDS)
+                continue
+            warned = False
+            self.renewal_ms = (self.clock.now() - started) * 1000
+            self.last_success = float(record.timestamp)
+            self.table.update(area, self.clock.now(), self.cfg.host_id)
+            self._notify()
+
+    def check_deadline(self, now: float | None = None) -> bool:
+        """Mark the lockspace failed once its deadline has passed (called by the main loop too,
+        because a renewal stuck in a stalled write cannot notice the time itself)."""
+        now = self.clock.now() if now is None else now
+        if self.state == LIVE and now >= self.deadline():
+            self._set(FAILED, f"no successful renewal for {now - self.last_success:.0f}s")
+            return True
+        return self.state == FAILED
+
+    def stop(self, release: bool, wait: bool = True) -> None:
+        """Stop renewing; ``release`` frees the host_id on disk (only if our lease is healthy).
+
+        ``wait=False`` (an agent exiting for a restart) waits for nothing: a renewal stuck in I/O
+        is a daemon thread that ends with the process, and the delta lease stays on disk for the
+        next agent.
+        """
+        self._stop.set()
+        self.lost.set()
+        if wait and self._thread is not None:
+            self._thread.join(timeout=self.cfg.io_timeout * 2 + 1)
+        with self._closing:
+            done = self._finished or self._thread is None
+            self._close_on_exit = not done
+        live = self.state == LIVE
+        self.state = STOPPED
+        if not done:
+            return
+        if release and self.lease is not None and self.lease.record and live:
+            try:
+                self.lease.release()
+            except errors.LeaseError as e:
+                log.warning("lockspace %s: release of host_id failed: %s", self.name, e)
+        self.st.close()
+
+    # ---- views --------------------------------------------------------------------------------
+
+    def owner_view(self) -> paxos.OwnerView:
+        assert self.sizes is not None
+        return paxos.OwnerView(
+            self.st, self.cfg.location, self.sizes, self.cfg.io_timeout, self.table
+        )
+
+    def hosts(self) -> list[dict]:
+        """The host-status table (sanlock ``host_status``), with names and ages."""
+        if self.table is None:
+            return []
+        now = self.clock.now()
+        rows = []
+        for host_id, hs in sorted(self.table.hosts.items()):
+            if hs.timestamp == 0 and hs.generation == 0:
+                continue
+            rows.append(
+                {
+                    "host_id": host_id,
+                    "name": hs.owner_name,
+                    "generation": hs.generation,
+                    "timestamp": hs.timestamp,
+                    "io_timeout": hs.io_timeout,
+                    "watchdog_fire_timeout": hs.fire_timeout,
+                    "state": hs.state(now, self.cfg.io_timeout),
+                    "renewed_ago": round(hs.seconds_since_renewal(now), 1),
+                    "local": host_id == self.cfg.host_id,
+                }
+            )
+        return rows
+
+    def snapshot(self) -> LockspaceSnapshot:
+        now = self.clock.now()
+        return LockspaceSnapshot(
+            name=self.name,
+            host_id=self.cfg.host_id,
+            path=self.cfg.path,
+            offset=self.cfg.offset,
+            io_timeout=self.cfg.io_timeout,
+            generation=self.generation,
+            state=self.state,
+            error=self.error,
+            last_renewal_ago=round(now - self.last_success, 1) if self.last_success else None,
+            renewal_ms=round(self.renewal_ms, 2),
+            deadline_in=round(self.deadline() - now, 1) if self.last_success else None,
+        )

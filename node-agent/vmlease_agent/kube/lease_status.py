@@ -1,0 +1,215 @@
+"""DiskLease status as plain functions: what this node's leases say, merged into an object.
+
+A DiskLease is a cache of the disk, written by the agents of the nodes that hold the lease.
+The rules that keep it right when nodes write concurrently:
+
+* an exclusive hold *replaces* whatever holder the object named: the disk decides who holds
+  it, and only the holder's node writes "held";
+* a release clears only this node's entries, and is written with a resourceVersion
+  precondition after reading the object, so a release that arrives late (after another node
+  acquired and wrote itself in) finds the new holder and leaves it alone
+  (``released_status`` returns None);
+* shared holders are merged per node: each node replaces only its own entries.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmlease_api import GROUP, naming
+from vmlease_api.models import (
+    DNS_LABEL,
+    DiskLease,
+    DiskLeaseSpec,
+    DiskLeaseStatus,
+    Holder,
+    LeaseLocation,
+    LeasePhase,
+    Lockspace,
+    ObjectMeta,
+)
+
+from vmlease_agent.core.snapshot import LeaseSnapshot
+from vmlease_agent.kube.decisions import put_condition, relative_path, resolve_path, utc
+
+HELD, SYNCED = "Held", "Synced"
+#: Label on DiskLeases the agent created by itself (automatic disk leases).
+LABEL_AUTO = f"{GROUP}/auto"
+
+
+@dataclass(frozen=True)
+class HeldView:
+    """What this node holds of one resource: one entry per local holder (shared leases may
+    have several local processes; the disk has one mark per host)."""
+
+    name: str
+    lockspace: str
+    resource: str
+    path: str
+    offset: int
+    lver: int
+    shared: bool
+    holders: tuple[Holder, ...] = field(default=())
+
+    def key(self) -> tuple[Any, ...]:
+        """Equal keys: the published status is still right."""
+        return (self.lver, self.shared, tuple(h.model_dump_json() for h in self.holders))
+
+
+def held_views(leases: Iterable[LeaseSnapshot], node: str) -> tuple[dict[str, HeldView], list[str]]:
+    """The agent's leases (``Agent.snapshot().leases``) grouped by DiskLease name, and the
+    labels of leases whose names cannot be object names (no DiskLease is possible for them)."""
+    grouped: dict[str, list[LeaseSnapshot]] = {}
+    skipped = []
+    for lease in leases:
+        name = naming.disklease_name(lease.lockspace, lease.resource)
+        if not _object_name_ok(lease.lockspace, lease.resource):
+            skipped.append(lease.lease)
+            continue
+        grouped.setdefault(name, []).append(lease)
+    views = {}
+    for name, items in grouped.items():
+        items = sorted(items, key=lambda x: (x.since or 0, x.holder.key))
+        first = items[0]
+        views[name] = HeldView(
+            name=name,
+            lockspace=first.lockspace,
+            resource=first.resource,
+            path=first.path,
+            offset=first.offset,
+            lver=max(x.lver for x in items),
+            shared=first.shared,
+            holders=tuple(_holder(x, node) for x in items),
+        )
+    return views, skipped
+
+
+_NAME = re.compile(DNS_LABEL)
+
+
+def _object_name_ok(lockspace: str, resource: str) -> bool:
+    """sanlock names may hold characters object names may not (capitals, ``_``)."""
+    return all(len(p) <= 48 and _NAME.match(p) for p in (lockspace, resource))
+
+
+def _holder(lease: LeaseSnapshot, node: str) -> Holder:
+    who = lease.holder
+    return Holder(
+        node=node,
+        host_id=lease.host_id,
+        generation=lease.generation,
+        pid=who.pid or None,
+        process=(who.shown_as or None) if who.domain is None else None,
+        domain=who.domain,
+        since=utc(lease.since) if lease.since else None,
+    )
+
+
+def _holder_text(h: Holder) -> str:
+    who = f"domain {h.domain}" if h.domain else (h.process or "a placeholder")
+    pid = f", pid {h.pid}" if h.pid else ""
+    return f"node {h.node} (host_id {h.host_id}, {who}{pid})"
+
+
+def held_status(
+    old: DiskLeaseStatus,
+    view: HeldView,
+    node: str,
+    now: datetime.datetime,
+    generation: int | None,
+    spec_mismatch: str = "",
+) -> DiskLeaseStatus:
+    """The status a DiskLease should have while this node holds it (the disk is the truth: an
+    exclusive hold replaces any holder the object named)."""
+    new = old.model_copy(deep=True)
+    new.lver = view.lver
+    new.observed_generation = generation
+    if view.shared:
+        others = [h for h in old.shared_holders if h.node != node]
+        new.phase = LeasePhase.SHARED
+        new.holder = None
+        new.shared_holders = [*others, *view.holders]
+        message = "shared by " + ", ".join(_holder_text(h) for h in new.shared_holders)
+    else:
+        new.phase = LeasePhase.HELD
+        new.holder = view.holders[0]
+        new.shared_holders = []
+        message = f"held by {_holder_text(view.holders[0])}, lver {view.lver}"
+    new.conditions = put_condition(new.conditions, HELD, True, new.phase.value, message, now)
+    new.conditions = _sync_condition(new.conditions, node, spec_mismatch, now)
+    return new
+
+
+def released_status(
+    old: DiskLeaseStatus, node: str, now: datetime.datetime, generation: int | None
+) -> DiskLeaseStatus | None:
+    """The status after this node released the lease, or None when the object does not name
+    this node any more (another node took it: leave its status alone)."""
+    mine = old.holder is not None and old.holder.node == node
+    others = [h for h in old.shared_holders if h.node != node]
+    if not mine and len(others) == len(old.shared_holders):
+        return None
+    new = old.model_copy(deep=True)
+    new.observed_generation = generation
+    new.shared_holders = others
+    if mine:
+        new.holder = None
+    if new.holder is None:
+        new.phase = LeasePhase.SHARED if others else LeasePhase.FREE
+    if new.phase == LeasePhase.FREE:
+        new.conditions = put_condition(
+            new.conditions, HELD, False, "Released", f"released by node {node}", now
+        )
+    return new
+
+
+def _sync_condition(conditions: list, node: str, mismatch: str, now: datetime.datetime) -> list:
+    if mismatch:
+        return put_condition(conditions, SYNCED, False, "LeaseLocationMismatch", mismatch, now)
+    return put_condition(conditions, SYNCED, True, "FromLeaseTable", f"written by node {node}", now)
+
+
+def location_mismatch(lease: DiskLease, view: HeldView, shared_dir: str) -> str:
+    """Why the object's spec.lease does not describe the lease this node holds ('' if it does)."""
+    where = resolve_path(shared_dir, lease.spec.lease.path)
+    if (
+        os.path.normpath(where) == os.path.normpath(view.path)
+        and lease.spec.lease.offset == view.offset
+    ):
+        return ""
+    return (
+        f"node {view.holders[0].node} holds {view.lockspace}:{view.resource} at "
+        f"{view.path}:{view.offset}, but spec.lease names {where}:{lease.spec.lease.offset}; "
+        f"fix spec.lease (recreate the DiskLease) or the lease the holder was given"
+    )
+
+
+def auto_disk_lease(ls: Lockspace | None, view: HeldView, shared_dir: str) -> dict[str, Any] | None:
+    """The DiskLease to create for an automatic disk lease, or None when this lease is not one:
+    its Lockspace has ``autoDiskLeases.enabled`` and the lease file lives in that directory."""
+    if ls is None or ls.spec.auto_disk_leases is None or not ls.spec.auto_disk_leases.enabled:
+        return None
+    rel = relative_path(shared_dir, view.path)
+    directory = os.path.normpath(ls.spec.auto_disk_leases.directory)
+    if (
+        rel is None
+        or rel.startswith("/dev/")
+        or os.path.dirname(os.path.normpath(rel)) != directory
+    ):
+        return None
+    return DiskLease(
+        metadata=ObjectMeta(
+            name=view.name,
+            labels={naming.LABEL_LOCKSPACE: view.lockspace, LABEL_AUTO: "true"},
+        ),
+        spec=DiskLeaseSpec(
+            lockspace=view.lockspace,
+            resource=view.resource,
+            lease=LeaseLocation(path=rel, offset=view.offset),
+        ),
+    ).to_api()
