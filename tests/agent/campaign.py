@@ -1,7 +1,7 @@
 """An adversarial campaign with real agents: "two writers never".
 
 K simulated nodes (real ``vmlease-agent`` daemons, file watchdogs supervised by the harness that
-plays the hardware; see ``vmlease_agent.simnode``) contend for R disk leases, while a seeded RNG
+plays the hardware; see ``vmlease_agent.sim.node``) contend for R disk leases, while a seeded RNG
 picks what happens next: holders start (one, or two on one node at the same instant), exit, are
 SIGKILLed or release; agents are SIGKILLed (restarted later, with or without their state.json),
 SIGTERMed with holders running (a rolling update), frozen (SIGSTOP, SIGCONT later, sometimes
@@ -35,10 +35,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vmlease_agent.client import AgentClient
 from vmlease_agent.engine.clock import boottime
 from vmlease_agent.engine.errors import LeaseError
-from vmlease_agent.simnode import SimNode
+from vmlease_agent.rpc.client import AgentClient
+from vmlease_agent.sim.node import SimNode
 
 from .cluster import LS, N, W
 

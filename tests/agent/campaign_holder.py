@@ -22,8 +22,8 @@ import signal
 import sys
 import time
 
-from vmlease_agent.client import AgentClient
 from vmlease_agent.engine.errors import LeaseError
+from vmlease_agent.rpc.client import AgentClient
 
 
 def boottime() -> float:
