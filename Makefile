@@ -19,7 +19,7 @@ deps: core
 envtest-tools:
 	bash scripts/install-envtest.sh
 
-# Regenerates crds/*.yaml from the pydantic models (tests/unit/test_crds.py fails on drift).
+# Regenerates crds/*.yaml from the pydantic models (tests/unit/api/test_crds.py fails on drift).
 crds:
 	$(PY) -m vmlease_api.gen
 

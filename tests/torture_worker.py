@@ -1,4 +1,4 @@
-"""One simulated host of the mutual-exclusion torture test (tests/unit/test_mutual_exclusion.py).
+"""One simulated host of the mutual-exclusion torture test (unit/engine/test_mutual_exclusion.py).
 
 Usage: python torture_worker.py LEASE_FILE SHARED_FILE HOST_ID RESOURCES SECONDS SEED
 

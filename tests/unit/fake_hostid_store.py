@@ -5,7 +5,8 @@ A thin adapter: every object, resourceVersion, precondition, finalizer and error
 against, so the operator's allocation and the agent's claims meet on the same objects. What the
 adapter adds is only what the operator's tests need around it: the agent's claim written as
 the agent writes it, a caught-up watch's view (``records``) and a hook to slip
-another writer in between an allocator's read and its write. ``tests/unit/test_operator_fakes.py``
+another writer in between an allocator's read and its write.
+``tests/unit/kopf_operator/test_operator_fakes.py``
 checks the adapter.
 """
 

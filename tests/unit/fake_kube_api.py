@@ -12,7 +12,7 @@ and ``metadata.name`` field selectors; watches that replay changes after a resou
 answer Expired for a compacted one; finalizers that turn a delete into "terminating", and an
 object that goes when its last finalizer does. Errors are the shared ``vmlease_api.errors``, as
 both programs' real clients raise them. ``down = True`` makes every call fail with Unavailable,
-as a lost API server does. ``tests/unit/test_kube_fake_api.py`` checks these behaviours.
+as a lost API server does. ``tests/unit/kube/test_kube_fake_api.py`` checks these behaviours.
 """
 
 from __future__ import annotations

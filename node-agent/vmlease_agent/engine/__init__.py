@@ -15,7 +15,7 @@ client's all derive from it.
 
 Nothing is imported here: the libvirt hook loads this package on every call (through its config),
 where a module of its own (or ``errors``, its catalogue and ``typing``) would cost every domain
-start; ``tests/unit/test_libvirt_hook.py`` pins what the hook imports.
+start; ``tests/unit/virt/test_libvirt_hook.py`` pins what the hook imports.
 """
 
 TYPE_CHECKING = False  # typing itself is not imported: the hook loads this module on every call

@@ -11,7 +11,7 @@ them with their own clock, they only watch them *change*, so this is invisible t
 Zero means "free", so a timestamp is never 0 while held.
 
 The algorithms take a ``Clock`` so tests can run hours of protocol time in milliseconds (the fake
-is tested against the real one in tests/unit/test_clock.py).
+is tested against the real one in tests/unit/engine/test_clock.py).
 """
 
 from __future__ import annotations

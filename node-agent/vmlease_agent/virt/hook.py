@@ -41,7 +41,7 @@ of ``rpc.client``; ``runner`` only for the ops that fork), a restart reuses the 
 lease plan (``virt.plancache``) instead of importing the XML parser, and the process ends with
 ``os._exit``. The modules on these paths have no ``from __future__ import annotations`` (it
 imports ``__future__``): annotations naming what only type checkers import are quoted.
-``tests/unit/test_libvirt_hook.py`` pins the modules each op may import.
+``tests/unit/virt/test_libvirt_hook.py`` pins the modules each op may import.
 """
 
 import os

@@ -10,6 +10,7 @@ import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from leasekit import MiB, make_file
@@ -19,7 +20,7 @@ from vmlease_agent.engine.directio import Storage
 HOSTS = 4
 RESOURCES = 3
 SECONDS = float(os.environ.get("VMLEASE_TORTURE_SECONDS", "28"))
-WORKER = os.path.join(os.path.dirname(os.path.dirname(__file__)), "torture_worker.py")
+WORKER = str(Path(__file__).parents[2] / "torture_worker.py")
 
 
 @pytest.mark.slow
