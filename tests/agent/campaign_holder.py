@@ -7,8 +7,9 @@ the same instant), asks the agent to acquire ``RESOURCE`` for its own pid (what 
 command`` does before it execs), and on success appends a CLOCK_BOOTTIME stamp to ``LOG`` every
 20-50 ms for ``LIFETIME`` seconds, then exits (the agent releases the lease on exit). SIGUSR1
 makes it stop writing first and release the lease explicitly, then live on a little without it.
-``STATUS`` gets one line per outcome: ``acquired``, ``refused CODE MESSAGE``, ``released``,
-``release-failed MESSAGE``. Exit status 3: refused.
+``STATUS`` gets one line per outcome: ``acquired``, ``refused CODE MESSAGE``, ``stopped STAMP``
+(SIGUSR1: the CLOCK_BOOTTIME after its last write, before it asks for the release),
+``released``, ``release-failed MESSAGE``. Exit status 3: refused.
 
 Every stamp is written before the lease can go (release or exit), so two holders of one lease
 whose [first, last] stamps overlap were two writers at once.
@@ -56,6 +57,7 @@ def main(argv: list[str]) -> int:
             f.write(f"{boottime()}\n")
             time.sleep(rng.uniform(0.02, 0.05))
     if stop:  # no more writes: now the lease may go
+        note(status, f"stopped {boottime()}")
         try:
             client.call("release", pid=os.getpid())
         except LeaseError as e:
