@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from vmlease_agent.sim.node import SimNode
+from waiting import wait_for  # noqa: F401 (the tests import it from here)
 
 N = 1
 W = 4
@@ -72,13 +73,3 @@ def intervals(path: str) -> tuple[float, float] | None:
     except FileNotFoundError:
         return None
     return (stamps[0], stamps[-1]) if stamps else None
-
-
-def wait_for(cond, timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

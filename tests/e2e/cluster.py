@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import waiting
 
 T = TypeVar("T")
 GROUP, VERSION = "vmlease.io", "v1alpha1"
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 1.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+#: polls a second apart: checks run kubectl against a kind cluster
+wait_for = functools.partial(waiting.wait_for, every=1.0)
 
 
 @dataclass

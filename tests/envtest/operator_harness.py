@@ -8,17 +8,18 @@ a pod, and immune to in-process runner hangs (nolar/kopf#865).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import waiting
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from vmlease_api import GROUP, VERSION
@@ -52,24 +53,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(
-    check: Callable[[], T],
-    timeout: float,
-    what: str,
-    interval: float = 0.25,
-    describe: Callable[[], object] | None = None,
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` (and, if given,
-    what ``describe`` says about the state at the end)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            seen = f"; last seen: {describe()}" if describe else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
-        time.sleep(interval)
+#: polls a quarter second apart: most checks read the API server or run kubectl
+wait_for = functools.partial(waiting.wait_for, every=0.25)
 
 
 class Operator:

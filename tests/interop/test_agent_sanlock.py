@@ -17,22 +17,13 @@ import time
 import pytest
 from sanlockd import SanlockDaemon, SanlockError, sanlock_skip_reason
 from vmlease_agent.sim.node import SimNode
+from waiting import wait_for
 
 pytestmark = pytest.mark.interop
 
 N = 1
 LS = "mixed"
 SANLOCK_HOST_LIVE = 3  # SANLK_HOST_LIVE in sanlk_host.flags
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

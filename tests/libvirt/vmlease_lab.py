@@ -25,6 +25,7 @@ from pathlib import Path
 from lab import URI, Lab
 from vmlease_agent.sim.node import SimNode
 from vmlease_agent.virt.config import LibvirtConfig
+from waiting import wait_for
 
 N = 1
 W = 6
@@ -37,17 +38,6 @@ VMLEASE = os.path.join(os.path.dirname(sys.executable), "vmlease")
 def resource_of(path: str | Path) -> str:
     """The lease name libvirt's sanlock driver gives a disk: MD5 of the path as written."""
     return hashlib.md5(str(path).encode(), usedforsecurity=False).hexdigest()
-
-
-def wait_for(cond, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
 
 
 @contextmanager
