@@ -22,8 +22,11 @@ re-joins, and it does not open the watchdog (a keepalive of the old countdown) u
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -194,15 +197,23 @@ class Agent:
             ls = self._lockspaces[item.cfg.name]
             if not ls.wait_joined(timeout=item.cfg.io_timeout * 4):
                 log.error("lockspace %s could not be resumed: %s", ls.name, ls.error)
+        # A holder is adopted only with its lockspace resumed (same delta lease, same generation):
+        # its leases name that generation, and a lockspace joined afresh later has a new one,
+        # which frees every lease of the old to the other hosts while the holder still writes.
+        resumed = {name for name, ls in self._lockspaces.items() if ls.state == LIVE}
         for c in saved.clients:
-            self._adopt_client(c)
+            self._adopt_client(c, resumed)
         if saved.lockspaces or saved.clients:
             self.save()  # an empty start keeps whatever file is there until something changes
         self.tick()  # arm and feed now if every resumed lockspace is healthy: no lease waits
         self._loop = threading.Thread(target=self._run, name="main-loop", daemon=True)
         self._loop.start()
 
-    def _adopt_client(self, saved: state.SavedClient) -> None:
+    def _adopt_client(self, saved: state.SavedClient, resumed: set[str]) -> None:
+        lost = sorted({h.res.lockspace for h in saved.leases} - resumed)
+        if lost and saved.pid:
+            self._kill_unadoptable(saved, lost)
+            return
         try:
             if saved.key == pid_key(saved.pid):
                 client = self._registry.get(saved.pid, saved.start_time, saved.owner)
@@ -216,6 +227,9 @@ class Agent:
                 self._release_on_disk(held)
             return
         client.kill_command = saved.kill_command
+        if lost:  # an unbound placeholder: no process runs, nothing of its leases is ours now
+            log.error("holder %s not adopted: lockspace(s) %s not resumed", saved.key, lost)
+            return
         for held in saved.leases:
             client.leases[held.label] = held
         self.event("adopted", holder=client.key, leases=sorted(client.leases))
@@ -251,6 +265,27 @@ class Agent:
         if clean:
             state.clear(self.cfg.run_dir)
         self._registry.close()
+
+    def _kill_unadoptable(self, saved: state.SavedClient, lost: list[str]) -> None:
+        """SIGKILL a holder whose lockspace was not resumed, and wait until it can write no more
+        (gone or a zombie), before anything joins that lockspace afresh: its leases will be
+        free to the other hosts from the moment a new generation of our delta lease is on disk.
+        The pid is checked against the saved start time, so a reused pid is never killed."""
+        if process_start_time(saved.pid) != saved.start_time:
+            return  # exited while we were down (or the pid was reused: not ours to kill)
+        log.error(
+            "holder %s (pid %d) holds leases in lockspace(s) %s that this agent could not "
+            "resume: killing it before the lockspace is joined again",
+            saved.key,
+            saved.pid,
+            lost,
+        )
+        self.event("holder_killed", holder=saved.key, reason=f"lockspace(s) {lost} not resumed")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(saved.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _can_run(saved.pid):
+            time.sleep(0.01)
 
     def halt(self) -> None:
         """End this agent's threads as a killed process would: nothing released, nothing saved,
@@ -846,3 +881,12 @@ class Agent:
             self.save()
             return
         self._fencer.escalate(ls, holders, now)
+
+
+def _can_run(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a zombie runs no code and writes nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False

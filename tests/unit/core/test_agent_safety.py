@@ -10,6 +10,7 @@ that cannot prove its predecessor's holders gone must wait out that predecessor.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -33,6 +34,7 @@ from vmlease_agent.engine import delta, errors, ondisk, paxos
 from vmlease_agent.engine.clock import boottime
 from vmlease_agent.engine.directio import Storage
 from vmlease_agent.engine.paxos import Resource
+from waiting import wait_for
 
 N = 1
 
@@ -87,15 +89,6 @@ def world(lease_dir) -> Iterator[World]:
     w = World(lease_dir)
     yield w
     w.close()
-
-
-def wait_for(cond, timeout: float, what: str, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def steal_host_id(world: World, host_id: int = 1) -> None:
@@ -382,6 +375,29 @@ def test_unadoptable_state_keeps_the_watchdog_closed_until_its_holders_may_be_go
     wait_for(lambda: boottime() > t + 1 + 8 * N + 3, 20, "the old agent's deadline + W")
     assert b.status()["watchdog"]["new_leases_wait"] == ""
     b.acquire(vm2.pid, [(res2, False)])
+
+
+def test_a_holder_whose_lockspace_is_not_resumed_is_killed_not_adopted_safety(world):
+    """Found by the agent campaign: the saved state kept a holder but not its lockspace (it was
+    not live when saved), the new agent adopted the holder and joined the lockspace afresh; the
+    new generation freed the holder's lease to the other hosts while it still wrote. A holder is
+    adopted only with its lockspace resumed; otherwise it is killed before anything re-joins."""
+    import json
+
+    a = world.agent(name="node-a", w=3)
+    world.join(a)
+    vm = world.holder()
+    a.acquire(vm.pid, [(world.res, False)])
+    a.stop(clean=False)
+    doc_path = os.path.join(a.cfg.run_dir, state.STATE_FILE)
+    with open(doc_path) as f:
+        doc = json.load(f)
+    doc["lockspaces"] = []  # what a save made while the lockspace was not live holds
+    with open(doc_path, "w") as f:
+        json.dump(doc, f)
+    b = world.agent(name="node-a", w=3)
+    assert vm.wait(timeout=5) == -signal.SIGKILL
+    assert b.snapshot().holders == ()
 
 
 # ---- one acquisition or release of a lease at a time on this node ------------------------------
