@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 from dataclasses import dataclass
@@ -14,8 +13,9 @@ T = TypeVar("T")
 GROUP, VERSION = "vmlease.io", "v1alpha1"
 
 
-#: polls a second apart: checks run kubectl against a kind cluster
-wait_for = functools.partial(waiting.wait_for, every=1.0)
+def wait_for(check, timeout: float, what: str, every: float = 1.0, describe=None):
+    """``waiting.wait_for``, 1 s apart by default: checks run kubectl on a kind cluster."""
+    return waiting.wait_for(check, timeout, what, every, describe)
 
 
 @dataclass

@@ -8,7 +8,6 @@ a pod, and immune to in-process runner hangs (nolar/kopf#865).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import socket
 import subprocess
@@ -53,8 +52,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-#: polls a quarter second apart: most checks read the API server or run kubectl
-wait_for = functools.partial(waiting.wait_for, every=0.25)
+def wait_for(check, timeout: float, what: str, every: float = 0.25, describe=None):
+    """``waiting.wait_for``, 0.25 s apart by default: checks read the API server."""
+    return waiting.wait_for(check, timeout, what, every, describe)
 
 
 class Operator:
