@@ -39,6 +39,7 @@ from vmlease_agent.core.holders import (
     ClientRegistry,
     HeldLease,
     pid_key,
+    process_can_run,
     process_start_time,
 )
 from vmlease_agent.core.lockspace import LIVE, STOPPED, JoinedLockspace, LockspaceConfig
@@ -284,7 +285,7 @@ class Agent:
         with contextlib.suppress(ProcessLookupError):
             os.kill(saved.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _can_run(saved.pid):
+        while time.monotonic() < deadline and process_can_run(saved.pid):
             time.sleep(0.01)
 
     def halt(self) -> None:
@@ -881,12 +882,3 @@ class Agent:
             self.save()
             return
         self._fencer.escalate(ls, holders, now)
-
-
-def _can_run(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie (a zombie runs no code and writes nothing)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False

@@ -30,16 +30,27 @@ from vmlease_agent.engine.paxos import Resource, Token
 log = logging.getLogger(__name__)
 
 
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot): a pid's identity."""
+def _stat_after_comm(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat from field 3 (state) on, or None when there is no such pid."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
     # the command name may contain spaces and parentheses: split after the last ')'
-    rest = data[data.rindex(b")") + 2 :].split()
-    return int(rest[19])
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot): a pid's identity."""
+    fields = _stat_after_comm(pid)
+    return int(fields[19]) if fields else None
+
+
+def process_can_run(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a zombie runs no code and writes nothing)."""
+    fields = _stat_after_comm(pid)
+    return fields is not None and fields[0] != b"Z"
 
 
 def process_name(pid: int) -> str:
