@@ -102,6 +102,16 @@ class Busy(AgentError):
     template = "{detail}"
 
 
+class HolderSurvivedKill(AgentError):
+    code = -errno.EBUSY
+    template = (
+        "holder {holder} (pid {pid}) still runs {seconds:.0f} s after SIGKILL (stuck in "
+        "uninterruptible I/O?); its leases are in lockspace(s) {lockspaces}, which this agent "
+        "could not resume, so it will not join them afresh while it may write: fix the storage "
+        "path (the watchdog resets the node if it counts) or reboot the node"
+    )
+
+
 class Stopping(AgentError):
     code = -errno.ESHUTDOWN
     template = "the agent is stopping: no new leases (ask the next agent)"
@@ -284,8 +294,16 @@ class Agent:
         self.event("holder_killed", holder=saved.key, reason=f"lockspace(s) {lost} not resumed")
         with contextlib.suppress(ProcessLookupError):
             os.kill(saved.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and process_can_run(saved.pid):
+        # A SIGKILLed process ends at once unless stuck in uninterruptible I/O. Wait W + 1 s: by
+        # then a device the previous agent let go of with this W has reset the node. The bound
+        # only decides when to say so: the agent never goes on while the holder can still run.
+        seconds = self.cfg.watchdog_fire_timeout + 1
+        deadline = time.monotonic() + seconds
+        while process_can_run(saved.pid):
+            if time.monotonic() > deadline:
+                raise HolderSurvivedKill(
+                    holder=saved.key, pid=saved.pid, seconds=seconds, lockspaces=", ".join(lost)
+                )
             time.sleep(0.01)
 
     def halt(self) -> None:

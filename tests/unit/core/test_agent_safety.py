@@ -400,6 +400,33 @@ def test_a_holder_whose_lockspace_is_not_resumed_is_killed_not_adopted_safety(wo
     assert b.snapshot().holders == ()
 
 
+def test_a_holder_that_survives_the_kill_keeps_the_agent_from_starting_safety(world, monkeypatch):
+    """A holder stuck in uninterruptible I/O outlives SIGKILL and may still write: the agent
+    refuses to start (no watchdog feed, no fresh join) instead of going on after a while."""
+    import json
+
+    from vmlease_agent.core import agent as agent_module
+    from vmlease_agent.core.agent import HolderSurvivedKill
+
+    a = world.agent(name="node-a", w=1)
+    world.join(a)
+    vm = world.holder()
+    a.acquire(vm.pid, [(world.res, False)])
+    a.stop(clean=False)
+    doc_path = os.path.join(a.cfg.run_dir, state.STATE_FILE)
+    with open(doc_path) as f:
+        doc = json.load(f)
+    doc["lockspaces"] = []
+    with open(doc_path, "w") as f:
+        json.dump(doc, f)
+    monkeypatch.setattr(agent_module, "process_can_run", lambda pid: True)  # a D-state holder
+    dog = RecordingWatchdog(1)
+    b = Agent(AgentConfig(a.cfg.run_dir, "node-a", 1, machine_id="machine-1"), dog)
+    with pytest.raises(HolderSurvivedKill, match=f"pid {vm.pid}.*LS.*reboot the node"):
+        b.start()
+    assert dog.ops() == []
+
+
 # ---- one acquisition or release of a lease at a time on this node ------------------------------
 
 
