@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from libvirt_binding import libvirt_or_skip
 from vmlease_agent.core.snapshot import HolderSnapshot, LeaseHolder, LeaseSnapshot, holder_kind
 from vmlease_agent.virt import watcher as libvirt_events
 from vmlease_agent.virt.config import LibvirtConfig
@@ -16,7 +17,7 @@ from vmlease_agent.virt.domain import parse_domain
 from vmlease_agent.virt.plan import plan
 from vmlease_agent.virt.watcher import LibvirtWatcher
 
-libvirt = pytest.importorskip("libvirt")
+libvirt = libvirt_or_skip()
 
 UUID = "c7a5fdbd-cdaf-9455-926a-d65c16db1809"
 KEY = f"libvirt:{UUID}"

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from libvirt_binding import libvirt_or_skip
 from vmlease_agent.cli import libvirt as libvirt_cli
 from vmlease_agent.engine import paxos
 from vmlease_agent.engine.directio import Storage
@@ -613,7 +614,7 @@ def test_a_hook_installed_by_vmlease_0_1_still_runs(hook_imports, tmp_path):
 
 @pytest.fixture
 def test_driver():
-    libvirt = pytest.importorskip("libvirt")
+    libvirt = libvirt_or_skip()
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     conn = libvirt.open("test:///default")  # state shared by every connection while one is open
     yield conn, conn.lookupByName("test")
