@@ -14,7 +14,11 @@ Acquire (sanlock ``delta_lease_acquire``):
      earlier agent of this same boot may have left holders running (its saved state lost), so
      we wait until its deadline + W (``T + 1 + 8N + W`` on our own clock: same boot, same clock)
      and re-read as in 4; a record without a usable identity proves nothing and is waited out
-     like another host's; another machine under our name is refused (-262, both named);
+     like another host's. Another machine under our name is waited out like another host too:
+     still renewing after 8N+W, it is a live machine using our name and we are refused (-262,
+     both machines named); silent, it can no longer write (the proof of step 4), and we claim:
+     a reinstalled node keeps its name but not its machine id (a kind node container makes a
+     new one at every start), and refusing it forever would strand it;
   4. held by another host name: wait 8N+W (of the previous owner), re-read; the record unchanged
      (or free) proves the owner dead, else the host_id is busy (-262);
   4. claim: timestamp = now, generation + 1, our host name, N and W;
@@ -357,6 +361,8 @@ class DeltaLease:
     identity: ondisk.Identity | None = None
     #: while acquire waits out an earlier incarnation of this host name: until when (our clock)
     previous_until: float = 0.0
+    #: set by ``acquire`` while it waits out another machine that used our host name
+    collision: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         check_io_timeout(self.io_timeout, f"lockspace {self.loc.name}")
@@ -426,6 +432,10 @@ class DeltaLease:
                 again.timestamp != 0
                 and raw_again[: ondisk.LEADER_SIZE] != raw[: ondisk.LEADER_SIZE]
             ):
+                if self.collision is not None:
+                    raise errors.HostNameCollision(
+                        **self.loc.describe(), host_id=self.host_id, **self.collision
+                    )
                 raise errors.HostIdBusy(
                     **self.loc.describe(), host_id=self.host_id, holder=host_label(again)
                 )
@@ -454,13 +464,13 @@ class DeltaLease:
             return held_wait  # we cannot tell a reboot from a lost state: never guess
         theirs = ondisk.Identity.unpack_for(sector, current)
         if theirs is not None and theirs.machine != self.identity.machine:
-            raise errors.HostNameCollision(
-                **self.loc.describe(),
-                host_id=self.host_id,
-                name=self.host_name,
-                theirs=theirs.machine_hex,
-                ours=self.identity.machine_hex,
-            )
+            # another machine under our name: waited out like another host (step 3 above)
+            self.collision = {
+                "name": self.host_name,
+                "theirs": theirs.machine_hex,
+                "ours": self.identity.machine_hex,
+            }
+            return held_wait
         if theirs is not None and theirs.boot != self.identity.boot:
             return 0.0  # a previous boot of this machine: none of its processes survived
         if theirs is not None:

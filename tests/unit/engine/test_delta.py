@@ -280,18 +280,34 @@ def test_without_a_machine_id_a_reboot_is_never_assumed_safety(lease_dir):
     assert clock.sleeps == [8 + 60, 2]  # waited out like another host
 
 
-def test_another_machine_with_our_name_is_refused_and_named_safety(lease_dir):
+def test_another_machine_with_our_name_still_renewing_is_refused_and_named_safety(lease_dir):
     ls = make_lockspace(lease_dir)
     clock = FakeClock()
     theirs, ours = ondisk.Identity.of(MACHINE_B, "x"), ondisk.Identity.of(MACHINE_A, "y")
-    ls.lease(2, clock, name="n", identity=theirs).acquire()
-    before = digest(ls.path)
+    other = ls.lease(2, clock, name="n", identity=theirs)
+    other.acquire()
+    clock.on_sleep.append(lambda c: other.renew())  # the other machine is alive
+    before_wait = clock.sleeps[:]
     with pytest.raises(errors.HostNameCollision) as e:
         ls.lease(2, clock, name="n", identity=ours).acquire()
+    assert clock.sleeps[len(before_wait)] == 8 + 60  # waited out like another host first
     assert e.value.code == -262
     assert theirs.machine_hex in str(e.value) and ours.machine_hex in str(e.value)
     assert "--node-name" in str(e.value)
-    assert digest(ls.path) == before
+    assert ls.record(2) == other.record  # nothing of ours was written
+
+
+def test_another_machine_with_our_name_silent_for_8n_plus_w_is_taken_over_safety(lease_dir):
+    """A reinstalled node (or a kind node container, which makes a new machine id at every
+    start) keeps its name: once the old record is proven dead, the host_id is ours."""
+    ls = make_lockspace(lease_dir)
+    clock = FakeClock()
+    theirs, ours = ondisk.Identity.of(MACHINE_B, "x"), ondisk.Identity.of(MACHINE_A, "y")
+    old = ls.lease(2, clock, name="n", identity=theirs).acquire()
+    clock.sleeps.clear()
+    rec = ls.lease(2, clock, name="n", identity=ours).acquire()
+    assert clock.sleeps == [8 + 60, 2]  # never at once: 8N + W of silence first
+    assert rec.owner_generation == old.owner_generation + 1
 
 
 def test_identity_is_bound_to_the_record_it_was_written_with(lease_dir):
