@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import random
+import socket
 import sys
 
 import kopf
@@ -41,6 +42,14 @@ def default_priority(rng: random.Random | None = None) -> int:
     if pod_ip:
         return int(ipaddress.ip_address(pod_ip)) % (MAX_PRIORITY + 1)
     return (rng.randint if rng is not None else random.randint)(1, MAX_PRIORITY)
+
+
+def peering_identity() -> str:
+    """This replica's name in the peering object: the pod's host name (its pod name) and pid.
+    kopf's own default asks the password database for the user name, and the image runs as uid
+    65532 with no entry there (no /etc/passwd line is needed to run as a numeric uid): kopf
+    then crashes at start with ``getpwuid(): uid not found``."""
+    return f"{socket.gethostname()}/{os.getpid()}"
 
 
 def ensure_peering(api: client.ApiClient, name: str) -> None:
@@ -93,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         standalone=args.standalone,
         priority=args.priority if args.priority is not None else default_priority(),
         peering_name=None if args.standalone else args.peering,
+        identity=peering_identity(),
         liveness_endpoint=args.liveness or None,
         memo=kopf.Memo(runtime=runtime),
     )

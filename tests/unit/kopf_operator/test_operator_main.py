@@ -10,6 +10,17 @@ from prometheus_client import REGISTRY
 from vmlease_operator import main, metrics
 
 
+def test_peering_identity_needs_no_password_database_entry(monkeypatch):
+    # the image runs as uid 65532, which /etc/passwd does not name: kopf's default identity
+    # (getpass.getuser) raised KeyError there and the operator crashed at start on kind
+    def no_user():
+        raise KeyError("getpwuid(): uid not found: 65532")
+
+    monkeypatch.setattr("getpass.getuser", no_user)
+    monkeypatch.setattr("socket.gethostname", lambda: "vmlease-operator-857ffff784-45tqj")
+    assert main.peering_identity().startswith("vmlease-operator-857ffff784-45tqj/")
+
+
 def test_priority_comes_from_the_pod_ip_so_replicas_differ(monkeypatch):
     monkeypatch.setenv("POD_IP", "10.0.0.7")
     first = main.default_priority()
