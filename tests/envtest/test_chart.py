@@ -267,7 +267,13 @@ def test_rendered_chart_passes_a_server_side_dry_run(server: APIServer, variant:
     elif variant == "pvc":
         assert shared["persistentVolumeClaim"] == {"claimName": "vmlease-shared"}
     elif variant == "kind":
-        assert "watchdog" not in volumes and "--watchdog=none" in agent["args"]
+        # the file-backed device of the host-side harness: its directory comes from the host
+        assert "--watchdog=file:/var/lib/vmlease-e2e/watchdog/device" in agent["args"]
+        assert volumes["watchdog"]["hostPath"] == {
+            "path": "/var/lib/vmlease-e2e/watchdog",
+            "type": "DirectoryOrCreate",
+        }
+        assert mounts["watchdog"]["mountPath"] == "/var/lib/vmlease-e2e/watchdog"
         assert pod["nodeSelector"] == {"vmlease.io/vm-host": "true"}
         assert [d["metadata"]["name"] for d in by_kind(docs, "Lockspace")] == ["e2e"]
         assert agent["imagePullPolicy"] == "Never" and agent["image"] == "vmlease-agent:e2e"

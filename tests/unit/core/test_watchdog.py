@@ -510,3 +510,29 @@ def test_file_shorten_moves_the_harness_deadline(device: Path) -> None:
     assert s.armed and s.fire_timeout == 3 and s.fed_at >= before
     wd.keepalive()
     assert read_state(str(device)).fire_timeout == 30
+
+
+def test_reset_command_resets_a_container_node_safety(device: Path, tmp_path: Path) -> None:
+    """A kind node is a container: the harness runs the reset command (``docker kill NODE`` in
+    the e2e tier) once the device is starved, records when it ran, and kills nothing else."""
+    events = tmp_path / "events"
+    marker = tmp_path / "reset"
+    harness = spawn_harness(device, [], events, reset_command=f"touch {marker}")
+    watchdog = FileWatchdog(str(device), 1)
+    watchdog.arm()
+    watchdog.keepalive()
+    last_keepalive = read_state(str(device)).fed_at
+    assert harness.wait(timeout=1 + 5) == 0
+    assert marker.exists(), "the reset command did not run"
+    (event,) = fired_events(events)
+    assert event["reset"] == ["touch", str(marker)] and event["status"] == 0
+    assert 1 < event["at"] - last_keepalive <= 1 + SLACK
+
+
+def test_harness_refuses_to_run_with_nothing_to_reset(device: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "vmlease_agent.sim.watchdog_harness", "--device", str(device)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "nothing to reset" in done.stderr
