@@ -13,16 +13,14 @@
 # (v1.32.4-dispatcher, bundled kubectls up to 1.33), and against this 1.34 server it warns that the
 # skew exceeds +/-1; a kubectl built from the same tree as the apiserver has no skew at all.
 #
-# k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces the k8s.io/* staging modules by
-# local paths. So a throwaway wrapper module requires it and replaces each staging module by its
-# published v0.<minor>.<patch> twin; the list of staging modules is read from that go.mod, so it
-# is right for whichever version is pinned. etcd's server module has local replaces too.
+# k8s.io/kubernetes is built through a wrapper module: scripts/lib.sh, k8s_build.
 #
 # Idempotent: if every binary exists and runs, nothing happens (well under a second). A cold build
 # takes minutes on 2 cores; parallelism is capped at 2 packages (GOFLAGS=-p=2). The Go module and
 # build caches stay where `go env` puts them (outside the repo); nothing is written to the repo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 . scripts/envtest-versions.env
 
 TOOLS_DIR=${VMLEASE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmlease-tools}
@@ -31,12 +29,14 @@ DEST=$TOOLS_DIR/envtest-k8s$K8S_VERSION-etcd$ETCD_VERSION-helm$HELM_VERSION/bin
 say() { echo "install-envtest: $*"; }
 die() { echo "install-envtest: ERROR: $*" >&2; exit 1; }
 
-# tools_work DIR: true when every binary in DIR runs and reports the pinned version.
+# tools_work DIR: true when every binary in DIR runs and reports the pinned version. (Output is
+# captured, not piped into `grep -q`: grep exiting at its first match can SIGPIPE the tool, and
+# with pipefail a good set then looks broken and is rebuilt.)
 tools_work() {
-    "$1/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes v$K8S_VERSION" \
-        && "$1/kubectl" version --client 2>/dev/null | grep -q "v$K8S_VERSION" \
-        && "$1/etcd" --version 2>/dev/null | grep -q "etcd Version: $ETCD_VERSION" \
-        && "$1/helm" version --short 2>/dev/null | grep -q "^v$HELM_VERSION"
+    [[ "$("$1/kube-apiserver" --version 2>/dev/null)" == "Kubernetes v$K8S_VERSION" ]] \
+        && [[ "$("$1/kubectl" version --client 2>/dev/null)" == *"v$K8S_VERSION"* ]] \
+        && [[ "$("$1/etcd" --version 2>/dev/null)" == *"etcd Version: $ETCD_VERSION"* ]] \
+        && [[ "$("$1/helm" version --short 2>/dev/null)" == "v$HELM_VERSION"* ]]
 }
 
 if tools_work "$DEST"; then
@@ -44,10 +44,7 @@ if tools_work "$DEST"; then
     exit 0
 fi
 
-GO=$(command -v go || true)
-[ -n "$GO" ] || GO=/usr/local/go/bin/go
-[ -x "$GO" ] || die "no Go toolchain (looked in PATH and /usr/local/go/bin)"
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-p=2 -trimpath -buildvcs=false"
+go_toolchain
 say "building into $DEST with $("$GO" version) (GOFLAGS=$GOFLAGS)"
 
 WORK=$(mktemp -d)
@@ -59,56 +56,19 @@ STAGE=$WORK/bin
 mkdir -p "$STAGE"
 start=$SECONDS
 
-# wrapper_module DIR: an empty module to build other modules' commands from.
-wrapper_module() {
-    mkdir -p "$1"
-    (cd "$1" && "$GO" mod init "vmlease.invalid/envtest-tools/$(basename "$1")" >/dev/null 2>&1)
-}
-
 build_kubernetes() {
-    local mod=$WORK/kubernetes minor=${K8S_VERSION#*.} staging
-    minor=${minor%%.*}
-    wrapper_module "$mod"
-    cd "$mod"
-    "$GO" mod download k8s.io/kubernetes@"v$K8S_VERSION"
-    staging=$("$GO" mod download -json k8s.io/kubernetes@"v$K8S_VERSION" \
-        | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' \
-        | xargs sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => \./staging/.*#\1#p')
-    [ -n "$staging" ] || die "found no staging replaces in k8s.io/kubernetes v$K8S_VERSION go.mod"
-    for m in $staging; do
-        "$GO" mod edit -replace "$m=$m@v0.${K8S_VERSION#*.}"
-    done
-    say "k8s.io/kubernetes v$K8S_VERSION: resolving modules ($(wc -w <<<"$staging") staging replaces)"
-    "$GO" get k8s.io/kubernetes/cmd/kube-apiserver@"v$K8S_VERSION" \
-        k8s.io/kubernetes/cmd/kubectl@"v$K8S_VERSION"
-    local ldflags="-s -w" pkg
-    for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-        ldflags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-        ldflags+=" -X $pkg.gitTreeState=clean"
-    done
-    for cmd in kube-apiserver kubectl; do
-        say "building $cmd v$K8S_VERSION"
-        "$GO" build -ldflags "$ldflags" -o "$STAGE/$cmd" "k8s.io/kubernetes/cmd/$cmd"
-    done
+    k8s_build "$GO" "$WORK/kubernetes" "$K8S_VERSION" "$STAGE" kube-apiserver kubectl
 }
 
 build_etcd() {
-    local mod=$WORK/etcd
-    wrapper_module "$mod"
-    cd "$mod"
     say "building etcd v$ETCD_VERSION"
-    "$GO" get go.etcd.io/etcd/server/v3@"v$ETCD_VERSION"
-    "$GO" build -ldflags "-s -w" -o "$STAGE/etcd" go.etcd.io/etcd/server/v3
+    go_module_build "$GO" "$WORK/etcd" go.etcd.io/etcd/server/v3 "v$ETCD_VERSION" "$STAGE/etcd"
 }
 
 build_helm() {
-    local mod=$WORK/helm
-    wrapper_module "$mod"
-    cd "$mod"
     say "building helm v$HELM_VERSION"
-    "$GO" get helm.sh/helm/v3/cmd/helm@"v$HELM_VERSION"
-    "$GO" build -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" \
-        -o "$STAGE/helm" helm.sh/helm/v3/cmd/helm
+    go_module_build "$GO" "$WORK/helm" helm.sh/helm/v3/cmd/helm "v$HELM_VERSION" "$STAGE/helm" \
+        "-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION"
 }
 
 step="building etcd v$ETCD_VERSION"; build_etcd
