@@ -18,16 +18,31 @@
 # for `docker run` and compose.
 #
 # Python dependencies are pinned with hashes in hack/image/requirements*.txt (generated from
-# pyproject.toml by hack/image/lock.sh) and installed with --require-hashes. The base image is
-# pinned by Python and Debian release; pin its digest too (python:3.11.14-slim-bookworm@sha256:…)
-# in a release pipeline that can resolve it.
+# pyproject.toml by hack/image/lock.sh) and installed with --require-hashes.
+#
+# The base is Debian bookworm's slim image with Debian's Python 3.11: an image anyone can pull,
+# and one that machines with no registry make themselves from the same Debian release
+# (hack/kind/base.sh), so the image the e2e tier installs is the image users get. Pin its digest
+# (debian:bookworm-slim@sha256:...) in a release pipeline that can resolve it.
+#
+# Offline builds (the e2e tier: no registry, and PyPI only through this machine's own
+# certificates) fill hack/image/wheels with the locked files first (hack/image/wheels.sh) and
+# pass --build-arg PIP_NO_INDEX=1; everywhere else that directory is empty and pip uses PyPI.
+# --require-hashes checks the bytes either way: the same files, wherever they came from.
 
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG BASE_IMAGE=debian:bookworm-slim
 
 # ---------------------------------------------------------------------------------------------
-# base: what every stage shares. The venv lives at one path in every stage, so it can be copied
-# from a build stage to a runtime stage as is (its scripts' #! lines name that path).
-FROM ${PYTHON_IMAGE} AS base
+# base: what every stage shares: Debian's python3 and nothing else. The venv lives at one path
+# in every stage, so it can be copied from a build stage to a runtime stage as is (its scripts'
+# #! lines name that path, and its python links to /usr/bin/python3 of this same base).
+FROM ${BASE_IMAGE} AS base
+# Debian package versions are not pinned: bookworm's security updates replace them, and an exact
+# pin would then fail to build. The Debian release is pinned by the base image instead.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/*
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -39,7 +54,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # can slip in through it). The lock is copied before the source: editing code does not redo the
 # dependency layer.
 FROM base AS venv
-RUN python -m venv /opt/vmlease
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/vmlease
+ARG PIP_NO_INDEX
+ENV PIP_FIND_LINKS=/tmp/wheels
+COPY hack/image/wheels/ /tmp/wheels/
 COPY hack/image/requirements.txt /tmp/requirements.txt
 RUN pip install --require-hashes --no-deps -r /tmp/requirements.txt
 WORKDIR /src
@@ -60,7 +82,7 @@ FROM venv AS venv-agent
 # pin would then fail to build. The Debian release is pinned by the base image instead.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev libvirt-dev pkg-config \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libvirt-dev pkg-config python3-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY hack/image/requirements-agent.txt /tmp/requirements-agent.txt
 RUN pip install --require-hashes --no-deps -r /tmp/requirements-agent.txt \
