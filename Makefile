@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# Written by `make deps` when the e2e tier's tools cannot be had here: the reason it is skipped.
+E2E_SKIP := .venv/.e2e-skipped
 
 .PHONY: core deps envtest-tools crds test unit lint demo bench e2e clean torture
 
@@ -14,6 +16,9 @@ deps: core
 	@bash scripts/install-libvirt.sh || echo "WARNING: libvirt not installed; the libvirt tier will be skipped"
 	@bash scripts/install-envtest.sh || echo "WARNING: envtest tools not built; the envtest tier will be skipped"
 	@bash hack/image/lint.sh >/dev/null || echo "WARNING: hadolint not installed; the Dockerfile lint check will be skipped"
+	@rm -f $(E2E_SKIP); bash scripts/install-kind.sh 2>&1 | tee .venv/.e2e-install.log; \
+		if [ $${PIPESTATUS[0]} -ne 0 ]; then tail -1 .venv/.e2e-install.log > $(E2E_SKIP); \
+		echo "WARNING: Docker, kind or the node image could not be had; the e2e tier will be skipped"; fi
 
 # Builds kube-apiserver, etcd, kubectl and helm once (minutes), strictly: fails if they do not build.
 envtest-tools:
@@ -30,9 +35,11 @@ LINT = $(PY) -m ruff check . && $(PY) -m ruff format --check api node-agent oper
 lint: core
 	$(LINT)
 
+# Every tier but e2e in one pytest run, then the e2e tier on its own kind cluster (tests/e2e/run.sh).
 test: deps
 	$(LINT)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+	@if [ -e $(E2E_SKIP) ]; then echo "SKIPPED: tier e2e: $$(cat $(E2E_SKIP))"; else bash tests/e2e/run.sh $(PYTEST_ARGS); fi
 
 unit: deps
 	$(PY) -m pytest -m "not interop and not libvirt and not envtest and not e2e" $(PYTEST_ARGS)
@@ -52,9 +59,10 @@ torture: core
 	VMLEASE_CAMPAIGN_ACQUISITIONS=$${VMLEASE_CAMPAIGN_ACQUISITIONS:-10000} VMLEASE_CAMPAIGN_SECONDS=$${VMLEASE_CAMPAIGN_SECONDS:-3600} \
 		$(PY) -m pytest tests/agent/test_campaign.py -q -s -p no:cacheprovider $(PYTEST_ARGS)
 
-# kind end-to-end tier: needs a Docker engine (builds kind, the image, installs the chart).
-e2e: deps
-	bash tests/e2e/run.sh
+# kind end-to-end tier alone: needs a Docker engine (scripts/install-docker.sh installs and starts
+# one); builds kind, the node image and vmlease's images, installs the chart, runs tests/e2e.
+e2e: core
+	bash tests/e2e/run.sh $(PYTEST_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import waiting
+from vmlease_agent.sim.watchdog_harness import spawn_harness
 
 T = TypeVar("T")
 GROUP, VERSION = "vmlease.io", "v1alpha1"
@@ -26,6 +29,8 @@ class Kind:
     namespace: str
     kubectl_path: str
     shared_dir: str
+    helm_path: str = "helm"
+    release: str = "vmlease"
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
@@ -37,14 +42,33 @@ class Kind:
             raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result
 
+    def helm_upgrade(self, *args: str) -> None:
+        """``helm upgrade`` of the release run.sh installed, from this checkout's chart, keeping
+        the values it was installed with plus ``args``."""
+        chart = Path(__file__).resolve().parents[2] / "charts" / "vmlease"
+        result = subprocess.run(
+            [self.helm_path, "upgrade", self.release, str(chart), "-n", self.namespace,
+             "--reuse-values", *args],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise AssertionError(f"helm upgrade {' '.join(args)}: {result.stderr.strip()}")
+
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
     def apply(self, body: dict[str, Any]) -> None:
         self.kubectl("apply", "-f", "-", input=json.dumps(body))
 
-    def docker(self, *args: str) -> None:
-        subprocess.run(["docker", *args], check=True, capture_output=True, timeout=120)
+    def docker(self, *args: str, check: bool = True) -> None:
+        subprocess.run(["docker", *args], check=check, capture_output=True, timeout=120)
+
+    def running(self, node: str) -> bool:
+        out = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}}", node],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        return out.stdout.strip() == "true"
 
     def workers(self) -> list[str]:
         nodes = self.get("nodes", "-l", "vmlease.io/vm-host=true")["items"]
@@ -62,3 +86,56 @@ class Kind:
 
     def logs(self, pod: str) -> str:
         return self.kubectl("logs", pod, "-n", self.namespace, check=False).stdout
+
+
+def lease_dump(path: str) -> list[dict[str, Any]]:
+    """``vmlease direct dump PATH`` from the host, parsed: one dict per record, with the
+    ``name``, ``timestamp`` (the writer's monotonic seconds; kind nodes share the host's kernel,
+    so it is this clock too), ``owner`` and ``generation``."""
+    vmlease = Path(sys.executable).parent / "vmlease"
+    out = subprocess.run(
+        [str(vmlease), "direct", "dump", path], capture_output=True, text=True, timeout=30
+    )
+    rows = []
+    for line in out.stdout.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 6:
+            rows.append(
+                {"name": parts[2], "timestamp": int(parts[3]), "owner": int(parts[4]),
+                 "generation": int(parts[5]), "lver": int(parts[6]) if len(parts) > 6 else None}
+            )  # fmt: skip
+    return rows
+
+
+class Watchdogs:
+    """The workers' watchdog "hardware": for each worker, a harness on the host supervising the
+    file-backed device the agent feeds (the worker's own host directory, mounted into the node,
+    values-kind.yaml), which resets the node with ``docker kill`` once it is starved. A harness
+    exits after it fired; ``start`` gives a restarted node a new one."""
+
+    def __init__(self, cluster: str, root: str) -> None:
+        self.cluster, self.root = cluster, Path(root)
+        self.harnesses: dict[str, subprocess.Popen] = {}
+
+    def dir(self, node: str) -> Path:
+        return self.root / node.removeprefix(f"{self.cluster}-")
+
+    def start(self, node: str, reboot: bool = False) -> None:
+        """Supervise ``node``'s device. ``reboot``: the node was reset and boots again, and a
+        reset disarms a watchdog (a device file still armed from before would fire at once)."""
+        if reboot:
+            (self.dir(node) / "device").unlink(missing_ok=True)
+        self.harnesses[node] = spawn_harness(
+            self.dir(node) / "device", [], self.dir(node) / "events", f"docker kill {node}"
+        )
+
+    def fired(self, node: str) -> list[dict[str, Any]]:
+        events = self.dir(node) / "events"
+        if not events.exists():
+            return []
+        return [json.loads(line) for line in events.read_text().splitlines()]
+
+    def stop(self) -> None:
+        for harness in self.harnesses.values():
+            harness.terminate()
+            harness.wait()

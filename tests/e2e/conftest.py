@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from .cluster import Kind
+from .cluster import Kind, Watchdogs
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +26,22 @@ def kind() -> Kind:
         namespace=os.environ["VMLEASE_E2E_NAMESPACE"],
         kubectl_path=os.environ.get("VMLEASE_E2E_KUBECTL", "kubectl"),
         shared_dir=os.environ["VMLEASE_E2E_SHARED"],
+        # run.sh's helm is the envtest tier's, beside its kubectl
+        helm_path=os.environ.get("VMLEASE_E2E_HELM")
+        or os.path.join(os.path.dirname(os.environ.get("VMLEASE_E2E_KUBECTL", "")), "helm"),
     )
     context = k.kubectl("config", "current-context").stdout.strip()
     if context != f"kind-{cluster}":
         pytest.exit(f"refusing to run e2e tests against context {context!r}, not kind-{cluster}")
     return k
+
+
+@pytest.fixture(scope="session")
+def watchdogs(kind: Kind):
+    """A watchdog harness for every worker, from the first test on (agents arm their device only
+    when they hold a lease, so none is counting before)."""
+    dogs = Watchdogs(kind.cluster, os.environ["VMLEASE_E2E_WATCHDOGS"])
+    for node in kind.workers():
+        dogs.start(node)
+    yield dogs
+    dogs.stop()

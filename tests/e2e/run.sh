@@ -3,23 +3,28 @@
 #
 #   tests/e2e/run.sh [pytest args...]      e.g. tests/e2e/run.sh -k failover
 #
-# 1. builds kind from its Go module (sigs.k8s.io/kind, pinned below) into the tools cache, and
-#    uses the envtest tier's pinned kubectl and helm (scripts/install-envtest.sh builds them);
+# 1. builds, offline and once (scripts/install-kind.sh, cached in the tools cache): kind, the
+#    Kubernetes node binaries and kind's node image from Debian's packages and the Go module proxy;
+#    starts dockerd if none answers (scripts/install-docker.sh) and stops it again at the end;
 # 2. creates cluster vmlease-e2e from tests/e2e/kind-config.yaml: a control plane and three
-#    workers sharing one fresh host directory as the shared volume;
-# 3. builds the two images from the Dockerfile (targets operator, agent) as :e2e and loads them
-#    into the nodes (no registry involved);
+#    workers sharing one fresh host directory as the shared volume, each with its own host
+#    directory for its file-backed watchdog (the tests' harness `docker kill`s a starved node);
+#    where the container runtime withholds CAP_SYS_RESOURCE (these machines), kind runs through
+#    hack/kind/docker-shim, which asks for --privileged minus that capability;
+# 3. builds the two images from the Dockerfile (targets operator, agent) as :e2e with the locked
+#    wheels fetched by this machine's pip (hack/image/wheels.sh; no index inside the build) and
+#    loads them into the nodes (no registry involved);
 # 4. installs charts/vmlease with tests/e2e/values-kind.yaml into namespace vmlease-system
 #    (labelled Pod Security "privileged", as NOTES.txt asks) and waits for it;
-# 5. runs the e2e tests (pytest -m e2e tests/e2e) against that cluster;
-# 6. deletes the cluster and the shared directory, unless KEEP_CLUSTER=1.
+# 5. runs the e2e tests (pytest -m e2e tests/e2e) against that cluster; on failure dumps the
+#    objects, the agents' and operator's logs and the watchdog harness events;
+# 6. deletes the cluster, its docker network, the shared and watchdog directories, and the
+#    dockerd it started, unless KEEP_CLUSTER=1.
 #
-# Environment: KIND_NODE_IMAGE (default: the node image of the pinned kind, Kubernetes 1.34),
-# KEEP_CLUSTER=1, VMLEASE_TOOLS_DIR (the tools cache, as for the envtest tier).
+# Environment: KEEP_CLUSTER=1, VMLEASE_TOOLS_DIR (the tools cache, as for the envtest tier).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-KIND_VERSION=v0.30.0
 CLUSTER=vmlease-e2e
 NAMESPACE=vmlease-system
 RELEASE=vmlease
@@ -27,34 +32,39 @@ RELEASE=vmlease
 say() { echo "e2e: $*"; }
 die() { echo "e2e: ERROR: $*" >&2; exit 1; }
 
-command -v docker >/dev/null || die "no docker client"
-docker info >/dev/null 2>&1 || die "no Docker engine (docker info fails): kind cannot run here"
-
 # shellcheck source=scripts/envtest-versions.env
 . scripts/envtest-versions.env
+# shellcheck source=scripts/kind-versions.env
+. scripts/kind-versions.env
 TOOLS_DIR=${VMLEASE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmlease-tools}
 ENVTEST_BIN=$TOOLS_DIR/envtest-k8s$K8S_VERSION-etcd$ETCD_VERSION-helm$HELM_VERSION/bin
-KIND_BIN=$TOOLS_DIR/kind-$KIND_VERSION/bin
+KIND=$TOOLS_DIR/kind-$KIND_VERSION-k8s$K8S_VERSION/bin/kind
+NODE_IMAGE=vmlease-kind-node:v$K8S_VERSION
+DOCKERD_PIDFILE=/run/vmlease-e2e-dockerd.pid
+export DOCKERD_PIDFILE
 
 # --- tools ------------------------------------------------------------------------------------
-bash scripts/install-envtest.sh
+[ -x .venv/bin/python ] || die "no .venv: run \`make deps\` first"
+bash scripts/install-kind.sh
 KUBECTL=$ENVTEST_BIN/kubectl
 HELM=$ENVTEST_BIN/helm
-if ! "$KIND_BIN/kind" version 2>/dev/null | grep -q "kind $KIND_VERSION "; then
-    GO=$(command -v go || echo /usr/local/go/bin/go)
-    [ -x "$GO" ] || die "no Go toolchain to build kind with"
-    say "building kind $KIND_VERSION from sigs.k8s.io/kind"
-    mkdir -p "$KIND_BIN"
-    GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-p=2 -trimpath" GOBIN=$KIND_BIN \
-        "$GO" install "sigs.k8s.io/kind@$KIND_VERSION"
-fi
-KIND=$KIND_BIN/kind
-[ -x .venv/bin/python ] || die "no .venv: run \`make deps\` first"
+REAL_DOCKER=$(command -v docker)
+# kind: through the shim where --privileged cannot work (CAP_SYS_RESOURCE, bit 24, missing from
+# the bounding set every container inherits), as it is on these machines.
+kind() {
+    if (( (0x$(awk '/^CapBnd/ {print $2}' /proc/self/status) >> 24 & 1) == 0 )); then
+        PATH="$PWD/hack/kind/docker-shim:$PATH" VMLEASE_REAL_DOCKER=$REAL_DOCKER "$KIND" "$@"
+    else
+        "$KIND" "$@"
+    fi
+}
 
 # --- cluster ----------------------------------------------------------------------------------
 WORK=$(mktemp -d)
 SHARED=$(mktemp -d /var/tmp/vmlease-e2e-shared.XXXXXX)  # not /tmp: O_DIRECT fails on tmpfs
+WATCHDOGS=$(mktemp -d /var/tmp/vmlease-e2e-watchdog.XXXXXX)
 chmod 0777 "$SHARED"
+mkdir -p "$WATCHDOGS/worker" "$WATCHDOGS/worker2" "$WATCHDOGS/worker3"
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     rc=$?
@@ -63,27 +73,37 @@ cleanup() {
     else
         # The shared files were written by root inside the node containers: remove them from
         # inside one (a node stopped by a test is started again for that), then the cluster.
+        docker unpause "$CLUSTER-worker" >/dev/null 2>&1 || true
         docker start "$CLUSTER-worker" >/dev/null 2>&1 || true
         docker exec "$CLUSTER-worker" sh -c 'rm -rf /var/lib/vmlease/shared/*' 2>/dev/null || true
-        "$KIND" delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
-        rm -rf "$SHARED" "$WORK" || say "could not remove $SHARED"
+        kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+        docker network rm kind >/dev/null 2>&1 || true  # kind leaves it; in use elsewhere: kept
+        rm -rf "$SHARED" "$WATCHDOGS" "$WORK" || say "could not remove $SHARED or $WATCHDOGS"
+        if [ -s "$DOCKERD_PIDFILE" ]; then
+            say "stopping the dockerd scripts/install-docker.sh started"
+            kill "$(cat "$DOCKERD_PIDFILE")" 2>/dev/null || true
+            rm -f "$DOCKERD_PIDFILE"
+        fi
     fi
     exit "$rc"
 }
 trap cleanup EXIT
 
-sed "s#@SHARED_DIR@#$SHARED#" tests/e2e/kind-config.yaml > "$WORK/kind-config.yaml"
-"$KIND" delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
-say "creating cluster $CLUSTER (shared directory $SHARED)"
-"$KIND" create cluster --name "$CLUSTER" --config "$WORK/kind-config.yaml" \
-    ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --kubeconfig "$WORK/kubeconfig" --wait 120s
+sed -e "s#@SHARED_DIR@#$SHARED#" -e "s#@WATCHDOG_DIR@#$WATCHDOGS#" \
+    -e "s#@ETCD_TAG@#$ETCD_VERSION-0#" tests/e2e/kind-config.yaml > "$WORK/kind-config.yaml"
+kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+say "creating cluster $CLUSTER (shared directory $SHARED, watchdogs $WATCHDOGS)"
+kind create cluster --name "$CLUSTER" --config "$WORK/kind-config.yaml" --image "$NODE_IMAGE" \
+    --kubeconfig "$WORK/kubeconfig" --wait 180s
 export KUBECONFIG=$WORK/kubeconfig
 
 # --- images -----------------------------------------------------------------------------------
+bash hack/image/wheels.sh
 for target in operator agent; do
     say "building vmlease-$target:e2e"
-    docker build --target "$target" -t "vmlease-$target:e2e" .
-    "$KIND" load docker-image "vmlease-$target:e2e" --name "$CLUSTER"
+    DOCKER_BUILDKIT=0 docker build -q --network host --build-arg PIP_NO_INDEX=1 \
+        --target "$target" -t "vmlease-$target:e2e" . >/dev/null
+    kind load docker-image "vmlease-$target:e2e" --name "$CLUSTER"
 done
 
 # --- chart ------------------------------------------------------------------------------------
@@ -95,7 +115,7 @@ say "installing charts/vmlease"
 
 # --- tests ------------------------------------------------------------------------------------
 export VMLEASE_E2E_CLUSTER=$CLUSTER VMLEASE_E2E_NAMESPACE=$NAMESPACE VMLEASE_E2E_KUBECTL=$KUBECTL
-export VMLEASE_E2E_SHARED=$SHARED
+export VMLEASE_E2E_SHARED=$SHARED VMLEASE_E2E_WATCHDOGS=$WATCHDOGS
 set +e
 .venv/bin/python -m pytest -m e2e tests/e2e -p no:cacheprovider "$@"
 rc=$?
@@ -104,5 +124,7 @@ if [ $rc -ne 0 ]; then
     "$KUBECTL" get all,lockspaces,hostids,diskleases -A -o wide || true
     "$KUBECTL" -n "$NAMESPACE" logs -l app.kubernetes.io/component=agent --tail=100 --prefix || true
     "$KUBECTL" -n "$NAMESPACE" logs -l app.kubernetes.io/component=operator --tail=100 --prefix || true
+    "$KUBECTL" get events -A --sort-by=.lastTimestamp | tail -40 || true
+    cat "$WATCHDOGS"/*/events 2>/dev/null || true
 fi
 exit $rc

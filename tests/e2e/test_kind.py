@@ -3,27 +3,35 @@
 The cluster (tests/e2e/run.sh): three workers sharing one host directory as the shared volume,
 the images built from the Dockerfile, the chart installed with values-kind.yaml, which creates
 Lockspace ``e2e`` (io_timeout N = 2 s, watchdog W = 10 s, so the safe time is 8N + W = 26 s).
-Kind nodes are containers, so there is no watchdog (``--watchdog none``); ``docker stop`` of a
-node container is the reset.
+Kind nodes are containers: each worker's watchdog is a file-backed device that a harness on the
+host supervises (``Watchdogs``); when it is starved, the harness ``docker kill``s that node (a
+reset: every process of the node dies at once). ``docker stop`` would not do: it shuts the node
+down gracefully, its holders exit and release their leases.
 
 In order (the tests share the cluster and build on each other):
 1. every worker gets a host_id, one agent formats the lockspace, all three join (HostId Live);
 2. a "VM" (a Pod running ``vmlease client command -r ... -c sleep`` through its node's agent
    socket, with hostPID so the agent sees its pid) holds a lease on worker 1; the same on
    worker 2 is refused with the holder named, and exits 243 (SANLK_ACQUIRE_IDLIVE);
-3. worker 1 is stopped; a retrying "VM" on worker 3 gets the lease, not before the safe time,
-   and the DiskLease names worker 3; worker 1's HostId is reported Dead.
+3. worker 1 freezes (docker pause); the watchdog harness on the host resets it (docker kill)
+   W after its last keepalive; a retrying "VM" on worker 3 gets the lease after that reset and
+   not before the safe time; the DiskLease names worker 3; worker 1's HostId is reported Dead;
+4. worker 1 starts again and rejoins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import threading
 import time
 from typing import Any
 
 import pytest
+from vmlease_agent.core.watchdog import read_state
+from vmlease_agent.engine.clock import boottime
 
-from .cluster import GROUP, VERSION, Kind, wait_for
+from .cluster import GROUP, VERSION, Kind, Watchdogs, lease_dump, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -63,10 +71,10 @@ def pod(name: str, node: str, command: list[str], **spec: Any) -> dict[str, Any]
     }
 
 
-def vm(name: str, node: str, retry: bool = False) -> dict[str, Any]:
+def vm(name: str, node: str, retry: bool = False, resource: str = RESOURCE) -> dict[str, Any]:
     """A lease holder: acquire through the node's agent socket, then exec ``sleep``. hostPID,
     because the agent (hostPID itself) checks and signals holders by their host pid."""
-    hold = ["vmlease", "client", "command", "-r", RESOURCE, "--owner", name, "-c", "sleep", "3600"]
+    hold = ["vmlease", "client", "command", "-r", resource, "--owner", name, "-c", "sleep", "3600"]
     command = hold
     if retry:
         command = ["sh", "-c", "until " + " ".join(hold) + "; do sleep 1; done"]
@@ -78,6 +86,16 @@ def vm(name: str, node: str, retry: bool = False) -> dict[str, Any]:
         mounts=[{"name": "run", "mountPath": "/run/vmlease"}],
         volumes=[{"name": "run", "hostPath": {"path": "/run/vmlease", "type": "Directory"}}],
     )
+
+
+def lease_owner(path: str) -> int | None:
+    """The owner host_id of the lease at ``path`` (host side), None before it is formatted."""
+    rows = lease_dump(path)
+    return rows[0]["owner"] if rows else None
+
+
+def hostid(kind: Kind, node: str) -> int:
+    return kind.hostids(LOCKSPACE)[node]["spec"]["hostId"]
 
 
 def disklease_status(kind: Kind) -> dict[str, Any]:
@@ -94,13 +112,14 @@ def held_by(kind: Kind, node: str):
 
 
 @pytest.fixture(scope="module")
-def workers(kind: Kind):
+def workers(kind: Kind, watchdogs: Watchdogs):
     nodes = kind.workers()
     assert len(nodes) == 3, nodes
     yield nodes
     kind.kubectl("delete", "pods", "-n", kind.namespace, "-l", f"vmlease.io/e2e={RUN}",
                  "--wait=false", check=False)  # fmt: skip
-    for node in nodes:  # a stopped node comes back, so a kept cluster is whole again
+    for node in nodes:  # a reset node comes back, so a kept cluster is whole again
+        kind.docker("unpause", node, check=False)
         kind.docker("start", node)
 
 
@@ -171,23 +190,147 @@ def test_a_lease_holder_runs_on_one_node_and_is_refused_on_another(kind: Kind, w
     assert disklease_status(kind)["holder"] == status["holder"]  # still the first node's
 
 
-def test_the_lease_moves_after_the_safe_time_when_its_node_stops(kind: Kind, workers: list[str]):
+def test_a_frozen_node_is_reset_by_its_watchdog_before_its_lease_moves_safety(
+    kind: Kind, workers: list[str], watchdogs: Watchdogs
+):
+    """Worker 1 freezes (``docker pause``: its agent neither renews nor feeds). Its watchdog's
+    harness resets it (``docker kill``) W after the last keepalive; the lease moves to worker 3
+    only after that, and no earlier than 8N + W after worker 1's last renewal. The timeline is
+    read on one clock: the host's (nodes share its kernel, so the delta leases' timestamps are
+    its monotonic seconds too; the harness records CLOCK_BOOTTIME, converted here)."""
     first, third = workers[0], workers[2]
-    stopped = time.monotonic()
-    kind.docker("stop", first)  # kind node = container: this is the node's reset
+    ids = {node: o["spec"]["hostId"] for node, o in kind.hostids(LOCKSPACE).items()}
+    lockspace_file = f"{kind.shared_dir}/lockspaces/{LOCKSPACE}"
+    lease_file = f"{kind.shared_dir}/leases/vm1.lease"
+    assert lease_dump(lease_file)[0]["owner"] == ids[first]
+    kind.docker("pause", first)
+    paused = time.monotonic()
     taker = vm(f"vm1-c-{RUN}", third, retry=True)
     taker["metadata"]["namespace"] = kind.namespace
     kind.apply(taker)
-    status = wait_for(held_by(kind, third), SAFE_SECONDS + 150, f"{DISKLEASE} taken on {third}")
-    moved = time.monotonic() - stopped
-    print(f"\nlease moved {moved:.0f} s after {first} stopped (safe time {SAFE_SECONDS} s)")
-    # Never before the safe time after the holder's last renewal, which was at most one renewal
-    # interval (2N) before the stop.
-    assert moved >= SAFE_SECONDS - 2 * N
-    assert status["holder"]["hostId"] == kind.hostids(LOCKSPACE)[third]["spec"]["hostId"]
+
+    def taken() -> float | None:
+        rows = lease_dump(lease_file)
+        return time.monotonic() if rows and rows[0]["owner"] == ids[third] else None
+
+    taken_at = wait_for(taken, SAFE_SECONDS + 120, f"the lease taken by {third}", every=0.2)
+    last_renewal = next(r["timestamp"] for r in lease_dump(lockspace_file) if r["name"] == first)
+    (fired,) = watchdogs.fired(first)
+    to_monotonic = time.monotonic() - boottime()
+    fed_at, reset_at = fired["fed_at"] + to_monotonic, fired["reset_done_at"] + to_monotonic
+    print(
+        f"\ntimeline (s after {first} froze): last renewal {last_renewal - paused:+.1f}, "
+        f"last keepalive {fed_at - paused:+.1f}, "
+        f"reset (docker kill done) {reset_at - paused:+.1f}, "
+        f"lease taken on {third} {taken_at - paused:+.1f}; safe time 8N+W = {SAFE_SECONDS} s"
+    )
+    assert fired["status"] == 0, fired
+    assert W < reset_at - fed_at <= W + 3, "the harness did not reset the node W after its feed"
+    assert reset_at < taken_at, "the lease moved while the frozen node could still run"
+    assert taken_at >= last_renewal + SAFE_SECONDS, "the lease moved before the safe time"
+    assert not kind.running(first)
+    wait_for(held_by(kind, third), 60, f"{DISKLEASE} reported held on {third}")
     wait_for(
         lambda: (kind.hostids(LOCKSPACE)[first].get("status") or {}).get("state") == "Dead",
         120,
         f"{first}'s HostId reported Dead",
     )
     print("\n" + kind.kubectl("get", "hostids,diskleases", "-o", "wide").stdout)
+
+
+def test_a_reset_node_rejoins_when_it_starts_again(
+    kind: Kind, workers: list[str], watchdogs: Watchdogs
+):
+    """The reset node boots (a kind node makes a new machine id at every start, as a reinstalled
+    node would): its agent waits out the old record for 8N + W, then rejoins with host_id 1."""
+    first = workers[0]
+    watchdogs.start(first, reboot=True)
+    kind.docker("start", first)
+
+    def live() -> bool:
+        status = kind.hostids(LOCKSPACE)[first].get("status") or {}
+        return status.get("state") == "Live"
+
+    wait_for(live, 180 + SAFE_SECONDS, f"{first}'s HostId Live again")
+
+
+def init_lease(kind: Kind, node: str, name: str) -> str:
+    """Create and format lease file ``leases/NAME.lease`` from a pod on ``node``; returns the
+    resource string ``e2e:NAME:PATH:0``."""
+    path = f"{SHARED}/leases/{name}.lease"
+    resource = f"{LOCKSPACE}:{name}:{path}:0"
+    init = pod(
+        f"init-{name}-{RUN}",
+        node,
+        ["sh", "-c", f"mkdir -p {SHARED}/leases && truncate -s 1M {path} && "
+         f"vmlease direct init -r {resource}"],
+        mounts=[{"name": "shared", "mountPath": SHARED}],
+        volumes=[{"name": "shared", "hostPath": {"path": SHARED, "type": "Directory"}}],
+    )  # fmt: skip
+    init["metadata"]["namespace"] = kind.namespace
+    kind.apply(init)
+    wait_for(lambda: kind.pod_phase(init["metadata"]["name"]) == "Succeeded", 120, f"{name} init")
+    return resource
+
+
+def test_a_rolling_upgrade_with_holders_on_every_worker_disturbs_none_safety(
+    kind: Kind, workers: list[str], watchdogs: Watchdogs
+):
+    """``helm upgrade`` with a changed agent value while a holder runs on every worker: the
+    DaemonSet replaces the agents one node at a time; every holder keeps running and keeps its
+    lease (same lver), no node is reset, and each node's window without a feeding agent (read
+    from its device file on the host every 0.2 s) stays below W."""
+    first, second, third = workers
+    on_host = kind.shared_dir + "/leases/{}.lease"  # the shared directory, seen from the host
+    holders = {third: (f"vm1-c-{RUN}", on_host.format("vm1"))}  # taken over by worker 3 above
+    for node, name in ((first, "vm2"), (second, "vm3")):
+        resource = init_lease(kind, node, name)
+        # retrying: worker 1's agent, just rejoined, refuses new leases until its earlier
+        # incarnation's deadline + W has passed (it cannot open the watchdog before)
+        holder = vm(f"{name}-a-{RUN}", node, retry=True, resource=resource)
+        holder["metadata"]["namespace"] = kind.namespace
+        kind.apply(holder)
+        holders[node] = (holder["metadata"]["name"], on_host.format(name))
+    for node, (name, path) in holders.items():
+        wait_for(lambda p=path, n=node: lease_owner(p) == hostid(kind, n), 120,
+                 f"{name} to hold its lease on {node}")  # fmt: skip
+        wait_for(lambda n=name: kind.pod_phase(n) == "Running", 60, f"{name} running")
+    before = {node: lease_dump(path)[0] for node, (_, path) in holders.items()}
+    generation = kind.get("daemonset", "vmlease-agent", "-n", kind.namespace)["metadata"]
+
+    windows = {node: 0.0 for node in workers}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            for node in workers:
+                with contextlib.suppress(OSError, ValueError):
+                    state = read_state(str(watchdogs.dir(node) / "device"))
+                    if state.armed:
+                        windows[node] = max(windows[node], boottime() - state.fed_at)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        kind.helm_upgrade("--set", "agent.logLevel=DEBUG")
+        kind.kubectl("rollout", "status", "daemonset/vmlease-agent", "-n", kind.namespace,
+                     "--timeout=600s")  # fmt: skip
+    finally:
+        stop.set()
+        sampler.join()
+    took = time.monotonic() - started
+    after = kind.get("daemonset", "vmlease-agent", "-n", kind.namespace)["metadata"]
+    assert after["generation"] > generation["generation"], "the upgrade replaced no agent"
+    print(f"\nrolling upgrade of 3 agents took {took:.0f} s; each node's longest time without "
+          f"a feeding agent: " + ", ".join(f"{n} {w:.1f} s" for n, w in windows.items())
+          + f" (W = {W} s)")  # fmt: skip
+    for node, (name, path) in holders.items():
+        body = kind.get("pod", name, "-n", kind.namespace)
+        (state,) = body["status"]["containerStatuses"]
+        assert "running" in state["state"] and state["restartCount"] == 0, (node, state)
+        now = lease_dump(path)[0]
+        assert (now["owner"], now["lver"]) == (before[node]["owner"], before[node]["lver"]), node
+    assert all(watchdogs.fired(n) == [] for n in (second, third)), "a node was reset"
+    assert len(watchdogs.fired(first)) == 1  # only the reset of the fencing test above
+    assert all(w < W for w in windows.values()), windows
