@@ -20,6 +20,7 @@ import socket
 import sys
 
 import kopf
+from kopf._core.engines.peering import Identity  # the type kopf.run takes; kopf's own CLI uses it
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from vmlease_api.errors import Conflict, NotFound
@@ -44,12 +45,12 @@ def default_priority(rng: random.Random | None = None) -> int:
     return (rng.randint if rng is not None else random.randint)(1, MAX_PRIORITY)
 
 
-def peering_identity() -> str:
+def peering_identity() -> Identity:
     """This replica's name in the peering object: the pod's host name (its pod name) and pid.
     kopf's own default asks the password database for the user name, and the image runs as uid
     65532 with no entry there (no /etc/passwd line is needed to run as a numeric uid): kopf
     then crashes at start with ``getpwuid(): uid not found``."""
-    return f"{socket.gethostname()}/{os.getpid()}"
+    return Identity(f"{socket.gethostname()}/{os.getpid()}")
 
 
 def ensure_peering(api: client.ApiClient, name: str) -> None:
