@@ -42,17 +42,17 @@ class Kind:
             raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result
 
-    def helm_upgrade(self, *args: str) -> None:
-        """``helm upgrade`` of the release run.sh installed, from this checkout's chart, keeping
-        the values it was installed with plus ``args``."""
+    def helm(self, command: str, *args: str) -> None:
+        """``helm COMMAND`` on the release run.sh installed (``upgrade``: from this checkout's
+        chart, keeping the values it was installed with, plus ``args``)."""
         chart = Path(__file__).resolve().parents[2] / "charts" / "vmlease"
+        extra = [str(chart), "--reuse-values"] if command == "upgrade" else []
         result = subprocess.run(
-            [self.helm_path, "upgrade", self.release, str(chart), "-n", self.namespace,
-             "--reuse-values", *args],
+            [self.helm_path, command, self.release, *extra, "-n", self.namespace, *args],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         if result.returncode != 0:
-            raise AssertionError(f"helm upgrade {' '.join(args)}: {result.stderr.strip()}")
+            raise AssertionError(f"helm {command} {' '.join(args)}: {result.stderr.strip()}")
 
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)

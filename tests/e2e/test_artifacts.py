@@ -1,8 +1,8 @@
 """What the e2e tier builds and installs, checked without Docker or a cluster (no marker: these
 run in every tier, in about a second).
 
-There is no Docker engine on the development machines, so the Dockerfile is never built here.
-What can be checked without building it is:
+The kind tier builds and runs the images (tests/e2e/run.sh); these checks run without Docker,
+so a machine without an engine still catches a broken Dockerfile or chart early:
 
 * its structure: stages, the pinned base image, entry points that exist in pyproject.toml, the
   operator non-root and the agent root, health checks on the ports the chart probes, the build

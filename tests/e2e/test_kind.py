@@ -16,7 +16,9 @@ In order (the tests share the cluster and build on each other):
 3. worker 1 freezes (docker pause); the watchdog harness on the host resets it (docker kill)
    W after its last keepalive; a retrying "VM" on worker 3 gets the lease after that reset and
    not before the safe time; the DiskLease names worker 3; worker 1's HostId is reported Dead;
-4. worker 1 starts again and rejoins.
+4. worker 1 starts again and rejoins;
+5. a rolling ``helm upgrade`` with a holder on every worker disturbs none of them;
+6. ``helm uninstall`` resets only the node whose holder still runs.
 """
 
 from __future__ import annotations
@@ -313,7 +315,7 @@ def test_a_rolling_upgrade_with_holders_on_every_worker_disturbs_none_safety(
     sampler.start()
     started = time.monotonic()
     try:
-        kind.helm_upgrade("--set", "agent.logLevel=DEBUG")
+        kind.helm("upgrade", "--set", "agent.logLevel=DEBUG")
         kind.kubectl("rollout", "status", "daemonset/vmlease-agent", "-n", kind.namespace,
                      "--timeout=600s")  # fmt: skip
     finally:
@@ -334,3 +336,36 @@ def test_a_rolling_upgrade_with_holders_on_every_worker_disturbs_none_safety(
     assert all(watchdogs.fired(n) == [] for n in (second, third)), "a node was reset"
     assert len(watchdogs.fired(first)) == 1  # only the reset of the fencing test above
     assert all(w < W for w in windows.values()), windows
+
+
+def armed(watchdogs: Watchdogs, node: str) -> bool:
+    with contextlib.suppress(OSError, ValueError):
+        return read_state(str(watchdogs.dir(node) / "device")).armed
+    return False
+
+
+def test_uninstall_resets_only_the_node_that_still_holds_a_lease_safety(
+    kind: Kind, workers: list[str], watchdogs: Watchdogs
+):
+    """What the README says ``helm uninstall`` does to nodes (Install on Kubernetes, Uninstall):
+    an agent that holds no lease disarms its watchdog when it stops, so its node is not reset;
+    one that still holds a lease leaves its holder running and its watchdog counting, and with no
+    new agent to adopt them the node is reset W later. The last test: it removes the release."""
+    first, second, third = workers
+    kind.kubectl("delete", "pod", f"vm1-c-{RUN}", f"vm2-a-{RUN}", "-n", kind.namespace,
+                 "--grace-period=1")  # fmt: skip
+    for node in (first, third):
+        wait_for(lambda n=node: not armed(watchdogs, n), 60, f"{node}'s watchdog disarmed")
+    assert armed(watchdogs, second), f"{second} still holds vm3: its watchdog counts"
+    resets_before = {node: len(watchdogs.fired(node)) for node in workers}
+    kind.helm("uninstall", "--wait", "--timeout", "120s")
+    uninstalled = time.monotonic()
+    wait_for(lambda: watchdogs.fired(second), W + 60, f"{second} reset after its agent left")
+    print(f"\n{second} (holding vm3) reset {time.monotonic() - uninstalled:.1f} s after the "
+          f"uninstall returned (W = {W} s)")  # fmt: skip
+    time.sleep(W + 2)  # a device left counting would have fired by now
+    for node in (first, third):
+        assert len(watchdogs.fired(node)) == resets_before[node], f"{node} was reset"
+        assert not armed(watchdogs, node)
+    states = {n: (o.get("status") or {}).get("state") for n, o in kind.hostids(LOCKSPACE).items()}
+    print(f"HostIds after the uninstall (no operator or agent left to update them): {states}")
