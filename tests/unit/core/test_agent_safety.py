@@ -49,8 +49,10 @@ class World:
         self.agents: list[Agent] = []
         self.holders: list[subprocess.Popen] = []
 
-    def agent(self, name: str = "node-a", w: int = 10, machine_id: str = "machine-1") -> Agent:
-        run_dir = os.path.join(self.dir, f"run-{name}")
+    def agent(
+        self, name: str = "node-a", w: int = 10, machine_id: str = "machine-1", run: str = ""
+    ) -> Agent:
+        run_dir = os.path.join(self.dir, run or f"run-{name}")
         a = Agent(AgentConfig(run_dir, name, w, machine_id=machine_id), RecordingWatchdog(w))
         a.start()
         self.agents.append(a)
@@ -280,14 +282,28 @@ def test_restart_without_its_state_waits_out_the_previous_agent_safety(world):
     assert world.record().owner_generation == 2
 
 
-def test_restart_on_another_machine_with_our_name_is_refused_and_named_safety(world):
-    a = world.agent(machine_id="machine-1")
+def test_another_machine_with_our_name_is_refused_and_named_while_it_renews_safety(world):
+    a = world.agent(machine_id="machine-1", w=2)
     world.join(a)
-    a.stop(clean=False)
-    os.unlink(os.path.join(a.cfg.run_dir, state.STATE_FILE))  # a clone: none of its state
-    b = world.agent(machine_id="machine-2")
+    b = world.agent(machine_id="machine-2", run="run-clone")  # a clone, beside the original
+    started = boottime()
     with pytest.raises(errors.LeaseError, match="held under our host name 'node-a' by another"):
         world.join(b)
+    assert boottime() - started >= 8 * N + 2  # watched for 8N + W: it renewed, so it lives
+    assert world.record().owner_generation == 1
+
+
+def test_another_machine_with_our_name_silent_for_8n_plus_w_is_taken_over_safety(world):
+    """A reinstalled node (a new machine id, the same name) whose old record nobody renews."""
+    a = world.agent(machine_id="machine-1", w=2)
+    world.join(a)
+    a.stop(clean=False)
+    os.unlink(os.path.join(a.cfg.run_dir, state.STATE_FILE))  # the old install's state: gone
+    b = world.agent(machine_id="machine-2")
+    started = boottime()
+    world.join(b)
+    assert boottime() - started >= 8 * N + 2  # never at once: proven dead first
+    assert world.record().owner_generation == 2
 
 
 def test_restart_after_a_reboot_rejoins_at_once(world, monkeypatch):
