@@ -125,7 +125,11 @@ def test_two_operators_at_once_never_duplicate(server, name):
                 describe=lambda: ids_by_node(api, name),
             )
             assert len(set(ids.values())) == 20, f"duplicate host_ids: {ids}"
-            assert sorted(ids.values())[-1] <= 22  # lowest-free: at most a few ids skipped
+            # Lowest-free, with both operators active: each creates at most one HostId per node,
+            # so at most 2 x 20 ids are ever taken at once, and an id above that means one
+            # operator made several for a node. (How many are skipped below that depends on
+            # the interleaving: 22, 24 and 25 were seen here on a loaded machine.)
+            assert sorted(ids.values())[-1] <= 2 * len(nodes)
             names = [i["metadata"]["name"] for i in hostids(api, name)]
             assert len(names) == len(set(names))
         finally:
