@@ -418,6 +418,7 @@ class DeltaLease:
         """Take the host_id (steps in the module docstring); returns the record written."""
         check_host_id(self.loc, self.sizes, self.host_id)
         ondisk.encode_name(self.host_name, "host")
+        self.collision = None  # what an earlier acquire saw is no evidence now
         current, raw = self._read_own()
         other_n = current.io_timeout or self.io_timeout
         other_w = ondisk.watchdog_fire_timeout_of(current, timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT)
