@@ -24,6 +24,8 @@ LOG=/var/log/vmlease-e2e-dockerd.log
 say "no Docker engine answers: starting dockerd (log $LOG, pid in $DOCKERD_PIDFILE)"
 setsid dockerd >"$LOG" 2>&1 </dev/null &
 echo $! >"$DOCKERD_PIDFILE"
+# dockerd answers within 2 s here (overlay2, no registry to reach); 60 polls 0.5 s apart (30 s)
+# leave room for a slow first start (it creates /var/lib/docker) without hiding a daemon that died.
 for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break
     kill -0 "$(cat "$DOCKERD_PIDFILE")" 2>/dev/null || { say "dockerd exited:"; tail -20 "$LOG" >&2; exit 1; }

@@ -77,10 +77,5 @@ step="building kube-apiserver and kubectl v$K8S_VERSION"; build_kubernetes
 step="checking the built binaries"
 
 tools_work "$STAGE" || die "the built binaries do not report the pinned versions"
-# Swap the whole directory in at once, so a concurrent reader never sees half a set.
-mkdir -p "$(dirname "$DEST")"
-rm -rf "$DEST.old"
-[ -e "$DEST" ] && mv "$DEST" "$DEST.old"
-mv "$STAGE" "$DEST"
-rm -rf "$DEST.old"
+swap_in "$STAGE" "$DEST"
 say "done in $((SECONDS - start))s: $(cd "$DEST" && echo *) in $DEST"

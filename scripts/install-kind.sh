@@ -46,11 +46,7 @@ if [ "$(cat "$DEST/.pins" 2>/dev/null)" != "$PINS" ]; then
     [[ "$("$STAGE/kubelet" --version)" == "Kubernetes v$K8S_VERSION" ]]
     [[ "$("$STAGE/kind" version)" == "kind $KIND_VERSION "* ]]
     echo "$PINS" >"$STAGE/.pins"
-    mkdir -p "$(dirname "$DEST")"
-    rm -rf "$DEST.old"
-    [ -e "$DEST" ] && mv "$DEST" "$DEST.old"
-    mv "$STAGE" "$DEST"
-    rm -rf "$DEST.old"
+    swap_in "$STAGE" "$DEST"
     say "binaries built in $((SECONDS - start))s"
 fi
 
@@ -62,8 +58,9 @@ RECIPE=$(cat scripts/envtest-versions.env scripts/kind-versions.env "$DEST/.pins
 if [ "$(docker image inspect -f '{{index .Config.Labels "io.vmlease.recipe"}}' "$NODE_IMAGE" 2>/dev/null)" != "$RECIPE" ]; then
     start=$SECONDS
     go_toolchain
-    KIND_SRC=$(cd "$(mktemp -d)" && "$GO" mod init x >/dev/null 2>&1 \
-        && "$GO" mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+    # kind's images/base/files tree, from the module cache (the binary's build put it there)
+    KIND_SRC=$("$GO" mod download -json "sigs.k8s.io/kind@$KIND_VERSION" \
+        | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
     RECIPE=$RECIPE bash hack/kind/node.sh "$NODE_IMAGE" "$DEST" \
         "$TOOLS_DIR/envtest-k8s$K8S_VERSION-etcd$ETCD_VERSION-helm$HELM_VERSION/bin" "$KIND_SRC"
     say "node image built in $((SECONDS - start))s"

@@ -17,6 +17,16 @@ apt_ensure() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# swap_in STAGE DEST: replace directory DEST by STAGE at once, so a concurrent reader never sees
+# half a set of tools.
+swap_in() {
+    mkdir -p "$(dirname "$2")"
+    rm -rf "$2.old"
+    if [ -e "$2" ]; then mv "$2" "$2.old"; fi
+    mv "$1" "$2"
+    rm -rf "$2.old"
+}
+
 # go_toolchain: sets GO to the Go command (PATH, then /usr/local/go/bin) and exports the build
 # environment every tool build here shares: static binaries, no VCS stamps, 2 packages at a time.
 go_toolchain() {

@@ -94,7 +94,7 @@ sed -e "s#@SHARED_DIR@#$SHARED#" -e "s#@WATCHDOG_DIR@#$WATCHDOGS#" \
 kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
 say "creating cluster $CLUSTER (shared directory $SHARED, watchdogs $WATCHDOGS)"
 kind create cluster --name "$CLUSTER" --config "$WORK/kind-config.yaml" --image "$NODE_IMAGE" \
-    --kubeconfig "$WORK/kubeconfig" --wait 180s
+    --kubeconfig "$WORK/kubeconfig" --wait 180s  # Ready after ~60 s here: images import at boot
 export KUBECONFIG=$WORK/kubeconfig
 
 # --- images -----------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ done
 "$KUBECTL" label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=privileged
 say "installing charts/vmlease"
 "$HELM" install "$RELEASE" charts/vmlease --namespace "$NAMESPACE" \
-    -f tests/e2e/values-kind.yaml --wait --timeout 5m
+    -f tests/e2e/values-kind.yaml --wait --timeout 5m  # ~1 min here: 3 agents join, 2 s I/O timeouts
 
 # --- tests ------------------------------------------------------------------------------------
 export VMLEASE_E2E_CLUSTER=$CLUSTER VMLEASE_E2E_NAMESPACE=$NAMESPACE VMLEASE_E2E_KUBECTL=$KUBECTL
