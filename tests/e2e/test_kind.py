@@ -146,19 +146,28 @@ def test_every_worker_gets_a_host_id_and_joins(kind: Kind, workers: list[str]):
     print("\n" + kind.kubectl("get", "lockspaces,hostids").stdout)
 
 
-def test_a_lease_holder_runs_on_one_node_and_is_refused_on_another(kind: Kind, workers: list[str]):
-    first, second = workers[0], workers[1]
+def init_lease(kind: Kind, node: str, name: str) -> str:
+    """Create and format lease file ``leases/NAME.lease`` from a pod on ``node``; returns the
+    resource string ``e2e:NAME:PATH:0``."""
+    path = f"{SHARED}/leases/{name}.lease"
+    resource = f"{LOCKSPACE}:{name}:{path}:0"
     init = pod(
-        f"init-vm1-{RUN}",
-        first,
-        ["sh", "-c", f"mkdir -p {SHARED}/leases && truncate -s 1M {LEASE_FILE} && "
-         f"vmlease direct init -r {RESOURCE}"],
+        f"init-{name}-{RUN}",
+        node,
+        ["sh", "-c", f"mkdir -p {SHARED}/leases && truncate -s 1M {path} && "
+         f"vmlease direct init -r {resource}"],
         mounts=[{"name": "shared", "mountPath": SHARED}],
         volumes=[{"name": "shared", "hostPath": {"path": SHARED, "type": "Directory"}}],
     )  # fmt: skip
     init["metadata"]["namespace"] = kind.namespace
     kind.apply(init)
-    wait_for(lambda: kind.pod_phase(init["metadata"]["name"]) == "Succeeded", 120, "lease init")
+    wait_for(lambda: kind.pod_phase(init["metadata"]["name"]) == "Succeeded", 120, f"{name} init")
+    return resource
+
+
+def test_a_lease_holder_runs_on_one_node_and_is_refused_on_another(kind: Kind, workers: list[str]):
+    first, second = workers[0], workers[1]
+    assert init_lease(kind, first, "vm1") == RESOURCE
     kind.apply(
         {
             "apiVersion": f"{GROUP}/{VERSION}",
@@ -254,25 +263,6 @@ def test_a_reset_node_rejoins_when_it_starts_again(
         return status.get("state") == "Live"
 
     wait_for(live, 180 + SAFE_SECONDS, f"{first}'s HostId Live again")
-
-
-def init_lease(kind: Kind, node: str, name: str) -> str:
-    """Create and format lease file ``leases/NAME.lease`` from a pod on ``node``; returns the
-    resource string ``e2e:NAME:PATH:0``."""
-    path = f"{SHARED}/leases/{name}.lease"
-    resource = f"{LOCKSPACE}:{name}:{path}:0"
-    init = pod(
-        f"init-{name}-{RUN}",
-        node,
-        ["sh", "-c", f"mkdir -p {SHARED}/leases && truncate -s 1M {path} && "
-         f"vmlease direct init -r {resource}"],
-        mounts=[{"name": "shared", "mountPath": SHARED}],
-        volumes=[{"name": "shared", "hostPath": {"path": SHARED, "type": "Directory"}}],
-    )  # fmt: skip
-    init["metadata"]["namespace"] = kind.namespace
-    kind.apply(init)
-    wait_for(lambda: kind.pod_phase(init["metadata"]["name"]) == "Succeeded", 120, f"{name} init")
-    return resource
 
 
 def test_a_rolling_upgrade_with_holders_on_every_worker_disturbs_none_safety(
