@@ -1,12 +1,15 @@
 """``vmlease-operator``: run the kopf operator cluster-wide, with peering, liveness and metrics.
 
 Two replicas (the chart's default) use kopf peering through a ``ClusterKopfPeering`` named
-``vmlease-operator`` (CRD in ``crds/kopf.dev_clusterkopfpeerings.yaml``; the operator creates the
-object itself when it is missing): only the highest-priority replica handles events, the other
-waits. Replicas must have distinct priorities — equal ones make both freeze — so the default is
-derived from the pod IP (``POD_IP``, downward API) or else random. Peering only saves work:
-allocation stays safe with both replicas active (see ``hostid_writes``), which ``--standalone``
-allows for tests.
+``vmlease-operator`` (CRD in ``crds/kopf.dev_clusterkopfpeerings.yaml``): only the
+highest-priority replica handles events, the other waits. The chart creates that object; the
+operator waits for it and creates it only with ``--create-peering`` (outside the chart). It used to
+create it when missing, and then raced the chart: helm creates objects of unknown kinds after the
+Deployment, so a replica that started first made ``helm install`` fail with "already exists".
+Replicas must have distinct priorities — equal ones make both freeze — so the default is derived
+from the pod IP (``POD_IP``, downward API) or else random. Peering only saves work: allocation
+stays safe with both replicas active (see ``hostid_writes``), which ``--standalone`` allows for
+tests.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import os
 import random
 import socket
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import kopf
 from kopf._core.engines.peering import Identity  # the type kopf.run takes; kopf's own CLI uses it
@@ -30,6 +36,7 @@ from vmlease_operator.hostid_writes import Allocator
 from vmlease_operator.kube import Kube, api_client, translate
 
 PEERING_NAME = "vmlease-operator"
+log = logging.getLogger("vmlease_operator")
 
 
 #: kopf's priorities are positive ints; the highest replica handles events.
@@ -53,22 +60,52 @@ def peering_identity() -> Identity:
     return Identity(f"{socket.gethostname()}/{os.getpid()}")
 
 
-def ensure_peering(api: client.ApiClient, name: str) -> None:
-    """Create the ClusterKopfPeering object if missing; kopf refuses to start without it."""
+#: How often a replica looks for the peering object while it waits, and how often it says so.
+PEERING_POLL_SECONDS = 1.0
+PEERING_LOG_SECONDS = 10.0
+
+
+def ensure_peering(
+    api: client.ApiClient, name: str, create: bool, sleep: Callable[[float], None] = time.sleep
+) -> None:
+    """Return once the ClusterKopfPeering ``name`` exists (kopf refuses to start without it).
+
+    ``create``: make it if missing (``--create-peering``, for runs outside the chart). Otherwise
+    wait for whoever installs the operator to make it, without a bound: kopf cannot run before,
+    and the pod's liveness probe restarts a replica that waits too long, which says so in its log.
+    """
     objects = client.CustomObjectsApi(api)
     body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
-    try:
-        objects.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", body)
-    except ApiException as error:
-        answer = translate(error)
-        if isinstance(answer, Conflict):  # it exists already
-            return
-        if isinstance(answer, NotFound):
-            raise SystemExit(
-                "vmlease-operator: the ClusterKopfPeering CRD is missing: apply "
-                "crds/kopf.dev_clusterkopfpeerings.yaml, or run a single replica with --standalone"
-            ) from error
-        raise answer from error
+    waited = 0.0
+    while True:
+        try:
+            if create:
+                objects.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", body)
+                return
+            found: dict[str, Any] = objects.list_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", field_selector=f"metadata.name={name}"
+            )  # type: ignore[assignment]  # the client's stubs say object; it is the decoded list
+            if found["items"]:
+                return
+        except ApiException as error:
+            answer = translate(error)
+            if create and isinstance(answer, Conflict):  # it exists already
+                return
+            if isinstance(answer, NotFound):
+                raise SystemExit(
+                    "vmlease-operator: the ClusterKopfPeering CRD is missing: apply "
+                    "crds/kopf.dev_clusterkopfpeerings.yaml, or run a single replica with "
+                    "--standalone"
+                ) from error
+            raise answer from error
+        if waited % PEERING_LOG_SECONDS == 0:
+            log.info(
+                "waiting for the ClusterKopfPeering %r (the chart creates it; outside the chart "
+                "create it, or pass --create-peering, or run one replica with --standalone)",
+                name,
+            )
+        sleep(PEERING_POLL_SECONDS)
+        waited += PEERING_POLL_SECONDS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,6 +113,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--standalone", action="store_true", help="no peering (one replica)")
     parser.add_argument("--priority", type=int, default=None, help="peering priority")
     parser.add_argument("--peering", default=PEERING_NAME, help="ClusterKopfPeering name")
+    parser.add_argument(
+        "--create-peering",
+        action="store_true",
+        help="create the ClusterKopfPeering if missing (outside the chart, which creates it)",
+    )
     parser.add_argument(
         "--liveness",
         default="http://0.0.0.0:8080/healthz",
@@ -94,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     api = api_client(pool_size=args.workers + 4)
     if not args.standalone:
-        ensure_peering(api, args.peering)
+        ensure_peering(api, args.peering, create=args.create_peering)
     metrics.start(args.metrics_port)
     kube = Kube(api)
     runtime = handlers.Runtime(kube=kube, allocator=Allocator(kube), workers=args.workers)

@@ -389,7 +389,7 @@ OPERATOR_CAN = [
     ("create", "hostids.vmlease.io"), ("delete", "hostids.vmlease.io"),
     ("patch", "hostids.vmlease.io"), ("patch", "diskleases.vmlease.io"),
     ("list", "nodes"), ("watch", "nodes"), ("create", "events", "-n", "default"),
-    ("list", "clusterkopfpeerings.kopf.dev"), ("create", "clusterkopfpeerings.kopf.dev"),
+    ("list", "clusterkopfpeerings.kopf.dev"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
 ]  # fmt: skip
 OPERATOR_CANNOT = [
@@ -403,7 +403,7 @@ OPERATOR_CANNOT = [
     ("create", "events", "-n", NAMESPACE), ("create", "events", "-n", "kube-system"),
     ("delete", "events", "-n", "default"), ("patch", "events", "-n", "default"),
     ("patch", "clusterkopfpeerings.kopf.dev/someone-elses"),
-    ("delete", "clusterkopfpeerings.kopf.dev"),
+    ("delete", "clusterkopfpeerings.kopf.dev"), ("create", "clusterkopfpeerings.kopf.dev"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
     ("create", "serviceaccounts", "--subresource=token", "-n", NAMESPACE),

@@ -8,6 +8,7 @@ session's API server never see each other's objects.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import secrets
@@ -16,11 +17,13 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from vmlease_api import GROUP, VERSION
 
 from .apiserver import APIServer
 from .operator_harness import (
     Operator,
+    api_client,
     apply_crds,
     create_nodes,
     delete_nodes,
@@ -234,8 +237,8 @@ def test_two_peered_replicas_serve_with_one_active(server, name):
     nodes = [f"{name}-n{i}" for i in range(3)]
     with (
         lockspace_with_nodes(server, name, nodes, **FAST) as api,
-        Operator(server, "--priority", "100", name="replica-a") as low,
-        Operator(server, "--priority", "200", name="replica-b"),
+        Operator(server, "--priority", "100", "--create-peering", name="replica-a") as low,
+        Operator(server, "--priority", "200", "--create-peering", name="replica-b"),
     ):
         ids = wait_for(_one_id_each(api, name, nodes), 60, "one HostId per node")
         assert sorted(ids.values()) == [1, 2, 3]
@@ -245,6 +248,37 @@ def test_two_peered_replicas_serve_with_one_active(server, name):
             "the lower-priority replica to pause",
             describe=low.log_tail,
         )
+
+
+def test_a_peered_replica_waits_for_the_peering_object_instead_of_creating_it(server, name):
+    """The chart creates the ClusterKopfPeering after the Deployment (helm creates objects of
+    unknown kinds last): a replica that created it first made ``helm install`` fail with "already
+    exists" (seen in CI). It now waits for the object and never creates it."""
+    peering = f"{name}-peering"
+    objects = _objects(api_client(server))
+    waiter = Operator(server, "--peering", peering, name="waiter").start()
+    try:
+        wait_for(
+            lambda: f"waiting for the ClusterKopfPeering '{peering}'" in waiter.log_tail(),
+            30, "the replica to say it waits", describe=waiter.log_tail,
+        )  # fmt: skip
+        time.sleep(3)
+        assert not waiter.healthy() and waiter.proc is not None and waiter.proc.poll() is None
+        found = objects.list_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", field_selector=f"metadata.name={peering}"
+        )
+        assert found["items"] == []  # it did not create it
+        body = {
+            "apiVersion": "kopf.dev/v1",
+            "kind": "ClusterKopfPeering",
+            "metadata": {"name": peering},
+        }
+        objects.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", body)
+        waiter.wait_healthy(30)
+    finally:
+        waiter.stop()
+        with contextlib.suppress(ApiException):
+            objects.delete_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", peering)
 
 
 def test_disk_lease_resource_is_derived_from_the_disk_path(server, name):

@@ -56,6 +56,7 @@ def test_priority_without_pod_ip_is_random_and_positive(monkeypatch):
 def test_args_default_to_peering_with_liveness_and_metrics():
     args = main.parse_args([])
     assert not args.standalone and args.peering == "vmlease-operator"
+    assert not args.create_peering  # the chart creates it; creating raced helm install
     assert args.liveness.endswith("/healthz") and args.metrics_port == 9090
     assert main.parse_args(["--standalone", "--liveness", ""]).liveness == ""
 
