@@ -476,16 +476,23 @@ class Agent:
             self.event("joined", lockspace=cfg.name, host_id=cfg.host_id, generation=ls.generation)
         return ls.snapshot().to_wire()
 
+    def _users(self, name: str) -> list[str]:
+        """Under ``_lock``: who could write under a lease of lockspace ``name``: holders
+        (exiting ones too) and acquisitions in flight, which may still win their ballot."""
+        keys = {
+            c.key
+            for c in [*self._registry.clients.values(), *self._registry.exiting.values()]
+            if any(h.res.lockspace == name for h in c.leases.values())
+        }
+        keys |= {c.key for c, ls_name in self._inflight if ls_name == name}
+        return sorted(keys)
+
     def rem_lockspace(self, name: str) -> None:
         with self._lock:
             ls = self._lockspaces.get(name)
             if ls is None:
                 raise NotJoined(lockspace=name, state="")
-            users = [
-                c.key
-                for c in self._registry.clients.values()
-                if any(h.res.lockspace == name for h in c.leases.values())
-            ]
+            users = self._users(name)
             if users:
                 raise Busy(
                     detail=f"lockspace {name} has leases held by {users}: release them first"
@@ -494,6 +501,28 @@ class Agent:
         ls.stop(release=True)
         self.event("left", lockspace=name)
         self.save()
+
+    def leave_idle(self) -> dict[str, int]:
+        """The first step of a stop that keeps leases (SIGTERM): no new leases from now on, and
+        every lockspace nothing of ours holds leases in is left, its host_id released on disk
+        as ``rem_lockspace`` does. Peers then see the host Free at once instead of Failing and,
+        8N + W later, Dead (which reads as a node reset to the operator and to people) when the
+        agent is uninstalled or its node drained; a restarted agent joins it again as a free
+        host_id (2N, no wait for an earlier holder). Lockspaces with holders stay joined, for
+        the next agent to adopt. Returns the lockspaces left: name -> host_id."""
+        with self._device:
+            self._stopping = True  # before the users are counted: no acquisition begins after
+        left: dict[str, JoinedLockspace] = {}
+        with self._lock:
+            for name, ls in list(self._lockspaces.items()):
+                if ls.state == LIVE and not self._users(name):
+                    left[name] = self._lockspaces.pop(name)
+        for name, ls in left.items():
+            ls.stop(release=True)
+            self.event("left", lockspace=name, reason="agent stopping; no leases held in it")
+        if left:
+            self.save()
+        return {name: ls.cfg.host_id for name, ls in left.items()}
 
     def joined_lockspace(self, name: str) -> JoinedLockspace | None:
         """The lockspace object itself, for the core and for tests that inject faults into it;

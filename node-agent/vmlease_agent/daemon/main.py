@@ -2,8 +2,11 @@
 
 SIGTERM / SIGINT stop it *without harm*: leases stay held on disk and by their processes, the
 saved state stays in the run directory, the watchdog keeps counting; an agent started again with
-the same run directory before the deadline adopts everything. ``vmlease client shutdown --clean``
-stops it for good (released host_ids, watchdog disarmed), refused while leases are held.
+the same run directory before the deadline adopts everything. A lockspace nothing holds leases in
+is left (host_id released, HostId Free), so an uninstalled agent or a drained node never reads as
+a dead one; the next agent joins it again (2N at a free host_id).
+``vmlease client shutdown --clean`` stops it for good (released host_ids, watchdog disarmed),
+refused while leases are held.
 """
 
 from __future__ import annotations
@@ -167,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     if watcher is not None:
         watcher.stop()
-    extras.stop()
     server.shutdown()
+    left = agent.leave_idle()  # no new leases; lockspaces nothing holds leases in are left
+    extras.stop(left)
     agent.stop(clean=outcome["clean"])
     log.info("stopped (%s)", "clean" if outcome["clean"] else "leases kept for a restart")
     return 0

@@ -11,8 +11,13 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vmlease_agent.core.agent import Agent
+
+if TYPE_CHECKING:  # imported at run time only in Kubernetes mode or with --health-port
+    from vmlease_agent.daemon.http import HttpEndpoint
+    from vmlease_agent.kube.sync import KubeSync
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +55,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Services:
-    sync: object | None = None
-    http: object | None = None
+    sync: KubeSync | None = None
+    http: HttpEndpoint | None = None
 
-    def stop(self) -> None:
-        for service in (self.http, self.sync):
-            if service is not None:
-                try:
-                    service.stop()  # type: ignore[attr-defined]
-                except Exception:
-                    log.exception("stopping %s", type(service).__name__)
+    def stop(self, left: dict[str, int] | None = None) -> None:
+        """``left``: the lockspaces the agent left as it stops (``Agent.leave_idle``), for the
+        Kubernetes mode to write their HostIds Free."""
+        try:
+            if self.http is not None:
+                self.http.stop()
+        except Exception:
+            log.exception("stopping the HTTP endpoint")
+        try:
+            if self.sync is not None:
+                self.sync.stop(left)
+        except Exception:
+            log.exception("stopping the Kubernetes sync")
 
 
 def start(args: argparse.Namespace, agent: Agent) -> Services:

@@ -157,13 +157,36 @@ class KubeSync:
         self._thread = threading.Thread(target=self._run, name="kube-sync", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, left: dict[str, int] | None = None) -> None:
+        """End the loop. ``left``: lockspaces the stopping agent just left (``leave_idle``),
+        name -> host_id; their HostIds are written Free once more before the watches end, so
+        ``kubectl get hostids`` says at once what the disk says (nobody else may report them:
+        the reporter is one of the lockspace's agents, and after an uninstall none is left)."""
         self._stop.set()
         self._wake.set()
-        for informer in self.informers:
-            informer.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if left:
+            self._publish_left(left)
+        for informer in self.informers:
+            informer.stop()
+
+    def _publish_left(self, left: dict[str, int]) -> None:
+        mono, records = self.monotonic(), self._records()
+        for name, host_id in sorted(left.items()):
+            record = self._record_for(records, name, host_id)
+            if record is None or not record.claimed:
+                continue
+            condition = (
+                False,
+                "AgentStopped",
+                f"the agent on node {self.cfg.node} stopped with no leases held in lockspace "
+                f"{name}: host_id {host_id} released",
+            )
+            try:
+                self.hostid_status.write(record, HostState.FREE, None, condition, mono)
+            except Unavailable as error:
+                log.warning("HostId %s not written Free (%s): peers read it on disk", name, error)
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

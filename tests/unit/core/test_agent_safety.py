@@ -521,3 +521,65 @@ def test_a_local_release_in_flight_never_frees_the_next_local_holders_lease_safe
     assert released.get("leases") == ["LS:RES"] and "leases" in second, (released, second)
     leader = leader_of(world.res.path, world.res.offset)
     assert leader.timestamp != 0 and leader.lver == second["leases"][0]["lver"]
+
+
+# ---- a stop that keeps leases leaves only the lockspaces nothing holds leases in ----------------
+
+
+def test_stop_releases_only_the_host_ids_nothing_holds_leases_under_safety(world):
+    """SIGTERM (an upgrade, an uninstall, a drain): the host_id of a lockspace with a holder
+    stays on disk for the next agent to adopt; an idle one is released, so peers read Free
+    instead of a node that died."""
+    a = world.agent()
+    world.join(a)
+    world.join(a, name="LS2")
+    vm = world.holder()
+    a.acquire(vm.pid, [(world.res, False)])
+    assert a.leave_idle() == {"LS2": 1}
+    assert leader_of(world.second_lockspace()).timestamp == 0  # released on disk
+    assert world.record().timestamp != 0
+    with pytest.raises(errors.LeaseError, match="stopping"):
+        a.acquire(
+            world.holder().pid, [(make_resource(world.dir, name="R2", filename="r2")[1], False)]
+        )
+    a.stop(clean=False)
+    saved = state.load(a.cfg.run_dir, "node-a")
+    assert [x.cfg.name for x in saved.lockspaces] == ["LS"]
+    b = world.agent()  # the next agent adopts the holder in the lockspace that was kept
+    wait_for(lambda: b.status()["leases"], 5, "the holder to be adopted")
+    assert b.snapshot().lockspace("LS2") is None and vm.poll() is None
+
+
+def test_stop_keeps_a_lockspace_with_an_acquisition_in_flight_safety(world):
+    """An acquisition past its first write may still win its ballot: its lockspace must not be
+    released under it (a lease held under a released host_id is free to every peer)."""
+    a = world.agent()
+    world.join(a)
+    entered, gate = threading.Event(), threading.Event()
+    real_acquirer = a.acquirer_factory
+
+    def slow_acquirer(*args, **kw):
+        acq = real_acquirer(*args, **kw)
+        ballot = acq.acquire
+
+        def acquire(**kw):
+            entered.set()
+            gate.wait(30)
+            return ballot(**kw)
+
+        acq.acquire = acquire
+        return acq
+
+    a.acquirer_factory = slow_acquirer
+    vm = world.holder()
+    outcome: dict = {}
+    t = threading.Thread(
+        target=lambda: outcome.update(leases=a.acquire(vm.pid, [(world.res, False)]))
+    )
+    t.start()
+    assert entered.wait(5)
+    assert a.leave_idle() == {}
+    gate.set()
+    t.join(10)
+    assert outcome["leases"] and a.status()["leases"]
+    assert world.record().timestamp != 0 and a.snapshot().lockspace("LS").state == "live"
