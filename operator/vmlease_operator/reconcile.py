@@ -84,16 +84,17 @@ def plan(
     present = [r for r in keepers.values() if r is not None]
     request = format_request(old, present, now)
     free_ids = spec.effective_max_hosts - len({r.host_id for r in records})
-    new = LockspaceStatus(
-        formatted=old.formatted,
-        formatted_by=old.formatted_by,
-        formatted_at=old.formatted_at,
-        format_request=request,
-        allocated_hosts=sum(1 for r in records if not r.terminating),
-        live_hosts=sum(1 for r in records if r.state == HostState.LIVE),
-        failover_seconds=safe,
-        observed_generation=lockspace.metadata.generation,
-        conditions=old.conditions,
+    # The agents' fields (formatted*, storageId, and any added later) are carried over as they
+    # are: a status rebuilt from the operator's fields alone would merge-patch them away.
+    new = old.model_copy(
+        deep=True,
+        update={
+            "format_request": request,
+            "allocated_hosts": sum(1 for r in records if not r.terminating),
+            "live_hosts": sum(1 for r in records if r.state == HostState.LIVE),
+            "failover_seconds": safe,
+            "observed_generation": lockspace.metadata.generation,
+        },
     )
     waiting = max(0, len(out.allocate) - max(0, free_ids))
     failing = sorted(

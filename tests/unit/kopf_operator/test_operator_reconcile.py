@@ -109,6 +109,19 @@ def test_status_patch_is_empty_when_nothing_changed():
     assert _plan(ls, records).status_patch == {}
 
 
+def test_the_agents_status_fields_are_never_patched_away():
+    """The formatting agent writes formatted*, and storageId (the shared-storage check depends
+    on it); the operator's status rebuilt from its own fields once merge-patched them to null."""
+    agents = {
+        "formatted": True,
+        "formattedBy": "a",
+        "formattedAt": "2025-01-01T11:00:00Z",
+        "storageId": "0123456789abcdef0123456789abcdef",
+    }
+    patch = _plan(_ls(agents), [_rec(1, "a", HostState.LIVE)]).status_patch
+    assert patch and not set(patch) & set(agents)
+
+
 def test_full_lockspace_is_degraded_and_warned_once():
     records = [_rec(1, "a", HostState.LIVE)]
     formatted = {"formatted": True, "formattedBy": "a"}
