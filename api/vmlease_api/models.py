@@ -356,6 +356,12 @@ class LockspaceStatus(ApiModel):
     format_request: FormatRequest | None = None
     """Set by the operator while the lockspace is unformatted; the named agent formats, then
     sets formatted and removes this field."""
+    storage_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    """A random id the formatting agent wrote beside the area (in ``<path>.vmlease-id``).
+    Every agent reads that file in its own shared directory before it joins and refuses to
+    join where it finds another id or none: its shared directory is not the one the others
+    use (a mount missing or pointing at a local directory), and leases taken there would
+    protect nothing. Absent on lockspaces formatted before it existed: no check then."""
     allocated_hosts: int | None = Field(default=None, ge=0)
     """HostIds allocated in this lockspace."""
     live_hosts: int | None = Field(default=None, ge=0)

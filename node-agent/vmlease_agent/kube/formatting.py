@@ -10,12 +10,22 @@ The safety rests on three layers, outermost first:
    agent restarted) and a Lockspace re-created over an existing area;
 3. the engine's ``init_lockspace`` refuses to write over live delta leases, resource leases or
    foreign data (a wrong path or offset into a VM image) whatever the API says.
+
+And one check that the shared directory is shared. The formatting node writes a random *storage
+id* beside the area, in ``<path>.<lockspace>.vmlease-id`` (one line: 32 lowercase hex digits and
+a newline; created with a hard link, so an existing one is never overwritten, and adopted as it
+is), and publishes it as ``status.storageId``. Every agent reads that file in its own shared
+directory before joining and refuses where it finds another id or none: its "shared" directory
+is a local one (a mount missing, a hostPath pointing elsewhere), and leases taken there would
+protect nothing while the VM disks themselves are shared. Areas on block devices (``/dev/...``)
+have no file beside them: no check there.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 
@@ -23,6 +33,7 @@ from vmlease_agent.engine import delta, errors, ondisk
 from vmlease_agent.engine.directio import Storage
 
 FORMATTED, FOUND = "formatted", "found"
+STORAGE_ID_SUFFIX = ".vmlease-id"
 
 
 class FormatMismatch(errors.LeaseError):
@@ -87,3 +98,59 @@ def format_or_adopt(g: Geometry) -> str:
             return FOUND
         delta.init_lockspace(st, g.location, g.sizes, g.io_timeout)
     return FORMATTED
+
+
+def storage_id_path(path: str, lockspace: str) -> str | None:
+    """Where the storage id of ``lockspace`` (area in ``path``) lives; None on a block device."""
+    if path.startswith("/dev/"):
+        return None
+    return f"{path}.{lockspace}{STORAGE_ID_SUFFIX}"
+
+
+def read_storage_id(path: str, lockspace: str) -> str | None:
+    """The id this node sees, or None when the file is missing or does not hold one."""
+    where = storage_id_path(path, lockspace)
+    if where is None:
+        return None
+    try:
+        with open(where) as f:
+            text = f.read(64).strip()
+    except FileNotFoundError:
+        return None
+    if len(text) != 32 or any(c not in "0123456789abcdef" for c in text):
+        return None
+    return text
+
+
+def ensure_storage_id(path: str, lockspace: str) -> str | None:
+    """The formatting node's step: the id already beside the area, else a new one, written to
+    a temporary file, synced, then linked into place (a link never replaces an existing file:
+    two writers cannot both win). None on a block device."""
+    where = storage_id_path(path, lockspace)
+    if where is None:
+        return None
+    found = read_storage_id(path, lockspace)
+    if found is not None:
+        return found
+    if os.path.exists(where):
+        raise OSError(
+            errno.EEXIST, f"{where} exists but holds no storage id: remove it if it is stray"
+        )
+    new = secrets.token_hex(16)
+    tmp = f"{where}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, f"{new}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, where)
+    except FileExistsError:
+        pass  # someone else's id won: adopt it below
+    finally:
+        os.unlink(tmp)
+    winner = read_storage_id(path, lockspace)
+    if winner is None:
+        raise OSError(errno.EIO, f"{where}: the storage id just written does not read back")
+    return winner

@@ -114,10 +114,16 @@ class LockspaceMembership:
         self._join_delay[name] = min(JOIN_RETRY_MAX_SECONDS, delay)
         self._join_at[name] = mono + self._join_delay[name]
         spec = ls.spec
+        path = kube_logic.resolve_path(self.shared_dir, spec.path)
+        problem = self._not_shared(ls, path)
+        if problem:
+            self.conditions[name] = (False, "StorageNotShared", problem)
+            self.say_once(f"not-shared:{name}", problem)
+            return
         cfg = LockspaceConfig(
             name,
             hostid.host_id,
-            kube_logic.resolve_path(self.shared_dir, spec.path),
+            path,
             spec.offset,
             spec.io_timeout_seconds,
             # every host of a Kubernetes Lockspace agrees to judge us by its promise
@@ -149,6 +155,7 @@ class LockspaceMembership:
         )
         try:
             outcome = kube_format.format_or_adopt(geometry)
+            storage_id = kube_format.ensure_storage_id(geometry.path, name)
         except (errors.LeaseError, OSError) as error:
             self._format_at[name] = mono + FORMAT_RETRY_SECONDS
             self.conditions[name] = (False, "FormatFailed", f"formatting {geometry.path}: {error}")
@@ -166,10 +173,28 @@ class LockspaceMembership:
         self.conditions[name] = (False, "Formatted", f"{verb} by this node; joining next")
         if self.api_ready(mono):
             with contextlib.suppress(Unavailable, Refused):
-                self._mark_formatted(name)
+                self._mark_formatted(name, storage_id)
 
-    def _mark_formatted(self, name: str) -> None:
-        """Set status.formatted (and drop the request), re-reading on conflicts."""
+    def _not_shared(self, ls: Lockspace, path: str) -> str:
+        """Why this node's copy of the area is not the one the formatting node wrote, or ""."""
+        expected = ls.status.storage_id if ls.status else None
+        marker = kube_format.storage_id_path(path, ls.metadata.name)
+        if expected is None or marker is None:
+            return ""  # formatted before storage ids existed, or on a block device
+        seen = kube_format.read_storage_id(path, ls.metadata.name)
+        if seen == expected:
+            return ""
+        formatter = ls.status.formatted_by if ls.status else None
+        found = f"finds storage id {seen}" if seen else f"finds no storage id in {marker}"
+        return (
+            f"node {self.node} {found}, but lockspace {ls.metadata.name} was formatted with "
+            f"{expected} (by node {formatter}): {self.shared_dir} on this node is not the shared "
+            f"directory the other nodes use (is the shared volume mounted here?). This node "
+            f"holds no leases in it until the file matches"
+        )
+
+    def _mark_formatted(self, name: str, storage_id: str | None) -> None:
+        """Set status.formatted and storageId (and drop the request), re-reading on conflicts."""
         for _ in range(CONFLICT_ROUNDS):
             obj = self.api.get(LOCKSPACES, name)
             status = obj.get("status") or {}
@@ -180,6 +205,7 @@ class LockspaceMembership:
                 "formattedBy": self.node,
                 "formattedAt": _iso(self.wall()),
                 "formatRequest": None,
+                "storageId": storage_id,
             }
             try:
                 new = self.api.patch_status(

@@ -102,11 +102,17 @@ def api() -> FakeKubeApi:
 
 
 def make_sync(
-    api: FakeKubeApi, tmp_path, agent=None, name: str = "n1", clock=None, fire_timeout: int = 10
+    api: FakeKubeApi,
+    tmp_path,
+    agent=None,
+    name: str = "n1",
+    clock=None,
+    fire_timeout: int = 10,
+    shared: str = "shared",
 ) -> KubeSync:
     cfg = KubeConfig(
         node=name,
-        shared_dir=str(tmp_path / "shared"),
+        shared_dir=str(tmp_path / shared),
         run_dir=str(tmp_path / f"run-{name}"),
         fire_timeout=fire_timeout,
         status_interval=30,
@@ -198,6 +204,63 @@ def test_only_the_designated_node_formats_and_an_existing_area_is_adopted(api, t
     # a lost "formatted" write: the next round finds the area formatted and does not write it
     geometry = kube_format.Geometry("ls", str(area), 0, 512, 1024 * 1024, 1)
     assert kube_format.format_or_adopt(geometry) == kube_format.FOUND
+
+
+def test_a_node_whose_shared_directory_is_not_shared_never_joins_safety(api, tmp_path):
+    """The formatting node writes a random storage id beside the area and publishes it; a node
+    whose "shared" directory is a local one (mount missing) finds none, or another, and refuses
+    to join, saying why, until its directory holds the same id."""
+    api.put("lockspaces", lockspace())
+    api.create("hostids", hostid("ls", "n1", 1))
+    api.create("hostids", hostid("ls", "n2", 2))
+    clock = Clock()
+    one = make_sync(api, tmp_path, name="n1", clock=clock)
+    two = make_sync(api, tmp_path, name="n2", clock=clock, shared="local-n2")
+    run(one), run(two)
+    ls = api.obj("lockspaces", "ls")
+    ls["status"] = lockspace(request=("n1", 1))["status"]
+    api.put("lockspaces", ls)
+    run(one)
+    storage_id = api.obj("lockspaces", "ls")["status"]["storageId"]
+    marker = tmp_path / "shared" / "ls.img.ls.vmlease-id"
+    assert marker.read_text() == f"{storage_id}\n" and len(storage_id) == 32
+    run(one, 2), run(two, 2)
+    assert [c.host_id for c in one.agent.joined] == [1]
+    assert two.agent.joined == []  # no storage id in its directory
+    joined = next(
+        c for c in api.obj("hostids", "ls.2")["status"]["conditions"] if c["type"] == "Joined"
+    )
+    assert joined["reason"] == "StorageNotShared"
+    assert "finds no storage id" in joined["message"] and "formatted with" in joined["message"]
+    assert "by node n1" in joined["message"] and str(tmp_path / "local-n2") in joined["message"]
+    # another id (a local copy formatted elsewhere): refused too
+    (tmp_path / "local-n2").mkdir(exist_ok=True)
+    other = tmp_path / "local-n2" / "ls.img.ls.vmlease-id"
+    other.write_text("f" * 32 + "\n")
+    clock.t += 120
+    run(two)
+    assert two.agent.joined == []
+    # the mount fixed (the same file seen): joins at the next attempt
+    other.write_text(marker.read_text())
+    clock.t += 120
+    run(two)
+    assert [c.host_id for c in two.agent.joined] == [2]
+
+
+def test_the_storage_id_is_written_once_and_adopted(tmp_path):
+    area = str(tmp_path / "ls.img")
+    first = kube_format.ensure_storage_id(area, "ls")
+    assert first is not None and kube_format.ensure_storage_id(area, "ls") == first
+    assert kube_format.read_storage_id(area, "other") is None  # one id per lockspace
+    assert kube_format.ensure_storage_id("/dev/sdb", "ls") is None  # no file beside a device
+    stray = tmp_path / "ls.img.x.vmlease-id"
+    stray.write_text("not an id")
+    with pytest.raises(OSError, match="holds no storage id"):
+        kube_format.ensure_storage_id(area, "x")
+    assert stray.read_text() == "not an id"  # never overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ls.img.ls.vmlease-id", "ls.img.x.vmlease-id"
+    ]  # fmt: skip
 
 
 def test_a_node_that_refuses_the_lockspace_never_claims_so_is_never_asked_to_format(api, tmp_path):
@@ -298,6 +361,26 @@ def test_leaves_when_no_longer_selected_but_only_without_leases(api, tmp_path):
     assert sync.membership.managed == set()
     run(sync)
     assert sync.agent.joined[-1].name == "ls" and len(sync.agent.joined) == 1  # not rejoined
+
+
+def test_a_stopping_agent_writes_the_host_ids_it_released_free(api, tmp_path):
+    """helm uninstall or a drain: the agent left its idle lockspaces as it stopped
+    (``Agent.leave_idle``); no peer is left to report them (after an uninstall no agent runs),
+    so the stopping one writes its own HostIds Free; the one still held stays Live."""
+    for name in ("ls", "busy"):
+        api.put("lockspaces", lockspace(name, f"{name}.img", {"pool": "a"}, formatted=True))
+        api.create("hostids", hostid(name, "n1", 1, "Joining"))
+    sync = make_sync(api, tmp_path)
+    run(sync, 2)
+    assert state(api, "ls.1") == state(api, "busy.1") == "Live"
+    sync.agent.lockspaces.pop("ls")  # what leave_idle did
+    sync.stop({"ls": 1})
+    assert state(api, "ls.1") == "Free" and state(api, "busy.1") == "Live"
+    joined = next(
+        c for c in api.obj("hostids", "ls.1")["status"]["conditions"] if c["type"] == "Joined"
+    )
+    assert joined["reason"] == "AgentStopped" and "host_id 1 released" in joined["message"]
+    assert sync.membership.managed == {"ls", "busy"}  # the next agent joins both again
 
 
 def test_a_lockspace_deleted_while_the_agent_was_down_is_left(api, tmp_path):
