@@ -1,7 +1,10 @@
 """Write ``crds/*.yaml`` from the models: ``python -m vmlease_api.gen [--check] [DIR]``.
 
-``--check`` writes nothing and exits 1 when a file differs, so CI and the unit tests catch a model
-change whose CRDs were not regenerated.
+Without DIR, also the chart's copy in ``charts/vmlease/crds/`` (Helm reads only files inside the
+chart; it installs them before the templates, so the chart's own Lockspaces and peering object
+can be created in one ``helm install``; upgrades apply them with a hook Job, see
+``vmlease_operator.crds``). ``--check`` writes nothing and exits 1 when a file differs, so CI
+and the unit tests catch a model change whose CRDs were not regenerated.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ HEADER = (
     "# api/vmlease_api/models.py. Do not edit: change the models and regenerate.\n"
 )
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "crds"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_DIR = REPO / "crds"
+CHART = REPO / "charts" / "vmlease"
+CHART_CRDS = CHART / "crds"
 
 
 def render() -> dict[str, str]:
@@ -30,29 +36,37 @@ def render() -> dict[str, str]:
     }
 
 
-def stale_files(directory: Path) -> list[str]:
-    """Names of generated files that are missing or differ in ``directory``."""
+def targets(directory: Path | None) -> dict[Path, str]:
+    """Path -> text: ``directory`` alone, or the default one and the chart's copy."""
+    places = [directory] if directory is not None else [DEFAULT_DIR, CHART_CRDS]
+    return {place / name: text for place in places for name, text in render().items()}
+
+
+def stale_files(directory: Path | None = None) -> list[str]:
+    """Generated files that are missing or differ (``directory``, or every default place)."""
     return [
-        name
-        for name, text in render().items()
-        if not (directory / name).is_file() or (directory / name).read_text() != text
+        str(path)
+        for path, text in targets(directory).items()
+        if not path.is_file() or path.read_text() != text
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", nargs="?", type=Path, default=DEFAULT_DIR)
+    parser.add_argument(
+        "directory", nargs="?", type=Path, default=None, help="default: crds/ and the chart's"
+    )
     parser.add_argument("--check", action="store_true", help="only report drift, exit 1 on any")
     args = parser.parse_args(argv)
     if args.check:
         stale = stale_files(args.directory)
         for name in stale:
-            print(f"{args.directory / name} is stale: run `make crds`", file=sys.stderr)
+            print(f"{name} is stale: run `make crds`", file=sys.stderr)
         return 1 if stale else 0
-    args.directory.mkdir(parents=True, exist_ok=True)
-    for name, text in render().items():
-        (args.directory / name).write_text(text)
-        print(f"wrote {args.directory / name}")
+    for target, text in targets(args.directory).items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        print(f"wrote {target}")
     return 0
 
 

@@ -31,7 +31,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from vmlease_api.errors import Conflict, NotFound
 
-from vmlease_operator import handlers, metrics
+from vmlease_operator import crds, handlers, metrics
 from vmlease_operator.hostid_writes import Allocator
 from vmlease_operator.kube import Kube, api_client, translate
 
@@ -110,6 +110,11 @@ def ensure_peering(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vmlease-operator", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--apply-crds",
+        action="store_true",
+        help="apply this version's CRDs (server-side) and exit: the chart's pre-upgrade hook",
+    )
     parser.add_argument("--standalone", action="store_true", help="no peering (one replica)")
     parser.add_argument("--priority", type=int, default=None, help="peering priority")
     parser.add_argument("--peering", default=PEERING_NAME, help="ClusterKopfPeering name")
@@ -135,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     api = api_client(pool_size=args.workers + 4)
+    if args.apply_crds:
+        crds.apply_crds(api)
+        return 0
     if not args.standalone:
         ensure_peering(api, args.peering, create=args.create_peering)
     metrics.start(args.metrics_port)

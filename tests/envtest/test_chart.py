@@ -363,7 +363,7 @@ def release(server: APIServer) -> Iterator[Release]:
         helm(server, "uninstall", name, "-n", NAMESPACE, check=False)
 
 
-def test_helm_install_prints_what_to_do_next(release: Release):
+def test_helm_install_prints_what_to_do_next(server: APIServer, release: Release):
     notes = release.notes
     assert f"kubectl label namespace {NAMESPACE} pod-security.kubernetes.io/enforce=privileged" in (
         notes
@@ -371,7 +371,12 @@ def test_helm_install_prints_what_to_do_next(release: Release):
     assert "kind: Lockspace" in notes and "watchdogFireTimeoutSeconds: 60" in notes
     assert "kubectl get lockspaces,hostids" in notes
     assert "modprobe softdog" in notes
-    assert "kubectl apply --server-side -f <chart>/crds/" in notes
+    assert "applies the new version's in a pre-upgrade hook Job" in notes
+    off = helm(
+        server, "install", "notes", str(CHART), "-n", NAMESPACE, "--dry-run=server",
+        "--set", "crds.upgrade=false",
+    ).stdout  # fmt: skip
+    assert "kubectl apply --server-side -f <chart>/crds/" in off.partition("NOTES:")[2]
     kinds = sorted({d["kind"] for d in release.manifest})
     assert kinds == sorted(
         [
@@ -662,3 +667,85 @@ class _EnvOnly:
     """What ``Operator`` needs of a server: the environment its process runs with."""
 
     env: dict[str, str]
+
+
+# --- CRD upgrades: the pre-upgrade hook ------------------------------------------------------
+
+
+def test_the_crd_upgrade_hook_adds_a_field_and_existing_objects_keep_working(
+    server: APIServer, tmp_path: Path
+):
+    """``helm upgrade`` runs ``vmlease-operator --apply-crds`` (templates/crds-upgrade.yaml) as
+    the hook's ServiceAccount: here, exactly as the Job would, with that account's own token and
+    only the hook's RBAC. A CRD that gains an optional field (as Lockspace's status.storageId did)
+    is served with it, a Lockspace made under the old schema keeps working and takes the field."""
+    from vmlease_api.crd import all_crds
+
+    hook = documents(render(server, "--show-only", "templates/crds-upgrade.yaml", release="up"))
+    assert [d["kind"] for d in hook] == [
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job"
+    ]  # fmt: skip
+    assert all(d["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade" for d in hook)
+    job = hook[3]["spec"]["template"]["spec"]
+    assert job["containers"][0]["args"][0] == "--apply-crds"
+    assert job["serviceAccountName"] == hook[0]["metadata"]["name"]
+    for doc in hook[:3]:
+        server.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    sa = hook[0]["metadata"]["name"]
+    kubeconfig = kubeconfig_for(server, server.service_account_token(NAMESPACE, sa), tmp_path / "k")
+    objects = client.CustomObjectsApi(api_client(server))
+    name = f"up-{secrets.token_hex(3)}"
+    old = all_crds()
+    lockspace_crd = next(d for d in old.values() if d["spec"]["names"]["kind"] == "Lockspace")
+    status = lockspace_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    del status["status"]["properties"]["storageId"]  # the schema before this field existed
+
+    def apply_as_hook(*args: str, stdin: str = "") -> None:
+        run = subprocess.run(
+            [sys.executable, *args], input=stdin, capture_output=True, text=True,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)}, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+
+    try:
+        apply_as_hook(
+            "-c",
+            "import json, sys; from vmlease_operator import crds, kube; "
+            "crds.apply_crds(kube.api_client(pool_size=1), json.load(sys.stdin))",
+            stdin=json.dumps(old),
+        )
+        spec = {"path": f"{name}.img", "ioTimeoutSeconds": 1, "watchdogFireTimeoutSeconds": 10}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Lockspace", "metadata": {"name": name},
+            "spec": spec,
+        }  # fmt: skip
+        objects.create_cluster_custom_object(GROUP, VERSION, "lockspaces", body)
+        storage_id = {"status": {"formatted": True, "storageId": "ab" * 16}}
+
+        def patched() -> dict[str, Any]:
+            return objects.patch_cluster_custom_object_status(  # type: ignore[return-value]
+                GROUP, VERSION, "lockspaces", name, storage_id
+            )
+
+        assert "storageId" not in patched()["status"]  # pruned: the old schema has no such field
+        # The upgrade: the image's own CRDs, through the code path the Job runs.
+        apply_as_hook("-m", "vmlease_operator.main", "--apply-crds")
+        kept = objects.get_cluster_custom_object(GROUP, VERSION, "lockspaces", name)
+        assert kept["spec"]["path"] == f"{name}.img" and kept["status"]["formatted"] is True
+        assert patched()["status"]["storageId"] == "ab" * 16
+        managers = server.kubectl(
+            "get",
+            "crd",
+            "lockspaces.vmlease.io",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ).stdout
+        assert "vmlease-crds" in managers
+    finally:
+        with contextlib.suppress(Exception):
+            objects.delete_cluster_custom_object(GROUP, VERSION, "lockspaces", name)
+        server.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        for doc in hook[:3]:
+            server.kubectl(
+                "delete", doc["kind"], doc["metadata"]["name"], "-n", NAMESPACE, check=False
+            )
