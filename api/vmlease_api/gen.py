@@ -3,7 +3,7 @@
 Without DIR, also the chart's copy in ``charts/vmlease/crds/`` (Helm reads only files inside the
 chart; it installs them before the templates, so the chart's own Lockspaces and peering object
 can be created in one ``helm install``; upgrades apply them with a hook Job, see
-``vmlease_operator.crds``). ``--check`` writes nothing and exits 1 when a file differs, so CI
+``vmlease_operator.hooks``). ``--check`` writes nothing and exits 1 when a file differs, so CI
 and the unit tests catch a model change whose CRDs were not regenerated.
 """
 

@@ -31,7 +31,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from vmlease_api.errors import Conflict, NotFound
 
-from vmlease_operator import crds, handlers, metrics
+from vmlease_operator import handlers, hooks, metrics
 from vmlease_operator.hostid_writes import Allocator
 from vmlease_operator.kube import Kube, api_client, translate
 
@@ -108,12 +108,26 @@ def ensure_peering(
         waited += PEERING_POLL_SECONDS
 
 
+def _namespaced(value: str) -> str:
+    namespace, slash, name = value.partition("/")
+    if not (namespace and slash and name):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAMESPACE/NAME")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vmlease-operator", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--apply-crds",
         action="store_true",
         help="apply this version's CRDs (server-side) and exit: the chart's pre-upgrade hook",
+    )
+    parser.add_argument(
+        "--stop-agents",
+        metavar="NAMESPACE/DAEMONSET",
+        type=_namespaced,
+        help="delete the agents' DaemonSet and wait until they stopped, then exit: the chart's "
+        "pre-delete hook (so they still may write their HostIds Free)",
     )
     parser.add_argument("--standalone", action="store_true", help="no peering (one replica)")
     parser.add_argument("--priority", type=int, default=None, help="peering priority")
@@ -141,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     api = api_client(pool_size=args.workers + 4)
     if args.apply_crds:
-        crds.apply_crds(api)
+        hooks.apply_crds(api)
+        return 0
+    if args.stop_agents:
+        namespace, _, name = args.stop_agents.partition("/")
+        hooks.stop_agents(api, namespace, name)
         return 0
     if not args.standalone:
         ensure_peering(api, args.peering, create=args.create_peering)

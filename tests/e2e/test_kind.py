@@ -18,15 +18,22 @@ In order (the tests share the cluster and build on each other):
    not before the safe time; the DiskLease names worker 3; worker 1's HostId is reported Dead;
 4. worker 1 starts again and rejoins;
 5. a rolling ``helm upgrade`` with a holder on every worker disturbs none of them;
-6. ``helm uninstall`` resets only the node whose holder still runs.
+6. a ``helm upgrade`` over the previous version's Lockspace CRD (no status.storageId) brings it
+   up to date through the chart's hook Job; every object keeps working;
+7. worker 1 with a local directory where the shared one should be refuses to join, saying why,
+   and joins again once the shared directory is back;
+8. ``helm uninstall`` stops the agents first (its pre-delete hook): the nodes that hold nothing
+   end with their HostIds Free, and only the node whose holder still runs is reset.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,6 +142,8 @@ def test_every_worker_gets_a_host_id_and_joins(kind: Kind, workers: list[str]):
     assert sorted(o["spec"]["hostId"] for o in ids.values()) == [1, 2, 3]
     status = kind.get("lockspace", LOCKSPACE)["status"]
     assert status["formatted"] is True and status["formattedBy"] in workers
+    marker = Path(kind.shared_dir) / f"lockspaces/{LOCKSPACE}.{LOCKSPACE}.vmlease-id"
+    assert marker.read_text() == status["storageId"] + "\n"  # what every agent checked
     assert status["failoverSeconds"] == SAFE_SECONDS
     agents = kind.get("pods", "-n", kind.namespace, "-l", "app.kubernetes.io/component=agent")
     ready = [
@@ -328,6 +337,111 @@ def test_a_rolling_upgrade_with_holders_on_every_worker_disturbs_none_safety(
     assert all(w < W for w in windows.values()), windows
 
 
+def test_helm_upgrade_brings_a_crd_up_to_date_and_existing_objects_keep_working(
+    kind: Kind, workers: list[str]
+):
+    """The cluster serves the previous version's Lockspace CRD (without status.storageId, the
+    field this version added); ``helm upgrade`` runs the chart's pre-upgrade hook Job, which
+    applies this image's CRDs: the field is served again, the hook's objects are gone, and the
+    Lockspace, HostIds, DiskLease and holders are untouched."""
+    crd = kind.get("crd", "lockspaces.vmlease.io")
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    del schema["properties"]["status"]["properties"]["storageId"]
+    crd["metadata"] = {"name": crd["metadata"]["name"]}
+    crd.pop("status", None)
+    kind.kubectl("replace", "-f", "-", input=json.dumps(crd))
+
+    def served() -> dict[str, Any]:
+        return kind.get("crd", "lockspaces.vmlease.io")["spec"]["versions"][0]["schema"][
+            "openAPIV3Schema"
+        ]["properties"]["status"]["properties"]
+
+    assert "storageId" not in served()
+    holders = sorted(
+        p["metadata"]["name"]
+        for p in kind.get("pods", "-n", kind.namespace, "-l", f"vmlease.io/e2e={RUN}")["items"]
+        if p["status"]["phase"] == "Running"
+    )
+    kind.helm("upgrade", "--wait", "--timeout", "300s")
+    assert "storageId" in served()
+    managers = [
+        m["manager"] for m in kind.get("crd", "lockspaces.vmlease.io")["metadata"]["managedFields"]
+    ]
+    assert "vmlease-crds" in managers
+    hook = kind.kubectl("get", "job,serviceaccount", "-n", kind.namespace, "-o", "name").stdout
+    assert "vmlease-crds" not in hook  # deleted once it succeeded
+    states = {n: (o.get("status") or {}).get("state") for n, o in kind.hostids(LOCKSPACE).items()}
+    assert set(states.values()) == {"Live"}, states
+    assert kind.get("lockspace", LOCKSPACE)["status"]["formatted"] is True
+    running = sorted(
+        p["metadata"]["name"]
+        for p in kind.get("pods", "-n", kind.namespace, "-l", f"vmlease.io/e2e={RUN}")["items"]
+        if p["status"]["phase"] == "Running"
+    )
+    assert running == holders and len(holders) == 3
+    assert disklease_status(kind)["phase"] == "Held"
+
+
+def agent_pod(kind: Kind, node: str) -> dict[str, Any]:
+    pods = kind.get("pods", "-n", kind.namespace, "-l", "app.kubernetes.io/component=agent",
+                    "--field-selector", f"spec.nodeName={node}")["items"]  # fmt: skip
+    (one,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    return one
+
+
+def restart_agent(kind: Kind, node: str) -> None:
+    old = agent_pod(kind, node)["metadata"]["name"]
+    kind.kubectl("delete", "pod", old, "-n", kind.namespace, "--wait=true")
+    wait_for(lambda: agent_pod(kind, node)["metadata"]["name"] != old, 60, f"a new agent on {node}")
+
+
+def joined_condition(kind: Kind, node: str) -> dict[str, Any]:
+    conditions = (kind.hostids(LOCKSPACE)[node].get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Joined"), {})
+
+
+def test_a_node_whose_shared_directory_is_not_shared_refuses_to_join_safety(
+    kind: Kind, workers: list[str], watchdogs: Watchdogs
+):
+    """Worker 1's shared directory is replaced by a local one (a bind mount over it inside the
+    node, as a missing NFS mount would leave the mount point): its restarted agent finds no
+    storage id there and refuses to join, with a condition naming the cause, and its pod is
+    not Ready; with the shared directory back, it joins again."""
+    first = workers[0]
+    kind.kubectl("delete", "pod", f"vm2-a-{RUN}", "-n", kind.namespace, "--grace-period=1")
+    wait_for(lambda: not armed(watchdogs, first), 60, f"{first} holding nothing")
+    kind.docker(
+        "exec",
+        first,
+        "sh",
+        "-c",
+        f"mkdir -p /var/lib/vmlease-local && mount --bind /var/lib/vmlease-local {SHARED}",
+    )
+    try:
+        restart_agent(kind, first)
+
+        def refused() -> dict[str, Any] | None:
+            joined = joined_condition(kind, first)
+            return joined if joined.get("reason") == "StorageNotShared" else None
+
+        joined = wait_for(refused, 120, f"{first} to refuse the lockspace",
+                          describe=lambda: joined_condition(kind, first))  # fmt: skip
+        print(f"\n{first}: {joined['message']}")
+        assert "not the shared directory" in joined["message"], joined
+        assert (kind.hostids(LOCKSPACE)[first].get("status") or {}).get("state") != "Live"
+        ready = [
+            c
+            for c in agent_pod(kind, first)["status"].get("conditions", [])
+            if c["type"] == "Ready"
+        ]
+        assert ready and ready[0]["status"] == "False"
+    finally:
+        kind.docker("exec", first, "umount", SHARED, check=False)
+    restart_agent(kind, first)
+    wait_for(lambda: (kind.hostids(LOCKSPACE)[first].get("status") or {}).get("state") == "Live",
+             120, f"{first} Live again")  # fmt: skip
+
+
 def armed(watchdogs: Watchdogs, node: str) -> bool:
     with contextlib.suppress(OSError, ValueError):
         return read_state(str(watchdogs.dir(node) / "device")).armed
@@ -338,12 +452,13 @@ def test_uninstall_resets_only_the_node_that_still_holds_a_lease_safety(
     kind: Kind, workers: list[str], watchdogs: Watchdogs
 ):
     """What the README says ``helm uninstall`` does to nodes (Install on Kubernetes, Uninstall):
-    an agent that holds no lease disarms its watchdog when it stops, so its node is not reset;
+    its pre-delete hook stops the agents while their RBAC still exists; an agent that holds no
+    lease releases its host_id (HostId Free) and disarms its watchdog, so its node is not reset;
     one that still holds a lease leaves its holder running and its watchdog counting, and with no
     new agent to adopt them the node is reset W later. The last test: it removes the release."""
     first, second, third = workers
     kind.kubectl("delete", "pod", f"vm1-c-{RUN}", f"vm2-a-{RUN}", "-n", kind.namespace,
-                 "--grace-period=1")  # fmt: skip
+                 "--grace-period=1", "--ignore-not-found")  # fmt: skip
     for node in (first, third):
         wait_for(lambda n=node: not armed(watchdogs, n), 60, f"{node}'s watchdog disarmed")
     assert armed(watchdogs, second), f"{second} still holds vm3: its watchdog counts"
@@ -358,4 +473,9 @@ def test_uninstall_resets_only_the_node_that_still_holds_a_lease_safety(
         assert len(watchdogs.fired(node)) == resets_before[node], f"{node} was reset"
         assert not armed(watchdogs, node)
     states = {n: (o.get("status") or {}).get("state") for n, o in kind.hostids(LOCKSPACE).items()}
-    print(f"HostIds after the uninstall (no operator or agent left to update them): {states}")
+    print(f"HostIds after the uninstall: {states}")
+    # the agents that held nothing left the lockspace as they stopped, while the pre-delete
+    # hook kept their RBAC: Free. The holder's node kept its host_id (its holder ran on).
+    assert states[first] == states[third] == "Free", states
+    assert states[second] == "Live", states
+    assert lease_dump(kind.shared_dir + "/leases/vm3.lease")[0]["owner"] == hostid(kind, second)

@@ -360,7 +360,8 @@ def release(server: APIServer) -> Iterator[Release]:
             agent_token=server.service_account_token(NAMESPACE, agent_sa),
         )
     finally:
-        helm(server, "uninstall", name, "-n", NAMESPACE, check=False)
+        # --no-hooks: the pre-delete hook is a Job, and no kubelet runs it here (kind does)
+        helm(server, "uninstall", name, "-n", NAMESPACE, "--no-hooks", check=False)
 
 
 def test_helm_install_prints_what_to_do_next(server: APIServer, release: Release):
@@ -710,8 +711,8 @@ def test_the_crd_upgrade_hook_adds_a_field_and_existing_objects_keep_working(
     try:
         apply_as_hook(
             "-c",
-            "import json, sys; from vmlease_operator import crds, kube; "
-            "crds.apply_crds(kube.api_client(pool_size=1), json.load(sys.stdin))",
+            "import json, sys; from vmlease_operator import hooks, kube; "
+            "hooks.apply_crds(kube.api_client(pool_size=1), json.load(sys.stdin))",
             stdin=json.dumps(old),
         )
         spec = {"path": f"{name}.img", "ioTimeoutSeconds": 1, "watchdogFireTimeoutSeconds": 10}
@@ -749,3 +750,31 @@ def test_the_crd_upgrade_hook_adds_a_field_and_existing_objects_keep_working(
             server.kubectl(
                 "delete", doc["kind"], doc["metadata"]["name"], "-n", NAMESPACE, check=False
             )
+
+
+def test_the_stop_agents_hook_may_delete_only_the_agents_daemonset(server: APIServer):
+    """``helm uninstall``'s pre-delete hook (templates/agents-stop-hook.yaml) deletes the agent
+    DaemonSet and waits for it (foreground deletion needs the garbage collector, which envtest
+    lacks: the kind tier runs it for real); here its identity and what that identity may do."""
+    hook = documents(render(server, "--show-only", "templates/agents-stop-hook.yaml", release="un"))
+    assert [d["kind"] for d in hook] == ["ServiceAccount", "Role", "RoleBinding", "Job"]
+    assert all(d["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete" for d in hook)
+    (job,) = hook[3]["spec"]["template"]["spec"]["containers"]
+    assert job["args"][0] == f"--stop-agents={NAMESPACE}/un-vmlease-agent"
+    assert "--stop-agents" in help_text("vmlease_operator.main")
+    ns = ("-n", NAMESPACE)
+    for doc in hook[:3]:
+        server.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    try:
+        token = server.service_account_token(NAMESPACE, hook[0]["metadata"]["name"])
+        assert can_i(server, token, "delete", "daemonset/un-vmlease-agent", *ns)
+        assert can_i(server, token, "get", "daemonset/un-vmlease-agent", *ns)
+        for denied in (
+            ("delete", "daemonset/someone-elses", *ns), ("delete", "daemonsets", *ns),
+            ("delete", "daemonset/un-vmlease-agent", "-n", "default"),
+            ("delete", "pods", *ns), ("list", "daemonsets", *ns),
+        ):  # fmt: skip
+            assert not can_i(server, token, *denied), denied
+    finally:
+        for doc in hook[:3]:
+            server.kubectl("delete", doc["kind"], doc["metadata"]["name"], *ns, check=False)

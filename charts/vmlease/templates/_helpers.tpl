@@ -73,3 +73,71 @@ persistentVolumeClaim:
 {{- fail (printf "agent.sharedVolume.type must be hostPath, nfs or existingClaim, not %q" $v.type) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+A hook Job running the operator image with .args (operator/vmlease_operator/hooks.py), as
+ServiceAccount .name; .hook: the hook annotations. A few seconds' work each: retried twice, then
+the helm command fails with the Job's log to read.
+*/}}
+{{- define "vmlease.hookJob" -}}
+{{- $root := .root }}
+{{- $op := $root.Values.operator }}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ .name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "vmlease.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+  annotations:
+    {{- toYaml (merge (dict "helm.sh/hook-weight" "0") .hook) | nindent 4 }}
+spec:
+  backoffLimit: 2
+  activeDeadlineSeconds: 300
+  template:
+    metadata:
+      labels:
+        {{- include "vmlease.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ .component }}
+    spec:
+      serviceAccountName: {{ .name }}
+      restartPolicy: Never
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+        runAsGroup: 65532
+        seccompProfile:
+          type: RuntimeDefault
+      containers:
+        - name: {{ .component }}
+          image: {{ include "vmlease.image" (dict "image" $op.image "root" $root) }}
+          imagePullPolicy: {{ $op.image.pullPolicy }}
+          args: {{ toJson (concat .args (list (printf "--log-format=%s" $op.logFormat))) }}
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities:
+              drop: [ALL]
+          resources:
+            {{- toYaml $op.resources | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+      volumes:
+        - name: tmp
+          emptyDir:
+            sizeLimit: 16Mi
+      {{- with $op.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $op.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end -}}
