@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,6 +15,58 @@ from vmlease_agent.sim.watchdog_harness import spawn_harness
 
 T = TypeVar("T")
 GROUP, VERSION = "vmlease.io", "v1alpha1"
+#: The image the agent runs: it carries the ``vmlease`` command the "VM" pods use.
+AGENT_IMAGE = "vmlease-agent:e2e"
+#: Where the workers mount the shared directory (values-kind.yaml, kind-config.yaml).
+SHARED = "/var/lib/vmlease/shared"
+
+
+def pod(
+    name: str, node: str, command: list[str], labels: dict[str, str], **spec: Any
+) -> dict[str, Any]:
+    """A one-container Pod pinned to ``node`` with the agent image (it carries ``vmlease``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": AGENT_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": command,
+                    "volumeMounts": spec.pop("mounts", []),
+                }
+            ],
+            "volumes": spec.pop("volumes", []),
+            **spec,
+        },
+    }
+
+
+def holder(
+    name: str, node: str, resource: str, labels: dict[str, str], retry: bool = False
+) -> dict[str, Any]:
+    """A "VM": acquire ``resource`` through the node's agent socket, then exec ``sleep``;
+    ``retry``: until it gets it. hostPID, because the agent (hostPID itself) checks and signals
+    holders by their host pid."""
+    hold = ["vmlease", "client", "command", "-r", resource, "--owner", name, "-c", "sleep", "3600"]
+    command = hold
+    if retry:
+        command = ["sh", "-c", "until " + " ".join(hold) + "; do sleep 1; done"]
+    return pod(
+        name,
+        node,
+        command,
+        labels,
+        hostPID=True,
+        mounts=[{"name": "run", "mountPath": "/run/vmlease"}],
+        volumes=[{"name": "run", "hostPath": {"path": "/run/vmlease", "type": "Directory"}}],
+    )
 
 
 def wait_for(check, timeout: float, what: str, every: float = 1.0, describe=None):
@@ -53,6 +106,30 @@ class Kind:
         )  # fmt: skip
         if result.returncode != 0:
             raise AssertionError(f"helm {command} {' '.join(args)}: {result.stderr.strip()}")
+
+    def run_pod(self, body: dict[str, Any]) -> str:
+        """Create ``body`` in the release's namespace; returns its name."""
+        body["metadata"]["namespace"] = self.namespace
+        self.apply(body)
+        return body["metadata"]["name"]
+
+    def init_lease(self, node: str, lockspace: str, name: str, labels: dict[str, str]) -> str:
+        """Create and format lease file ``leases/NAME.lease`` of ``lockspace`` from a pod on
+        ``node``; returns the resource string ``LOCKSPACE:NAME:PATH:0``."""
+        path = f"{SHARED}/leases/{name}.lease"
+        resource = f"{lockspace}:{name}:{path}:0"
+        init = pod(
+            f"init-{name}-{secrets.token_hex(2)}",
+            node,
+            ["sh", "-c", f"mkdir -p {SHARED}/leases && truncate -s 1M {path} && "
+             f"vmlease direct init -r {resource}"],
+            labels,
+            mounts=[{"name": "shared", "mountPath": SHARED}],
+            volumes=[{"name": "shared", "hostPath": {"path": SHARED, "type": "Directory"}}],
+        )  # fmt: skip
+        pod_name = self.run_pod(init)
+        wait_for(lambda: self.pod_phase(pod_name) == "Succeeded", 120, f"{name} init")
+        return resource
 
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)

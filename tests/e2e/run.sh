@@ -2,6 +2,7 @@
 # The kind e2e tier, end to end: needs a Docker engine (not just the docker CLI).
 #
 #   tests/e2e/run.sh [pytest args...]      e.g. tests/e2e/run.sh -k failover
+#   tests/e2e/run.sh --bench                the kind benchmark (bench/kind_failover.py) instead
 #
 # 1. builds, offline and once (scripts/install-kind.sh, cached in the tools cache): kind, the
 #    Kubernetes node binaries and kind's node image from Debian's packages and the Go module proxy;
@@ -16,8 +17,9 @@
 #    loads them into the nodes (no registry involved);
 # 4. installs charts/vmlease with tests/e2e/values-kind.yaml into namespace vmlease-system
 #    (labelled Pod Security "privileged", as NOTES.txt asks) and waits for it;
-# 5. runs the e2e tests (pytest -m e2e tests/e2e) against that cluster; on failure dumps the
-#    objects, the agents' and operator's logs and the watchdog harness events;
+# 5. runs the e2e tests (pytest -m e2e tests/e2e) against that cluster, or with --bench the
+#    benchmark; on failure dumps the objects, the agents' and operator's logs and the watchdog
+#    harness events;
 # 6. deletes the cluster, its docker network, the shared and watchdog directories, and the
 #    dockerd it started, unless KEEP_CLUSTER=1.
 #
@@ -117,7 +119,11 @@ say "installing charts/vmlease"
 export VMLEASE_E2E_CLUSTER=$CLUSTER VMLEASE_E2E_NAMESPACE=$NAMESPACE VMLEASE_E2E_KUBECTL=$KUBECTL
 export VMLEASE_E2E_SHARED=$SHARED VMLEASE_E2E_WATCHDOGS=$WATCHDOGS
 set +e
-.venv/bin/python -m pytest -m e2e tests/e2e -p no:cacheprovider "$@"
+if [ "${1:-}" = --bench ]; then
+    .venv/bin/python bench/kind_failover.py
+else
+    .venv/bin/python -m pytest -m e2e tests/e2e -p no:cacheprovider "$@"
+fi
 rc=$?
 set -e
 if [ $rc -ne 0 ]; then

@@ -40,61 +40,22 @@ import pytest
 from vmlease_agent.core.watchdog import read_state
 from vmlease_agent.engine.clock import boottime
 
-from .cluster import GROUP, VERSION, Kind, Watchdogs, lease_dump, wait_for
+from .cluster import GROUP, SHARED, VERSION, Kind, Watchdogs, holder, lease_dump, wait_for
 
 pytestmark = pytest.mark.e2e
 
 LOCKSPACE = "e2e"
 N, W = 2, 10
 SAFE_SECONDS = 8 * N + W
-SHARED = "/var/lib/vmlease/shared"
 LEASE_FILE = f"{SHARED}/leases/vm1.lease"
 RESOURCE = f"{LOCKSPACE}:vm1:{LEASE_FILE}:0"
 DISKLEASE = f"{LOCKSPACE}.vm1"
-IMAGE = "vmlease-agent:e2e"
 RUN = f"run-{secrets.token_hex(2)}"
 
 
-def pod(name: str, node: str, command: list[str], **spec: Any) -> dict[str, Any]:
-    """A one-container Pod pinned to ``node`` with the agent image (it carries ``vmlease``)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"vmlease.io/e2e": RUN}},
-        "spec": {
-            "nodeName": node,
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": command,
-                    "volumeMounts": spec.pop("mounts", []),
-                }
-            ],
-            "volumes": spec.pop("volumes", []),
-            **spec,
-        },
-    }
-
-
 def vm(name: str, node: str, retry: bool = False, resource: str = RESOURCE) -> dict[str, Any]:
-    """A lease holder: acquire through the node's agent socket, then exec ``sleep``. hostPID,
-    because the agent (hostPID itself) checks and signals holders by their host pid."""
-    hold = ["vmlease", "client", "command", "-r", resource, "--owner", name, "-c", "sleep", "3600"]
-    command = hold
-    if retry:
-        command = ["sh", "-c", "until " + " ".join(hold) + "; do sleep 1; done"]
-    return pod(
-        name,
-        node,
-        command,
-        hostPID=True,
-        mounts=[{"name": "run", "mountPath": "/run/vmlease"}],
-        volumes=[{"name": "run", "hostPath": {"path": "/run/vmlease", "type": "Directory"}}],
-    )
+    """A lease holder of this run (``cluster.holder``), for ``Kind.run_pod``."""
+    return holder(name, node, resource, {"vmlease.io/e2e": RUN}, retry)
 
 
 def lease_owner(path: str) -> int | None:
@@ -156,22 +117,8 @@ def test_every_worker_gets_a_host_id_and_joins(kind: Kind, workers: list[str]):
 
 
 def init_lease(kind: Kind, node: str, name: str) -> str:
-    """Create and format lease file ``leases/NAME.lease`` from a pod on ``node``; returns the
-    resource string ``e2e:NAME:PATH:0``."""
-    path = f"{SHARED}/leases/{name}.lease"
-    resource = f"{LOCKSPACE}:{name}:{path}:0"
-    init = pod(
-        f"init-{name}-{RUN}",
-        node,
-        ["sh", "-c", f"mkdir -p {SHARED}/leases && truncate -s 1M {path} && "
-         f"vmlease direct init -r {resource}"],
-        mounts=[{"name": "shared", "mountPath": SHARED}],
-        volumes=[{"name": "shared", "hostPath": {"path": SHARED, "type": "Directory"}}],
-    )  # fmt: skip
-    init["metadata"]["namespace"] = kind.namespace
-    kind.apply(init)
-    wait_for(lambda: kind.pod_phase(init["metadata"]["name"]) == "Succeeded", 120, f"{name} init")
-    return resource
+    """Lease file ``leases/NAME.lease`` of lockspace e2e, formatted from a pod on ``node``."""
+    return kind.init_lease(node, LOCKSPACE, name, {"vmlease.io/e2e": RUN})
 
 
 def test_a_lease_holder_runs_on_one_node_and_is_refused_on_another(kind: Kind, workers: list[str]):
@@ -190,17 +137,13 @@ def test_a_lease_holder_runs_on_one_node_and_is_refused_on_another(kind: Kind, w
         }
     )
 
-    holder = vm(f"vm1-a-{RUN}", first)
-    holder["metadata"]["namespace"] = kind.namespace
-    kind.apply(holder)
+    running = kind.run_pod(vm(f"vm1-a-{RUN}", first))
     status = wait_for(held_by(kind, first), 120, f"{DISKLEASE} held on {first}")
-    assert kind.pod_phase(holder["metadata"]["name"]) == "Running"
+    # the lease is held by the pod's process; the kubelet may report Running a moment later
+    wait_for(lambda: kind.pod_phase(running) == "Running", 30, f"{running} Running")
     print("\n" + kind.kubectl("get", "disklease", DISKLEASE, "-o", "wide").stdout)
 
-    refused = vm(f"vm1-b-{RUN}", second)
-    refused["metadata"]["namespace"] = kind.namespace
-    kind.apply(refused)
-    name = refused["metadata"]["name"]
+    name = kind.run_pod(vm(f"vm1-b-{RUN}", second))
     wait_for(lambda: kind.pod_phase(name) == "Failed", 120, f"{name} refused")
     body = kind.get("pod", name, "-n", kind.namespace)
     (state,) = body["status"]["containerStatuses"]
@@ -225,9 +168,7 @@ def test_a_frozen_node_is_reset_by_its_watchdog_before_its_lease_moves_safety(
     assert lease_dump(lease_file)[0]["owner"] == ids[first]
     kind.docker("pause", first)
     paused = time.monotonic()
-    taker = vm(f"vm1-c-{RUN}", third, retry=True)
-    taker["metadata"]["namespace"] = kind.namespace
-    kind.apply(taker)
+    kind.run_pod(vm(f"vm1-c-{RUN}", third, retry=True))
 
     def taken() -> float | None:
         rows = lease_dump(lease_file)
@@ -288,10 +229,8 @@ def test_a_rolling_upgrade_with_holders_on_every_worker_disturbs_none_safety(
         resource = init_lease(kind, node, name)
         # retrying: worker 1's agent, just rejoined, refuses new leases until its earlier
         # incarnation's deadline + W has passed (it cannot open the watchdog before)
-        holder = vm(f"{name}-a-{RUN}", node, retry=True, resource=resource)
-        holder["metadata"]["namespace"] = kind.namespace
-        kind.apply(holder)
-        holders[node] = (holder["metadata"]["name"], on_host.format(name))
+        started = kind.run_pod(vm(f"{name}-a-{RUN}", node, retry=True, resource=resource))
+        holders[node] = (started, on_host.format(name))
     for node, (name, path) in holders.items():
         wait_for(lambda p=path, n=node: lease_owner(p) == hostid(kind, n), 120,
                  f"{name} to hold its lease on {node}")  # fmt: skip
@@ -364,15 +303,15 @@ def test_helm_upgrade_brings_a_crd_up_to_date_and_existing_objects_keep_working(
     )
     kind.helm("upgrade", "--wait", "--timeout", "300s")
     assert "storageId" in served()
-    managers = [
-        m["manager"] for m in kind.get("crd", "lockspaces.vmlease.io")["metadata"]["managedFields"]
-    ]
+    crd = kind.get("crd", "lockspaces.vmlease.io", "--show-managed-fields")
+    managers = [m["manager"] for m in crd["metadata"]["managedFields"]]
     assert "vmlease-crds" in managers
     hook = kind.kubectl("get", "job,serviceaccount", "-n", kind.namespace, "-o", "name").stdout
     assert "vmlease-crds" not in hook  # deleted once it succeeded
     states = {n: (o.get("status") or {}).get("state") for n, o in kind.hostids(LOCKSPACE).items()}
     assert set(states.values()) == {"Live"}, states
-    assert kind.get("lockspace", LOCKSPACE)["status"]["formatted"] is True
+    status = kind.get("lockspace", LOCKSPACE)["status"]
+    assert status["formatted"] is True and len(status["storageId"]) == 32
     running = sorted(
         p["metadata"]["name"]
         for p in kind.get("pods", "-n", kind.namespace, "-l", f"vmlease.io/e2e={RUN}")["items"]
