@@ -106,13 +106,20 @@ def test_every_worker_gets_a_host_id_and_joins(kind: Kind, workers: list[str]):
     marker = Path(kind.shared_dir) / f"lockspaces/{LOCKSPACE}.{LOCKSPACE}.vmlease-id"
     assert marker.read_text() == status["storageId"] + "\n"  # what every agent checked
     assert status["failoverSeconds"] == SAFE_SECONDS
-    agents = kind.get("pods", "-n", kind.namespace, "-l", "app.kubernetes.io/component=agent")
-    ready = [
-        p["spec"]["nodeName"]
-        for p in agents["items"]
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])
-    ]
-    assert sorted(ready) == workers
+
+    def ready() -> list[str]:
+        agents = kind.get("pods", "-n", kind.namespace, "-l", "app.kubernetes.io/component=agent")
+        return sorted(
+            p["spec"]["nodeName"]
+            for p in agents["items"]
+            if any(
+                c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"]
+            )
+        )
+
+    # helm's --wait counts a DaemonSet ready with maxUnavailable (1) pods not Ready, and the
+    # readiness probe (every 5 s) follows the join a little later
+    wait_for(lambda: ready() == workers, 60, "every agent Ready", describe=ready)
     print("\n" + kind.kubectl("get", "lockspaces,hostids").stdout)
 
 
