@@ -8,10 +8,9 @@ watchdog whose harness on the host ``docker kill``s the node when starved); abou
 Two settings, one after the other on the same cluster:
 
 * tuned: Lockspace ``e2e`` of tests/e2e/values-kind.yaml, N = 2 s, W = 10 s;
-* defaults: a Lockspace with the CRD's defaults (N = 10 s, W = 60 s). The agents keep their
-  device's W = 10 s: an agent may not run with a W above any Lockspace selecting its node (the
-  ``e2e`` one promises 10), so its node is reset earlier than the Lockspace promises; the
-  takeover still waits for the promise, 8N + 60 after the last renewal.
+* defaults: the Lockspace ``e2e`` deleted (an agent may not run with a W above any Lockspace
+  selecting its node), the agents upgraded to the chart's default W = 60 s, and a Lockspace with
+  the CRD's defaults, N = 10 s and W = 60 s.
 
 For each, two figures beside their bounds:
 
@@ -159,6 +158,7 @@ def upgrade_window(kind: Kind, dogs: Watchdogs, s: Setting, value: str) -> dict[
     for node, (name, _, _) in held.items():
         (state,) = kind.get("pod", name, "-n", kind.namespace)["status"]["containerStatuses"]
         assert "running" in state["state"], f"the upgrade disturbed the holder on {node}: {state}"
+    print(f"{s.name}: longest gap without a feeding agent: {windows}", flush=True)
     drop_holders(kind, dogs, workers)
     return windows
 
@@ -185,6 +185,7 @@ def failover(kind: Kind, dogs: Watchdogs, s: Setting, victim: str, taker: str) -
         "reset": fired["reset_done_at"] + to_monotonic - last_renewal,
         "taken": taken_at - last_renewal,
     }
+    print(f"{s.name}: failover after {victim}'s last renewal: {out}", flush=True)
     assert out["reset"] < out["taken"] and out["taken"] >= s.safe, out
     return out
 
@@ -210,7 +211,12 @@ def main() -> int:
         results[tuned.name] = (window, failover(kind, dogs, tuned, w1, w3))
         drop_holders(kind, dogs, [w3])
         restart(kind, dogs, w1, tuned.lockspace, tuned)
-        # The defaults: a Lockspace with the CRD's N and W (the agents keep W = 10, see above).
+        # The defaults: the agents' W and the Lockspace's N and W as the chart and CRD set them.
+        kind.kubectl("delete", "lockspace", tuned.lockspace, "--wait=false")
+        wait_for(lambda: not kind.hostids(tuned.lockspace), 300, "the e2e Lockspace's ids freed")
+        kind.helm("upgrade", "--set", "agent.watchdog.fireTimeoutSeconds=60")
+        kind.kubectl("rollout", "status", "daemonset/vmlease-agent", "-n", kind.namespace,
+                     "--timeout=900s")  # fmt: skip
         kind.apply({
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "Lockspace",
             "metadata": {"name": defaults.lockspace},
@@ -225,9 +231,9 @@ def main() -> int:
         with contextlib.suppress(Exception):
             subprocess.run(["docker", "unpause", w1, w2], capture_output=True, timeout=30)
     print("\nvmlease installed by its chart on kind: 3 workers, one shared host directory, "
-          "a watchdog harness per node (reset = docker kill); agents' device W 10 s")  # fmt: skip
+          "a watchdog harness per node (reset = docker kill)")  # fmt: skip
     print("\nupgrade window: helm upgrade with a holder on every worker; each node's longest "
-          "time without a feeding agent (the node is reset at the device's W = 10 s)")  # fmt: skip
+          "time without a feeding agent (the node is reset at W)")  # fmt: skip
     for s in (tuned, defaults):
         gaps = ", ".join(f"{w:.1f}" for w in results[s.name][0].values())
         print(f"  {s.name:9} N={s.n:<3} W={s.w:<3} {gaps} s")
