@@ -151,7 +151,7 @@ def upgrade_window(kind: Kind, dogs: Watchdogs, s: Setting, value: str) -> dict[
     try:
         kind.helm("upgrade", "--set", value)
         kind.kubectl("rollout", "status", "daemonset/vmlease-agent", "-n", kind.namespace,
-                     "--timeout=900s")  # fmt: skip
+                     "--timeout=900s", timeout=960)  # fmt: skip
     finally:
         stop.set()
         sampler.join()
@@ -216,7 +216,7 @@ def main() -> int:
         wait_for(lambda: not kind.hostids(tuned.lockspace), 300, "the e2e Lockspace's ids freed")
         kind.helm("upgrade", "--set", "agent.watchdog.fireTimeoutSeconds=60")
         kind.kubectl("rollout", "status", "daemonset/vmlease-agent", "-n", kind.namespace,
-                     "--timeout=900s")  # fmt: skip
+                     "--timeout=900s", timeout=960)  # fmt: skip
         kind.apply({
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "Lockspace",
             "metadata": {"name": defaults.lockspace},

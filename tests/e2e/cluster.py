@@ -86,11 +86,12 @@ class Kind:
     release: str = "vmlease"
 
     def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [self.kubectl_path, *args], input=input, capture_output=True, text=True, timeout=120
-        )
+            [self.kubectl_path, *args], input=input, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result
