@@ -30,7 +30,6 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,6 @@ from e2e.cluster import (  # noqa: E402
     lease_dump,
     wait_for,
 )
-from vmlease_agent.core.watchdog import read_state  # noqa: E402
 from vmlease_agent.engine.clock import boottime  # noqa: E402
 
 TAG = secrets.token_hex(2)
@@ -118,13 +116,7 @@ def drop_holders(kind: Kind, dogs: Watchdogs, nodes: list[str]) -> None:
     kind.kubectl("delete", "pods", "-n", kind.namespace, "-l", f"vmlease.io/bench={TAG}",
                  "--grace-period=1", "--wait=false")  # fmt: skip
     for node in nodes:
-        wait_for(lambda n=node: not armed(dogs, n), 60, f"{node}'s watchdog disarmed")
-
-
-def armed(dogs: Watchdogs, node: str) -> bool:
-    with contextlib.suppress(OSError, ValueError):
-        return read_state(str(dogs.dir(node) / "device")).armed
-    return False
+        wait_for(lambda n=node: not dogs.armed(n), 60, f"{node}'s watchdog disarmed")
 
 
 def upgrade_window(kind: Kind, dogs: Watchdogs, s: Setting, value: str) -> dict[str, float]:
@@ -135,26 +127,10 @@ def upgrade_window(kind: Kind, dogs: Watchdogs, s: Setting, value: str) -> dict[
     held = {node: hold(kind, s, node, f"w{i}-{s.name}") for i, node in enumerate(workers)}
     for node, (_, path, _) in held.items():
         wait_for(lambda p=path, n=node: owner(p) == ids[n], 120, f"the holder on {node}")
-    windows = {node: 0.0 for node in workers}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.2):
-            for node in workers:
-                with contextlib.suppress(OSError, ValueError):
-                    state = read_state(str(dogs.dir(node) / "device"))
-                    if state.armed:
-                        windows[node] = max(windows[node], boottime() - state.fed_at)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with dogs.feed_gaps(workers) as windows:
         kind.helm("upgrade", "--set", value)
         kind.kubectl("rollout", "status", "daemonset/vmlease-agent", "-n", kind.namespace,
                      "--timeout=900s", timeout=960)  # fmt: skip
-    finally:
-        stop.set()
-        sampler.join()
     for node, (name, _, _) in held.items():
         (state,) = kind.get("pod", name, "-n", kind.namespace)["status"]["containerStatuses"]
         assert "running" in state["state"], f"the upgrade disturbed the holder on {node}: {state}"

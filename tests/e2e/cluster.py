@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import waiting
+from vmlease_agent.core.watchdog import read_state
+from vmlease_agent.engine.clock import boottime
 from vmlease_agent.sim.watchdog_harness import spawn_harness
 
 T = TypeVar("T")
@@ -206,6 +211,34 @@ class Watchdogs:
         self.harnesses[node] = spawn_harness(
             self.dir(node) / "device", [], self.dir(node) / "events", f"docker kill {node}"
         )
+
+    def armed(self, node: str) -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            return read_state(str(self.dir(node) / "device")).armed
+        return False
+
+    @contextlib.contextmanager
+    def feed_gaps(self, nodes: list[str]) -> Iterator[dict[str, float]]:
+        """While inside: each node's longest time without a feed of its armed device, read from
+        its device file every 0.2 s (the map is filled in as it goes)."""
+        gaps = {node: 0.0 for node in nodes}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.2):
+                for node in nodes:
+                    with contextlib.suppress(OSError, ValueError):
+                        state = read_state(str(self.dir(node) / "device"))
+                        if state.armed:
+                            gaps[node] = max(gaps[node], boottime() - state.fed_at)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield gaps
+        finally:
+            stop.set()
+            sampler.join()
 
     def fired(self, node: str) -> list[dict[str, Any]]:
         events = self.dir(node) / "events"

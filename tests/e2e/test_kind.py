@@ -28,16 +28,13 @@ In order (the tests share the cluster and build on each other):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from vmlease_agent.core.watchdog import read_state
 from vmlease_agent.engine.clock import boottime
 
 from .cluster import GROUP, SHARED, VERSION, Kind, Watchdogs, holder, lease_dump, wait_for
@@ -236,8 +233,8 @@ def test_a_rolling_upgrade_with_holders_on_every_worker_disturbs_none_safety(
         resource = init_lease(kind, node, name)
         # retrying: worker 1's agent, just rejoined, refuses new leases until its earlier
         # incarnation's deadline + W has passed (it cannot open the watchdog before)
-        started = kind.run_pod(vm(f"{name}-a-{RUN}", node, retry=True, resource=resource))
-        holders[node] = (started, on_host.format(name))
+        pod_name = kind.run_pod(vm(f"{name}-a-{RUN}", node, retry=True, resource=resource))
+        holders[node] = (pod_name, on_host.format(name))
     for node, (name, path) in holders.items():
         wait_for(lambda p=path, n=node: lease_owner(p) == hostid(kind, n), 120,
                  f"{name} to hold its lease on {node}")  # fmt: skip
@@ -245,27 +242,11 @@ def test_a_rolling_upgrade_with_holders_on_every_worker_disturbs_none_safety(
     before = {node: lease_dump(path)[0] for node, (_, path) in holders.items()}
     generation = kind.get("daemonset", "vmlease-agent", "-n", kind.namespace)["metadata"]
 
-    windows = {node: 0.0 for node in workers}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.2):
-            for node in workers:
-                with contextlib.suppress(OSError, ValueError):
-                    state = read_state(str(watchdogs.dir(node) / "device"))
-                    if state.armed:
-                        windows[node] = max(windows[node], boottime() - state.fed_at)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     started = time.monotonic()
-    try:
+    with watchdogs.feed_gaps(workers) as windows:
         kind.helm("upgrade", "--set", "agent.logLevel=DEBUG")
         kind.kubectl("rollout", "status", "daemonset/vmlease-agent", "-n", kind.namespace,
                      "--timeout=600s")  # fmt: skip
-    finally:
-        stop.set()
-        sampler.join()
     took = time.monotonic() - started
     after = kind.get("daemonset", "vmlease-agent", "-n", kind.namespace)["metadata"]
     assert after["generation"] > generation["generation"], "the upgrade replaced no agent"
@@ -355,7 +336,7 @@ def test_a_node_whose_shared_directory_is_not_shared_refuses_to_join_safety(
     not Ready; with the shared directory back, it joins again."""
     first = workers[0]
     kind.kubectl("delete", "pod", f"vm2-a-{RUN}", "-n", kind.namespace, "--grace-period=1")
-    wait_for(lambda: not armed(watchdogs, first), 60, f"{first} holding nothing")
+    wait_for(lambda: not watchdogs.armed(first), 60, f"{first} holding nothing")
     kind.docker(
         "exec",
         first,
@@ -388,12 +369,6 @@ def test_a_node_whose_shared_directory_is_not_shared_refuses_to_join_safety(
              120, f"{first} Live again")  # fmt: skip
 
 
-def armed(watchdogs: Watchdogs, node: str) -> bool:
-    with contextlib.suppress(OSError, ValueError):
-        return read_state(str(watchdogs.dir(node) / "device")).armed
-    return False
-
-
 def test_uninstall_resets_only_the_node_that_still_holds_a_lease_safety(
     kind: Kind, workers: list[str], watchdogs: Watchdogs
 ):
@@ -406,8 +381,8 @@ def test_uninstall_resets_only_the_node_that_still_holds_a_lease_safety(
     kind.kubectl("delete", "pod", f"vm1-c-{RUN}", f"vm2-a-{RUN}", "-n", kind.namespace,
                  "--grace-period=1", "--ignore-not-found")  # fmt: skip
     for node in (first, third):
-        wait_for(lambda n=node: not armed(watchdogs, n), 60, f"{node}'s watchdog disarmed")
-    assert armed(watchdogs, second), f"{second} still holds vm3: its watchdog counts"
+        wait_for(lambda n=node: not watchdogs.armed(n), 60, f"{node}'s watchdog disarmed")
+    assert watchdogs.armed(second), f"{second} still holds vm3: its watchdog counts"
     resets_before = {node: len(watchdogs.fired(node)) for node in workers}
     kind.helm("uninstall", "--wait", "--timeout", "120s")
     uninstalled = time.monotonic()
@@ -417,7 +392,7 @@ def test_uninstall_resets_only_the_node_that_still_holds_a_lease_safety(
     time.sleep(W + 2)  # a device left counting would have fired by now
     for node in (first, third):
         assert len(watchdogs.fired(node)) == resets_before[node], f"{node} was reset"
-        assert not armed(watchdogs, node)
+        assert not watchdogs.armed(node)
     states = {n: (o.get("status") or {}).get("state") for n, o in kind.hostids(LOCKSPACE).items()}
     print(f"HostIds after the uninstall: {states}")
     # the agents that held nothing left the lockspace as they stopped, while the pre-delete

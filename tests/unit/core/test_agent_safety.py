@@ -178,9 +178,9 @@ def test_sigterm_after_the_deadline_never_closes_or_feeds_the_device_safety(worl
 # ---- an acquisition in flight is a holder -------------------------------------------------------
 
 
-def test_acquisition_in_flight_is_fenced_when_its_lockspace_fails_safety(world):
-    a = world.agent()
-    world.join(a)
+def hold_ballots(a: Agent) -> tuple[threading.Event, threading.Event]:
+    """Make ``a``'s acquisitions stop before their ballot: ``entered`` is set when one got there
+    (its first write counted as a holder already), and it goes on once ``gate`` is set."""
     entered, gate = threading.Event(), threading.Event()
     real_acquirer = a.acquirer_factory
 
@@ -197,6 +197,13 @@ def test_acquisition_in_flight_is_fenced_when_its_lockspace_fails_safety(world):
         return acq
 
     a.acquirer_factory = slow_acquirer
+    return entered, gate
+
+
+def test_acquisition_in_flight_is_fenced_when_its_lockspace_fails_safety(world):
+    a = world.agent()
+    world.join(a)
+    entered, gate = hold_ballots(a)
     vm = world.holder()
     outcome: dict = {}
 
@@ -555,22 +562,7 @@ def test_stop_keeps_a_lockspace_with_an_acquisition_in_flight_safety(world):
     released under it (a lease held under a released host_id is free to every peer)."""
     a = world.agent()
     world.join(a)
-    entered, gate = threading.Event(), threading.Event()
-    real_acquirer = a.acquirer_factory
-
-    def slow_acquirer(*args, **kw):
-        acq = real_acquirer(*args, **kw)
-        ballot = acq.acquire
-
-        def acquire(**kw):
-            entered.set()
-            gate.wait(30)
-            return ballot(**kw)
-
-        acq.acquire = acquire
-        return acq
-
-    a.acquirer_factory = slow_acquirer
+    entered, gate = hold_ballots(a)
     vm = world.holder()
     outcome: dict = {}
     t = threading.Thread(
