@@ -190,6 +190,10 @@ def main() -> int:
         # The defaults: the agents' W and the Lockspace's N and W as the chart and CRD set them.
         kind.kubectl("delete", "lockspace", tuned.lockspace, "--wait=false")
         wait_for(lambda: not kind.hostids(tuned.lockspace), 300, "the e2e Lockspace's ids freed")
+        # and the Lockspace itself gone (kopf removes its finalizer on the delete handler's next
+        # retry): agents started at W = 60 while it exists refuse it and stay unready, which
+        # held the rollout below for its whole 900 s in the first defaults run
+        wait_for(lambda: not kind.lockspace_exists(tuned.lockspace), 120, "the e2e Lockspace gone")
         kind.helm("upgrade", "--set", "agent.watchdog.fireTimeoutSeconds=60")
         kind.kubectl("rollout", "status", "daemonset/vmlease-agent", "-n", kind.namespace,
                      "--timeout=900s", timeout=960)  # fmt: skip

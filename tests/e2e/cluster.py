@@ -157,6 +157,10 @@ class Kind:
         nodes = self.get("nodes", "-l", "vmlease.io/vm-host=true")["items"]
         return sorted(n["metadata"]["name"] for n in nodes)
 
+    def lockspace_exists(self, name: str) -> bool:
+        result = self.kubectl("get", "lockspace", name, "--ignore-not-found", "-o", "name")
+        return bool(result.stdout.strip())
+
     def hostids(self, lockspace: str) -> dict[str, dict[str, Any]]:
         items = self.get("hostids", "-l", f"{GROUP}/lockspace={lockspace}")["items"]
         return {i["spec"]["nodeName"]: i for i in items}
