@@ -10,6 +10,17 @@ mid-ballot is fenced, not left), fed only while every lockspace is healthy, run 
 W any of our delta leases advertises on disk, and disarmed (magic close) as soon as nothing is
 held. So stopping, uninstalling or crash-looping an agent that protects nothing resets nobody.
 
+Node fencing (a lockspace joined with ``fence_node``, a Kubernetes Lockspace's ``nodeFencing``):
+the watchdog then protects the node's whole presence in the lockspace, so that "Dead on disk"
+proves the node was reset and the operator may mark it out of service. It is armed before the
+first write of the join (``before_claim``) and stays armed, fed only while healthy, for as long
+as a delta lease of ours may be on disk in such a lockspace: held, failed, or left without a
+release that succeeded (``_retired`` keeps those watched). Once such a lease is past its
+deadline without a renewal, the node is *condemned*: the device is never fed again by this
+process, whatever else happens, and the node is reset at most W after the last keepalive, before
+any peer can read the host as Dead (8N + W after the last renewal). Leaving it cleanly (timestamp
+0 written) is the only way out without a reset: peers then read the host Free, never Dead.
+
 Restart without harm: the state needed to carry on (lockspaces with our last delta-lease record,
 every lease with its holder's pid and start time) is saved in the run directory after each change.
 A new agent started with the same run directory adopts it: the delta leases are resumed, not
@@ -42,7 +53,15 @@ from vmlease_agent.core.holders import (
     process_can_run,
     process_start_time,
 )
-from vmlease_agent.core.lockspace import LIVE, STOPPED, JoinedLockspace, LockspaceConfig
+from vmlease_agent.core.lockspace import (
+    FAILED,
+    JOINING,
+    LIVE,
+    STOPPED,
+    CannotFenceNode,
+    JoinedLockspace,
+    LockspaceConfig,
+)
 from vmlease_agent.core.snapshot import (
     AgentEvent,
     AgentSnapshot,
@@ -50,7 +69,7 @@ from vmlease_agent.core.snapshot import (
     LeaseSnapshot,
     WatchdogSnapshot,
 )
-from vmlease_agent.core.watchdog import Watchdog, WatchdogError
+from vmlease_agent.core.watchdog import NullWatchdog, Watchdog, WatchdogError
 from vmlease_agent.engine import errors, ondisk, paxos, timeouts
 from vmlease_agent.engine.clock import REAL_CLOCK, Aborted, Clock
 from vmlease_agent.engine.directio import Storage
@@ -168,6 +187,10 @@ class Agent:
         self.identity = ondisk.Identity.of(cfg.machine_id, state.boot_id())
         #: an unadoptable state file of this boot: the watchdog stays closed until then
         self._previous_until = 0.0
+        #: node fencing: lockspaces no longer joined whose delta lease may still be on disk
+        self._retired: list[JoinedLockspace] = []
+        #: node fencing: why this node is being reset ("" while it is not); never cleared
+        self._condemned = ""
 
     # ---- events and state -----------------------------------------------------------------
 
@@ -260,11 +283,7 @@ class Agent:
             self.check_clean_stop()
         with self._device:
             self._stopping = True
-        if clean:
-            with self._device:
-                self._disarm("clean stop")
-                self._released = True
-        else:
+        if not clean:
             self._let_go_of_device()
         self._stop.set()
         if self._loop:
@@ -274,6 +293,22 @@ class Agent:
         for ls in list(self._lockspaces.values()):
             ls.stop(release=clean, wait=clean)
         if clean:
+            # After the releases: a node-fencing lockspace whose release failed still shows
+            # us on disk, and will read Dead; the node must then be reset (the device keeps
+            # counting), never left running.
+            with self._device:
+                left = self._fenced_on_disk()
+                if self._armed and (left or self._condemned):
+                    self.watchdog.abandon()
+                    self._armed = False
+                    log.error(
+                        "CLEAN STOP WITH NODE FENCING LEFT ON DISK (%s): the watchdog keeps "
+                        "counting and resets this node",
+                        self._condemned or ", ".join(ls.name for ls in left),
+                    )
+                else:
+                    self._disarm("clean stop")
+                self._released = True
             state.clear(self.cfg.run_dir)
         self._registry.close()
 
@@ -329,11 +364,11 @@ class Agent:
         while True:
             with self._device:
                 now = self.clock.now()
-                if not self._armed or not self._holding():
+                if not self._armed or not self._protecting():
                     self._disarm("stopping with nothing held")
                     self._released = True
                     return
-                if all(ls.healthy(now) for ls in list(self._lockspaces.values())):
+                if self._healthy(now):
                     self.watchdog.abandon()
                     self._armed, self._released = False, True
                     log.warning(
@@ -342,6 +377,19 @@ class Agent:
                         "node name and boot)",
                         ", ".join(self._holder_keys()),
                         self.device_timeout(),
+                    )
+                    return
+                if self._condemned and now > self._last_feed + self.device_timeout() + 1:
+                    # The device should have reset the node a second ago. It did not (a
+                    # broken device, or a fake one): staying helps nobody, and the other
+                    # hosts read us Dead on the disk's evidence, not on this process.
+                    self.watchdog.abandon()
+                    self._armed, self._released = False, True
+                    log.error(
+                        "the watchdog did not reset this node %d s after its last keepalive "
+                        "(condemned: %s): check the device",
+                        self.device_timeout(),
+                        self._condemned,
                     )
                     return
             if not warned:
@@ -370,6 +418,92 @@ class Agent:
     def _holding(self) -> bool:
         """Could anything of ours write under a lease: a holder, or an acquisition in flight?"""
         return bool(self._holder_keys())
+
+    def _tracked(self) -> list[JoinedLockspace]:
+        """Every lockspace the device answers for: joined ones and retired node-fencing ones."""
+        return [*list(self._lockspaces.values()), *list(self._retired)]
+
+    def _fenced_on_disk(self) -> list[JoinedLockspace]:
+        return [ls for ls in self._tracked() if ls.cfg.fence_node and ls.delta_on_disk]
+
+    def _protecting(self) -> bool:
+        """Must the device stay armed: a holder, or node fencing (a join under way, a delta
+        lease on disk, or the node condemned)?"""
+        if self._holding() or self._condemned:
+            return True
+        return any(
+            ls.cfg.fence_node and (ls.delta_on_disk or ls.state == JOINING)
+            for ls in self._tracked()
+        )
+
+    def _healthy(self, now: float) -> bool:
+        """May the device be fed now?"""
+        return not self._condemned and all(ls.healthy(now) for ls in self._tracked())
+
+    def _retire(self, ls: JoinedLockspace) -> None:
+        """Under ``_lock``, before ``ls`` leaves ``_lockspaces``: a node-fencing lockspace stays
+        watched until its delta lease is off disk (``_check_fencing``)."""
+        if ls.cfg.fence_node:
+            self._retired.append(ls)
+
+    def _condemn(self, why: str) -> None:
+        """Node fencing: never feed the device again; the node is reset at most W after the
+        last keepalive."""
+        if self._condemned:
+            return
+        self._condemned = why
+        log.error(
+            "NODE FENCING: %s; this node is reset by its watchdog within %d s (no keepalive "
+            "from now on)",
+            why,
+            self.device_timeout(),
+        )
+        self.event("node_condemned", reason=why, reset_within=self.device_timeout())
+
+    def _check_fencing(self, now: float) -> None:
+        """Main loop: condemn the node if a node-fencing delta lease of ours is past its
+        deadline without a renewal, and stop watching retired ones that are off disk (released)
+        or superseded (the same host_id joined again and renewing)."""
+        for ls in self._tracked():
+            if not (ls.cfg.fence_node and ls.delta_on_disk):
+                continue
+            if ls.state == FAILED or (ls.state != LIVE and not ls.healthy(now)):
+                self._condemn(
+                    f"lockspace {ls.name}: host_id {ls.cfg.host_id} {ls.error or 'not renewed'}"
+                )
+        with self._lock:
+            keep = []
+            for ls in self._retired:
+                now_joined = self._lockspaces.get(ls.name)
+                superseded = (
+                    now_joined is not None
+                    and now_joined.cfg.host_id == ls.cfg.host_id
+                    and now_joined.state == LIVE
+                )
+                if ls.delta_on_disk and not superseded:
+                    keep.append(ls)
+            self._retired = keep
+
+    def _arm_for_join(self, ls: JoinedLockspace) -> None:
+        """``before_claim`` of a node-fencing lockspace: the device is armed before our host_id
+        is written, or nothing is written."""
+        with self._device:
+            now = self.clock.now()
+            if self._stopping:
+                raise CannotFenceNode(lockspace=ls.name, why="the agent is stopping")
+            if self._condemned:
+                raise CannotFenceNode(
+                    lockspace=ls.name, why=f"the node is condemned: {self._condemned}"
+                )
+            reason = self._quarantined(now)
+            if reason and not self._armed:
+                raise CannotFenceNode(lockspace=ls.name, why=reason)
+            if not all(x.healthy(now) for x in self._tracked() if x is not ls):
+                raise CannotFenceNode(lockspace=ls.name, why="another lockspace is failing")
+            try:
+                self._arm_and_feed(now)
+            except WatchdogError as e:
+                raise CannotFenceNode(lockspace=ls.name, why=str(e)) from None
 
     def device_timeout(self) -> int:
         """The W the device may run with: the configured one, but never more than any of our
@@ -423,6 +557,8 @@ class Agent:
             if self._stopping:
                 raise Stopping()
             now = self.clock.now()
+            if self._condemned:
+                raise Busy(detail=f"no new leases: this node is being reset ({self._condemned})")
             sick = [x.name for x in list(self._lockspaces.values()) if not x.healthy(now)]
             if sick:
                 raise Busy(
@@ -455,8 +591,12 @@ class Agent:
             self.clock,
             on_change=self._on_lockspace_change,
             identity=self.identity,
+            before_claim=self._arm_for_join if cfg.fence_node else None,
         )
         with self._lock:
+            old = self._lockspaces.get(cfg.name)
+            if old is not None:
+                self._retire(old)
             self._lockspaces[cfg.name] = ls
         ls.start(resume)
         return ls
@@ -470,6 +610,7 @@ class Agent:
         self.event("joining", lockspace=cfg.name, host_id=cfg.host_id)
         if wait and not ls.wait_joined():
             with self._lock:
+                self._retire(ls)
                 self._lockspaces.pop(cfg.name, None)
             raise AgentError(detail=f"joining lockspace {cfg.name} failed: {ls.error}")
         if ls.state == LIVE:
@@ -497,6 +638,7 @@ class Agent:
                 raise Busy(
                     detail=f"lockspace {name} has leases held by {users}: release them first"
                 )
+            self._retire(ls)
             self._lockspaces.pop(name)
         ls.stop(release=True)
         self.event("left", lockspace=name)
@@ -516,6 +658,7 @@ class Agent:
         with self._lock:
             for name, ls in list(self._lockspaces.items()):
                 if ls.state == LIVE and not self._users(name):
+                    self._retire(ls)
                     left[name] = self._lockspaces.pop(name)
         for name, ls in left.items():
             ls.stop(release=True)
@@ -814,6 +957,8 @@ class Agent:
                     last_feed_ago=round(now - self._last_feed, 1) if self._armed else None,
                     on_sigterm=self._on_sigterm(),
                     new_leases_wait=self._quarantined(now),
+                    condemned=self._condemned,
+                    enforced=not isinstance(self.watchdog, NullWatchdog),
                 ),
                 lockspaces=tuple(ls.snapshot() for ls in self._lockspaces.values()),
                 holders=tuple(
@@ -854,6 +999,13 @@ class Agent:
     def _on_sigterm(self) -> str:
         """What stopping the agent now (SIGTERM, a rolling update) would do to this node."""
         held = self._holder_keys()
+        if self._condemned:
+            return f"nothing: the node is being reset ({self._condemned})"
+        if not held and self._protecting():
+            return (
+                "leave the idle node-fencing lockspaces (host_id released, the node is not "
+                "reset); any still on disk keep the watchdog counting"
+            )
         if not held:
             return "disarm the watchdog: nothing is held, the node is not reset"
         return (
@@ -882,11 +1034,12 @@ class Agent:
         for ls in list(self._lockspaces.values()):
             if ls.check_deadline(now):
                 self._fence(ls, now)
-        healthy = all(ls.healthy(now) for ls in list(self._lockspaces.values()))
+        self._check_fencing(now)
+        healthy = self._healthy(now)
         with self._device:
             if self._released:
                 return
-            if not self._holding():
+            if not self._protecting():
                 self._disarm("nothing is held")
                 return
             if not healthy:
@@ -919,10 +1072,13 @@ class Agent:
                 for c, name in self._inflight
                 if name == ls.name and c not in holders and self._registry.alive(c)
             ]
+        if ls.cfg.fence_node:
+            self._condemn(f"lockspace {ls.name} failed: {ls.error}")
         if not holders:
             # nobody of ours can write under this lockspace any more: leave it, keep the node
             with self._lock:
                 if self._lockspaces.get(ls.name) is ls:
+                    self._retire(ls)
                     self._lockspaces.pop(ls.name)
             ls.stop(release=False, wait=False)  # the main loop never waits on storage
             self.event("lockspace_lost", lockspace=ls.name, error=ls.error)

@@ -57,6 +57,11 @@ class LockspaceConfig:
     #: sanlock hosts ignore our fire-timeout tag and assume 60 s, and nothing outside Kubernetes
     #: keeps them out of a lockspace, so 60 unless a Kubernetes Lockspace promises otherwise.
     promised_fire_timeout: int = timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
+    #: Node fencing (a Kubernetes Lockspace's ``nodeFencing``): while this lockspace may hold our
+    #: delta lease, the watchdog stays armed whether or not anything is held, and a failure of
+    #: the lockspace resets the node. So "Dead on disk" proves the node was reset, which is what
+    #: lets the operator mark the node out of service (``Agent`` docstring, "Node fencing").
+    fence_node: bool = False
 
     def __post_init__(self) -> None:
         # every way in (--lockspace, the API, Kubernetes, saved state) builds one of these
@@ -81,6 +86,14 @@ class FireTimeoutTooLong(errors.LeaseError):
     )
 
 
+class CannotFenceNode(errors.LeaseError):
+    code = -5  # EIO, as a join that could not write
+    template = (
+        "lockspace {lockspace} fences the node (nodeFencing), and the watchdog cannot be armed "
+        "before our host_id is written: {why}. Nothing was written; the join is retried"
+    )
+
+
 class JoinedLockspace:
     """This node's membership in one lockspace (our delta lease on one host_id), not to be
     confused with the Kubernetes object ``vmlease_api.models.Lockspace`` that may ask for it.
@@ -94,7 +107,10 @@ class JoinedLockspace:
         clock: Clock = REAL_CLOCK,
         on_change: Callable[[JoinedLockspace], None] | None = None,
         identity: ondisk.Identity | None = None,
+        before_claim: Callable[[JoinedLockspace], None] | None = None,
     ) -> None:
+        """``before_claim(lockspace)``: called before the first write of a join (not of a
+        resume); raising ``CannotFenceNode`` there ends the join with nothing written."""
         if fire_timeout > cfg.promised_fire_timeout:
             sanlock = cfg.promised_fire_timeout == timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
             raise FireTimeoutTooLong(
@@ -111,6 +127,7 @@ class JoinedLockspace:
         #: set once the lockspace has failed or stopped: aborts acquisitions waiting under it
         self.lost = threading.Event()
         self.on_change = on_change or (lambda ls: None)
+        self.before_claim = before_claim
         self.state = JOINING
         self.error: str = ""
         self.last_success = 0.0  # T, local monotonic seconds (0: never)
@@ -227,7 +244,8 @@ class JoinedLockspace:
         if resume is not None:
             self.lease.record = self._adopt(resume)
         else:
-            self.lease.acquire(self._stop)
+            hook = self.before_claim
+            self.lease.acquire(self._stop, (lambda: hook(self)) if hook else None)
         assert self.lease.record is not None  # acquire and adopt both set it
         self.last_success = float(self.lease.record.timestamp)
         log.info(
@@ -274,9 +292,24 @@ class JoinedLockspace:
         """T + 8N: after this our leases must be considered lost (fencing starts)."""
         return self.last_success + timeouts.id_renewal_fail_seconds(self.cfg.io_timeout)
 
+    @property
+    def delta_on_disk(self) -> bool:
+        """May a delta lease of ours be on disk with a timestamp (a claim begun, a renewal, the
+        record we resume)? False once it was released, or if nothing was ever written."""
+        if self.lease is not None and self.lease.record is not None:
+            return self.lease.record.timestamp != 0
+        return bool(self.last_success) or bool(self.lease and self.lease.claim_timestamp)
+
     def healthy(self, now: float | None = None) -> bool:
         """May the watchdog be fed on this lockspace's behalf?"""
         if self.state in (JOINING, STOPPED) and not self.last_success:
+            if self.cfg.fence_node and self.lease is not None and self.lease.claim_timestamp:
+                # A claim written (or begun) but never confirmed, e.g. a join that failed after
+                # its write: peers may have read it, so they judge us by its timestamp.
+                n = timeouts.id_renewal_fail_seconds(self.cfg.io_timeout)
+                return (self.clock.now() if now is None else now) + FEED_MARGIN < (
+                    self.lease.claim_timestamp + n
+                )
             return True  # no delta lease held (yet): nothing to protect
         if self.state == FAILED:
             return False
@@ -341,8 +374,9 @@ class JoinedLockspace:
             return True
         return self.state == FAILED
 
-    def stop(self, release: bool, wait: bool = True) -> None:
+    def stop(self, release: bool, wait: bool = True) -> bool:
         """Stop renewing; ``release`` frees the host_id on disk (only if our lease is healthy).
+        Returns whether no delta lease of ours is left on disk: never held, or released now.
 
         ``wait=False`` (an agent exiting for a restart) waits for nothing: a renewal stuck in I/O
         is a daemon thread that ends with the process, and the delta lease stays on disk for the
@@ -358,13 +392,17 @@ class JoinedLockspace:
         live = self.state == LIVE
         self.state = STOPPED
         if not done:
-            return
-        if release and self.lease is not None and self.lease.record and live:
+            return False
+        on_disk = self.lease is not None and bool(self.lease.record)
+        if release and on_disk and live:
+            assert self.lease is not None
             try:
                 self.lease.release()
+                on_disk = False
             except errors.LeaseError as e:
                 log.warning("lockspace %s: release of host_id failed: %s", self.name, e)
         self.st.close()
+        return not on_disk
 
     # ---- views --------------------------------------------------------------------------------
 
@@ -412,4 +450,5 @@ class JoinedLockspace:
             last_renewal_ago=round(now - self.last_success, 1) if self.last_success else None,
             renewal_ms=round(self.renewal_ms, 2),
             deadline_in=round(self.deadline() - now, 1) if self.last_success else None,
+            fence_node=self.cfg.fence_node,
         )

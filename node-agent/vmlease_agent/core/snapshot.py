@@ -48,6 +48,7 @@ class LockspaceSnapshot:
     last_renewal_ago: float | None  # seconds, rounded to 0.1 (None: never renewed)
     renewal_ms: float  # rounded to 0.01
     deadline_in: float | None  # seconds until T + 8N, rounded to 0.1 (None: never renewed)
+    fence_node: bool = False  # nodeFencing: the watchdog stays armed while our lease is on disk
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class LockspaceSnapshot:
             "last_renewal_ago": self.last_renewal_ago,
             "renewal_ms": self.renewal_ms,
             "deadline_in": self.deadline_in,
+            "fence_node": self.fence_node,
         }
 
     @classmethod
@@ -79,6 +81,7 @@ class LockspaceSnapshot:
             last_renewal_ago=d.get("last_renewal_ago"),
             renewal_ms=d.get("renewal_ms") or 0.0,
             deadline_in=d.get("deadline_in"),
+            fence_node=bool(d.get("fence_node")),
         )
 
 
@@ -184,6 +187,8 @@ class WatchdogSnapshot:
     last_feed_ago: float | None  # None while disarmed
     on_sigterm: str  # what stopping the agent now would do to this node
     new_leases_wait: str  # why new leases are refused for now (the device may not open), or ""
+    condemned: str = ""  # why this node is being reset (node fencing), or ""
+    enforced: bool = True  # a device that resets the node (not ``--watchdog none``)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -193,6 +198,8 @@ class WatchdogSnapshot:
             "last_feed_ago": self.last_feed_ago,
             "on_sigterm": self.on_sigterm,
             "new_leases_wait": self.new_leases_wait,
+            "condemned": self.condemned,
+            "enforced": self.enforced,
         }
 
 

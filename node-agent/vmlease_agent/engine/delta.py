@@ -34,6 +34,7 @@ generation and name.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from . import errors, ondisk, timeouts
@@ -363,6 +364,8 @@ class DeltaLease:
     previous_until: float = 0.0
     #: set by ``acquire`` while it waits out another machine that used our host name
     collision: dict[str, str] | None = None
+    #: the timestamp of the claim ``acquire`` began to write (0: none yet)
+    claim_timestamp: int = 0
 
     def __post_init__(self) -> None:
         check_io_timeout(self.io_timeout, f"lockspace {self.loc.name}")
@@ -414,8 +417,17 @@ class DeltaLease:
             parts.append((ondisk.HOSTID_BITMAP_OFFSET, self.bitmap))
         self.st.write(self._offset(), ondisk.sector(self.sizes.sector_size, *parts), timeout)
 
-    def acquire(self, abort: threading.Event | None = None) -> Leader:
-        """Take the host_id (steps in the module docstring); returns the record written."""
+    def acquire(
+        self,
+        abort: threading.Event | None = None,
+        before_claim: Callable[[], None] | None = None,
+    ) -> Leader:
+        """Take the host_id (steps in the module docstring); returns the record written.
+
+        ``before_claim`` runs after any wait for an earlier holder and before our first write;
+        an exception from it ends the acquire with nothing written (the agent arms the
+        watchdog there when the node itself is fenced by this lockspace).
+        """
         check_host_id(self.loc, self.sizes, self.host_id)
         ondisk.encode_name(self.host_name, "host")
         self.collision = None  # what an earlier acquire saw is no evidence now
@@ -441,8 +453,11 @@ class DeltaLease:
                     **self.loc.describe(), host_id=self.host_id, holder=host_label(again)
                 )
             current = again
+        if before_claim is not None:
+            before_claim()
         claim = self._claim(current)
         self.bitmap = bytes(ondisk.HOSTID_BITMAP_SIZE)
+        self.claim_timestamp = claim.timestamp  # before the write: it may land and still fail
         self._write(claim, self.io_timeout)
         self.clock.sleep(timeouts.delta_short_delay(other_n), abort)
         after, _ = self._read_own()
@@ -518,6 +533,15 @@ class DeltaLease:
         self._write(new, timeouts.host_dead_seconds(self.io_timeout, self.fire_timeout))
         self.record = new
         return new, area
+
+    @property
+    def written_timestamp(self) -> int:
+        """The newest timestamp of ours that may be on disk, 0 if none can be: never written,
+        or released. A claim counts from the moment its write begins (a write that fails may
+        have landed); a failed release leaves the last renewal's timestamp."""
+        if self.record is not None:
+            return self.record.timestamp
+        return self.claim_timestamp
 
     def release(self) -> Leader:
         """Free the host_id: timestamp 0, owner, generation and name stay for the next acquire."""

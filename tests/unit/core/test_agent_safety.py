@@ -58,9 +58,11 @@ class World:
         self.agents.append(a)
         return a
 
-    def join(self, a: Agent, host_id: int = 1, wait: bool = True, name: str = "LS") -> None:
+    def join(
+        self, a: Agent, host_id: int = 1, wait: bool = True, name: str = "LS", fence: bool = False
+    ) -> None:
         path = self.ls.path if name == "LS" else self.second_lockspace()
-        a.add_lockspace(LockspaceConfig(name, host_id, path, 0, N), wait=wait)
+        a.add_lockspace(LockspaceConfig(name, host_id, path, 0, N, fence_node=fence), wait=wait)
 
     def second_lockspace(self) -> str:
         path = os.path.join(self.dir, "lockspace2")
@@ -575,3 +577,113 @@ def test_stop_keeps_a_lockspace_with_an_acquisition_in_flight_safety(world):
     t.join(10)
     assert outcome["leases"] and a.status()["leases"]
     assert world.record().timestamp != 0 and a.snapshot().lockspace("LS").state == "live"
+
+
+# ---- node fencing: "Dead on disk" must mean "reset" ---------------------------------------------
+
+
+def record_delta_writes(monkeypatch, fail: bool = False) -> list[tuple[float, int]]:
+    """(time, timestamp) of every delta-lease write; ``fail``: each write lands, then raises
+    (a write whose completion was lost: it may be on disk, and the agent cannot know)."""
+    writes: list[tuple[float, int]] = []
+    real = delta.DeltaLease._write
+
+    def write(self, leader, timeout):
+        writes.append((boottime(), leader.timestamp))
+        real(self, leader, timeout)
+        if fail:
+            raise errors.LeaseError(detail="injected: the write's completion was lost")
+
+    monkeypatch.setattr(delta.DeltaLease, "_write", write)
+    return writes
+
+
+def test_node_fencing_arms_before_the_join_writes_and_stays_armed_with_nothing_held_safety(
+    world, monkeypatch
+):
+    writes = record_delta_writes(monkeypatch)
+    a = world.agent()
+    world.join(a, fence=True)
+    assert a.watchdog.when("arm")[0] < writes[0][0]
+    time.sleep(0.6)  # main-loop passes with nothing held: a plain lockspace would disarm here
+    assert a.watchdog.armed and "disarm" not in a.watchdog.ops()
+    assert a.snapshot().lockspace("LS").fence_node
+    assert "leave the idle node-fencing" in a.status()["watchdog"]["on_sigterm"]
+
+
+def test_a_failed_node_fencing_lockspace_resets_the_node_with_nothing_held_safety(world):
+    """Peers read the host Dead at T + 8N + W: the device must fire before, and nothing may
+    feed it again, not even a new join."""
+    a = world.agent()
+    world.join(a, fence=True)
+    ls = a.joined_lockspace("LS")
+    assert ls is not None
+    wait_for(
+        lambda: steal_host_id(world) or a.snapshot().lockspace("LS") is None,
+        8 * N + 4,
+        "the lockspace to fail and be left",
+        every=0.5,
+    )
+    deadline = ls.deadline()
+    assert a.status()["watchdog"]["condemned"].startswith("lockspace LS")
+    with pytest.raises(errors.LeaseError, match="condemned"):
+        world.join(a, fence=True)
+    time.sleep(0.6)
+    assert not [at for at in a.watchdog.when("keepalive") if at > deadline - 1]
+    assert "disarm" not in a.watchdog.ops()
+    assert a.watchdog.fires_at is not None and a.watchdog.fires_at < deadline + 10  # + W
+    a.stop(clean=False)
+    assert "disarm" not in a.watchdog.ops()
+
+
+def test_leaving_a_node_fencing_lockspace_cleanly_disarms_without_a_reset(world):
+    a = world.agent()
+    world.join(a, fence=True)
+    a.rem_lockspace("LS")
+    assert world.record().timestamp == 0  # peers read Free, never Dead
+    wait_for(lambda: "disarm" in a.watchdog.ops(), 5, "the watchdog to be disarmed")
+    assert not a.status()["watchdog"]["condemned"]
+
+
+def test_a_node_fencing_release_that_fails_keeps_the_node_fenced_safety(world, monkeypatch):
+    """The record stays on disk and will read Dead: the node must be reset by then."""
+    a = world.agent()
+    world.join(a, fence=True)
+    ls = a.joined_lockspace("LS")
+    assert ls is not None
+    monkeypatch.setattr(
+        ls.lease, "release", lambda: (_ for _ in ()).throw(errors.LeaseError(detail="EIO"))
+    )
+    a.rem_lockspace("LS")
+    assert world.record().timestamp != 0
+    wait_for(lambda: a.status()["watchdog"]["condemned"], 8 * N + 3, "the node to be condemned")
+    assert not [at for at in a.watchdog.when("keepalive") if at > ls.deadline() - 1]
+    assert "disarm" not in a.watchdog.ops()
+    a.stop(clean=True)  # a clean stop cannot undo it either
+    assert "disarm" not in a.watchdog.ops() and "abandon" in a.watchdog.ops()
+
+
+def test_a_node_fencing_join_whose_claim_may_have_landed_is_fenced_safety(world, monkeypatch):
+    """The claim's write failed after landing: peers saw us alive, then silent."""
+    writes = record_delta_writes(monkeypatch, fail=True)
+    a = world.agent()
+    with pytest.raises(errors.LeaseError, match="joining lockspace LS failed"):
+        world.join(a, fence=True)
+    claimed = writes[0][1]
+    assert world.record().timestamp == claimed  # it did land
+    wait_for(lambda: a.status()["watchdog"]["condemned"], 8 * N + 3, "the node to be condemned")
+    assert not [at for at in a.watchdog.when("keepalive") if at > claimed + 8 * N - 1]
+    assert "disarm" not in a.watchdog.ops()
+
+
+def test_a_plain_lockspace_failing_with_nothing_held_resets_nobody(world):
+    """The contrast: without node fencing the watchdog protects holders only."""
+    a = world.agent()
+    world.join(a)
+    wait_for(
+        lambda: steal_host_id(world) or a.snapshot().lockspace("LS") is None,
+        8 * N + 4,
+        "the lockspace to fail and be left",
+        every=0.5,
+    )
+    assert not a.watchdog.ops() and not a.status()["watchdog"]["condemned"]
