@@ -307,6 +307,19 @@ class LockspaceSpec(ApiModel):
     )
     """How long a node's watchdog runs after its last keepalive before it resets the node; all
     hosts of a lockspace must agree (sanlock 3.8 hosts use 60)."""
+    node_fencing: bool = Field(
+        default=False,
+        json_schema_extra=_immutable(
+            "nodeFencing is immutable: joined agents keep their watchdogs armed by it; create a "
+            "new Lockspace"
+        ),
+    )
+    """Node fencing for Kubernetes. Every joined agent keeps its watchdog armed while its delta
+    lease is on disk, leases held or not, so a host_id read Dead (silent for 8N + W) proves the
+    node was reset; the operator then taints that Node out of service
+    (``node.kubernetes.io/out-of-service=nodeshutdown:NoExecute``) so Kubernetes deletes its
+    pods and detaches their volumes, and lifts the taint when the node's agent is Live again.
+    The price: a node whose lockspace fails is reset even with no lease held."""
     node_selector: LabelSelector | None = None
     """Nodes that join this lockspace; absent selects every Node."""
     auto_disk_leases: AutoDiskLeases | None = None
@@ -469,6 +482,10 @@ class HostIdStatus(ApiModel):
     """Wall-clock time of the last successful delta-lease renewal."""
     renewal_latency_ms: int | None = Field(default=None, ge=0)
     """How long the last renewal's I/O took."""
+    node_fencing: bool | None = None
+    """Written by the node's own agent: true while it holds a real watchdog device armed for
+    this lockspace's node fencing (spec.nodeFencing), so that this host_id going Dead means the
+    node was reset. The operator taints a Dead node out of service only if its agent said so."""
     conditions: Conditions
     """Joined, Renewing."""
 

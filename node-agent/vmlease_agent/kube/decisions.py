@@ -46,7 +46,7 @@ from vmlease_api.models import (
 from vmlease_api.selector import matches
 
 from vmlease_agent.core import lockspace as local_ls
-from vmlease_agent.core.snapshot import LockspaceSnapshot
+from vmlease_agent.core.snapshot import LockspaceSnapshot, WatchdogSnapshot
 
 JOINED, RENEWING = "Joined", "Renewing"
 
@@ -124,9 +124,11 @@ class Local:
     error: str = ""
     last_renewal_ago: float | None = None
     renewal_ms: float = 0.0
+    #: node fencing holds: the lockspace fences the node and a real device is armed for it
+    fencing: bool = False
 
     @classmethod
-    def of(cls, ls: LockspaceSnapshot) -> Local:
+    def of(cls, ls: LockspaceSnapshot, watchdog: WatchdogSnapshot) -> Local:
         return cls(
             name=ls.name,
             host_id=ls.host_id,
@@ -135,6 +137,10 @@ class Local:
             error=ls.error,
             last_renewal_ago=ls.last_renewal_ago,
             renewal_ms=ls.renewal_ms,
+            fencing=ls.fence_node
+            and watchdog.armed
+            and watchdog.enforced
+            and not watchdog.condemned,
         )
 
     @property
@@ -237,6 +243,7 @@ def own_status(
         generation=old.generation,
         last_renewal=old.last_renewal,
         renewal_latency_ms=old.renewal_latency_ms,
+        node_fencing=bool(local is not None and local.fencing),
         conditions=old.conditions,
     )
     if local is not None and local.generation:
@@ -276,6 +283,7 @@ def status_key(status: HostIdStatus) -> tuple[Any, ...]:
     return (
         status.state,
         status.generation,
+        status.node_fencing,
         joined.status if joined else None,
         joined.reason if joined else None,
     )

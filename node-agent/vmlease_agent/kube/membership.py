@@ -128,6 +128,7 @@ class LockspaceMembership:
             spec.io_timeout_seconds,
             # every host of a Kubernetes Lockspace agrees to judge us by its promise
             promised_fire_timeout=spec.watchdog_fire_timeout_seconds,
+            fence_node=spec.node_fencing,
         )
         self._manage(name, True)
         self.left.pop(name, None)

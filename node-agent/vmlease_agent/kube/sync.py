@@ -213,7 +213,7 @@ class KubeSync:
         mono = self.monotonic()
         self.last_pass = mono
         snap = self.agent.snapshot()
-        local = {ls.name: Local.of(ls) for ls in snap.lockspaces}
+        local = {ls.name: Local.of(ls, snap.watchdog) for ls in snap.lockspaces}
         leases = snap.leases
         records = self._records()
         synced = all(i.synced.is_set() for i in self.informers)
@@ -229,7 +229,8 @@ class KubeSync:
                 )
                 self.membership.act(ls, decision, local.get(name), mono)
             self.membership.leave(wanted, local, leases)
-            local = {ls.name: Local.of(ls) for ls in self.agent.snapshot().lockspaces}
+            snap = self.agent.snapshot()
+            local = {ls.name: Local.of(ls, snap.watchdog) for ls in snap.lockspaces}
         if mono < self._api_retry_at:
             return
         try:

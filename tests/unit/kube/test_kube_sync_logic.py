@@ -7,6 +7,7 @@ import datetime
 
 import pytest
 from kube_builders import hostid, lockspace
+from vmlease_agent.core.snapshot import LockspaceSnapshot, WatchdogSnapshot
 from vmlease_agent.kube import decisions as kube_logic
 from vmlease_agent.kube.decisions import Local, Step
 from vmlease_api.allocation import HostIdRecord
@@ -151,6 +152,37 @@ def test_own_status_keeps_state_since_while_the_state_holds():
         "Joined": "False",
         "Renewing": "False",
     }
+
+
+def _watchdog(armed=True, enforced=True, condemned=""):
+    return WatchdogSnapshot(10, 10, armed, 0.0 if armed else None, "", "", condemned, enforced)
+
+
+@pytest.mark.parametrize(
+    ("fence_node", "watchdog", "says"),
+    [
+        (True, _watchdog(), True),
+        (False, _watchdog(), False),  # the lockspace does not fence the node
+        (True, _watchdog(armed=False), False),
+        (True, _watchdog(enforced=False), False),  # --watchdog none resets nobody
+        (True, _watchdog(condemned="lockspace ls failed"), False),
+    ],
+)
+def test_node_fencing_is_claimed_only_with_a_real_armed_device_safety(fence_node, watchdog, says):
+    """The operator taints a Dead node out of service only on this word: a node that would not
+    be reset must never give it."""
+    snap = LockspaceSnapshot("ls", 1, "/s/ls", 0, 10, 2, "live", "", 1.0, 5.0, 70.0, fence_node)
+    local = Local.of(snap, watchdog)
+    joined = (True, "Joined", "host_id 1")
+    status = kube_logic.own_status(HostIdStatus(), HostState.LIVE, "n1", T0, local, 1000.0, joined)
+    assert status.node_fencing is says
+    assert status.to_api()["nodeFencing"] is says
+    free = kube_logic.own_status(status, HostState.FREE, "n1", T1, None, 1030.0, joined)
+    assert free.node_fencing is False
+    # a change of the word alone is written at once, not at the next refresh
+    other = Local.of(snap, _watchdog(armed=False) if says else _watchdog())
+    changed = kube_logic.own_status(status, HostState.LIVE, "n1", T1, other, 1030.0, joined)
+    assert kube_logic.status_key(changed) != kube_logic.status_key(status) or not fence_node
 
 
 def test_status_writes_are_rate_limited_unless_the_state_changes():
