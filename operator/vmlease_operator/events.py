@@ -31,6 +31,11 @@ LEASE_MOVED = "LeaseMoved"
 LEASE_ORPHANED = "LeaseOrphaned"
 LEASE_CONTENDED = "LeaseContended"
 DISK_LEASE_INVALID = "DiskLeaseInvalid"
+NODE_OUT_OF_SERVICE = "NodeOutOfService"
+NODE_IN_SERVICE = "NodeInService"
+NODE_NOT_RENEWING = "NodeNotRenewing"
+NODE_RENEWING = "NodeRenewing"
+FENCING_UNPROVEN = "FencingUnproven"
 
 
 @dataclass(frozen=True)
@@ -130,3 +135,35 @@ def lease_transition(name: str, old: LeaseView, new: LeaseView) -> Event | None:
     if old.node and not new.node and new.phase == LeasePhase.FREE:
         return Event(NORMAL, LEASE_RELEASED, f"lease {name} released by {old.holder_text()}")
     return None
+
+
+# --- node fencing (posted on the Node: ``node_fencing``) --------------------------------------
+
+
+def node_out_of_service(node: str, proof: str) -> Event:
+    return Event(
+        WARNING,
+        NODE_OUT_OF_SERVICE,
+        f"node {node} tainted node.kubernetes.io/out-of-service: {proof}. Kubernetes deletes "
+        f"its pods and detaches their volumes; the taint is lifted when its agent is Live again",
+    )
+
+
+def node_back_in_service(node: str, why: str) -> Event:
+    return Event(NORMAL, NODE_IN_SERVICE, f"node {node}: out-of-service taint lifted, {why}")
+
+
+def node_not_renewing(node: str, why: str) -> Event:
+    return Event(
+        WARNING,
+        NODE_NOT_RENEWING,
+        f"node {node} tainted vmlease.io/lockspace-failing:NoSchedule: {why}",
+    )
+
+
+def node_renewing(node: str, why: str) -> Event:
+    return Event(NORMAL, NODE_RENEWING, f"node {node}: NoSchedule taint lifted, {why}")
+
+
+def fencing_unproven(why: str) -> Event:
+    return Event(WARNING, FENCING_UNPROVEN, f"{why}: the node is not tainted out of service")

@@ -11,6 +11,9 @@ What each resource gets, and what it costs in API writes:
   put kopf's finalizer on Lockspaces, which is the intended cleanup order.
 * HostIds and DiskLeases: indexes and raw events (transition Events, the release clock, the
   DiskLease resource name); never kopf finalizers or timers — there are many of them.
+* Node fencing (Lockspaces with ``spec.nodeFencing`` only): the Lockspace pass judges its
+  HostIds (``node_fencing.assess``) and patches the Nodes whose taints must change, one merge
+  patch with the Node's resourceVersion each, and one Event per taint change.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from vmlease_api.models import DiskLease, HostState, Lockspace, LockspaceSpec
 from vmlease_api.naming import disk_resource_name
 from vmlease_api.selector import matches
 
-from vmlease_operator import events, metrics, reconcile
+from vmlease_operator import events, metrics, node_fencing, reconcile
 from vmlease_operator.hostid_writes import Allocator, release
 from vmlease_operator.kube import DISKLEASES, LOCKSPACES, Kube
 
@@ -53,6 +56,8 @@ class Runtime:
     clock: ReleaseClock = field(default_factory=ReleaseClock)
     host_states: dict[str, HostState | None] = field(default_factory=dict)
     lease_views: dict[str, events.LeaseView] = field(default_factory=dict)
+    #: HostId name -> the last reason a Dead report was not taken as proof (said once each)
+    unproven: dict[str, str] = field(default_factory=dict)
 
 
 def _rt(memo: Any) -> Runtime:
@@ -84,8 +89,21 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
 
 
 @kopf.index("", "v1", "nodes")
-def nodes_idx(name: str, labels: Mapping[str, str], uid: str, **_: Any) -> dict[str, Any]:
-    return {name: {"labels": dict(labels), "uid": uid}}
+def nodes_idx(
+    name: str, labels: Mapping[str, str], uid: str, body: kopf.Body, **_: Any
+) -> dict[str, Any]:
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    fencing = (meta.get("annotations") or {}).get(node_fencing.FENCING_ANNOTATION)
+    return {
+        name: {
+            "labels": dict(labels),
+            "uid": uid,
+            # what node fencing needs to patch taints without a read first
+            "resourceVersion": meta.get("resourceVersion"),
+            "fencing": fencing,
+            "taints": [dict(t) for t in spec.get("taints") or []],
+        }
+    }
 
 
 @kopf.index(GROUP, VERSION, "lockspaces")
@@ -100,6 +118,12 @@ def lockspaces_idx(name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Lo
 def hostids_idx(body: kopf.Body, **_: Any) -> dict[str, HostIdRecord]:
     record = HostIdRecord.from_body(body)
     return {record.lockspace: record}
+
+
+@kopf.index(GROUP, VERSION, "hostids")
+def hostviews_idx(body: kopf.Body, **_: Any) -> dict[str, node_fencing.HostView]:
+    view = node_fencing.HostView.from_body(body)
+    return {view.lockspace: view}
 
 
 def _node_body(nodes: kopf.Index, name: str) -> dict[str, Any] | None:
@@ -197,6 +221,67 @@ async def _run_plan(
     return plan
 
 
+async def _fence_nodes(
+    rt: Runtime,
+    lockspace: Lockspace,
+    hosts: Iterable[node_fencing.HostView],
+    nodes_idx: kopf.Index,
+    logger: kopf.Logger,
+) -> None:
+    """Node fencing's pass over one Lockspace: taint the proven-dead, lift the recovered."""
+    name = lockspace.metadata.name
+    failover = reconcile.failover_seconds(lockspace.spec)
+    hosts = list(hosts)
+    verdicts = node_fencing.assess(name, failover, hosts, now())
+    by_host = {h.node: h for h in hosts}
+    for verdict in verdicts:
+        host = by_host[verdict.node]
+        if host.state == HostState.DEAD and verdict.out_of_service is not True:
+            if rt.unproven.get(host.name) != verdict.why:
+                rt.unproven[host.name] = verdict.why
+                logger.warning(verdict.why)
+                hostid = {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "HostId",
+                    "metadata": {"name": host.name, "uid": host.uid},
+                }
+                _post(hostid, events.fencing_unproven(verdict.why), None)
+        else:
+            rt.unproven.pop(host.name, None)
+        info = next(iter(nodes_idx.get(verdict.node, [])), None)
+        if info is None:
+            continue  # the Node is gone: nothing to taint
+        node = {
+            "metadata": {
+                "name": verdict.node,
+                "uid": info["uid"],
+                "resourceVersion": info["resourceVersion"],
+                "annotations": {node_fencing.FENCING_ANNOTATION: info["fencing"]}
+                if info["fencing"]
+                else {},
+            },
+            "spec": {"taints": info["taints"]},
+        }
+        change = node_fencing.node_change(node, [verdict])
+        if change is None:
+            continue
+        try:
+            await asyncio.to_thread(rt.kube.patch_node, verdict.node, change.patch)
+        except (Conflict, NotFound):
+            continue  # changed meanwhile: the next pass decides on the new Node
+        except Refused as error:
+            logger.error(
+                f"lockspace {name} has nodeFencing, but node {verdict.node}'s taints cannot be "
+                f"changed: {error}. Install the chart with nodeFencing.enabled=true (it grants "
+                f"the operator patch on Nodes)"
+            )
+            continue
+        target = {"apiVersion": "v1", "kind": "Node", "metadata": node["metadata"]}
+        for event in change.events:
+            logger.warning(event.message)
+            _post(target, event, None)
+
+
 def _export(name: str, records: list[HostIdRecord], waiting: int, failover: int) -> None:
     for state in [*HostState, None]:
         count = sum(1 for r in records if r.state == state and not r.terminating)
@@ -213,9 +298,14 @@ async def lockspace_pass(
     logger: kopf.Logger,
     nodes_idx: kopf.Index,
     hostids_idx: kopf.Index,
+    hostviews_idx: kopf.Index,
     **_: Any,
 ) -> None:
-    await _run_plan(_rt(memo), body, nodes_idx, hostids_idx.get(name, []), logger)
+    rt = _rt(memo)
+    await _run_plan(rt, body, nodes_idx, hostids_idx.get(name, []), logger)
+    lockspace = Lockspace.model_validate(dict(body))
+    if lockspace.spec.node_fencing:
+        await _fence_nodes(rt, lockspace, hostviews_idx.get(name, []), nodes_idx, logger)
 
 
 @kopf.on.delete(GROUP, VERSION, "lockspaces")  # type: ignore[arg-type]  # indices: see KOPF_INDICES

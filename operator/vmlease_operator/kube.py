@@ -62,6 +62,7 @@ class Kube:
 
     def __init__(self, api: client.ApiClient) -> None:
         self._objects = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
 
     def _list_hostids(self, label_selector: str) -> list[dict[str, Any]]:
         """A fresh (quorum) list of the HostIds with these labels."""
@@ -162,4 +163,15 @@ class Kube:
             name,
             patch,
             field_manager=FIELD_MANAGER,
+        )
+
+    def patch_node(self, name: str, patch: dict[str, Any]) -> None:
+        """A JSON merge patch of a Node (node fencing's taints; the patch carries the Node's
+        resourceVersion, so a concurrent change is a ``Conflict``)."""
+        _call(
+            self._core.patch_node,
+            name,
+            patch,
+            field_manager=FIELD_MANAGER,
+            _content_type="application/merge-patch+json",
         )

@@ -1,0 +1,144 @@
+"""Node fencing against a real kube-apiserver: the operator taints a Node out of service only on
+the whole proof of its reset, and lifts only its own taints when the node's agent is Live again.
+
+No agents run here: the test writes the HostId status the agents would (the node's own agent
+says Live with nodeFencing; the lockspace's reporter says Dead), and reads the Node's taints
+and Events as a platform engineer would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import secrets
+import time
+
+import pytest
+from kubernetes import client
+from vmlease_api import GROUP, VERSION
+
+from .apiserver import APIServer
+from .operator_harness import Operator, apply_crds, hostids, lockspace_with_nodes, wait_for
+
+pytestmark = pytest.mark.envtest
+
+#: safe time 8 x 1 + 10 = 18 s
+FAST = {"ioTimeoutSeconds": 1, "watchdogFireTimeoutSeconds": 10, "nodeFencing": True}
+OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+FAILING = "vmlease.io/lockspace-failing"
+PASS_SECONDS = 12  # one Lockspace pass (10 s) and the patch
+
+
+@pytest.fixture(scope="module")
+def server(apiserver: APIServer) -> APIServer:
+    apply_crds(apiserver)
+    return apiserver
+
+
+def _stamp(seconds_ago: float = 0) -> str:
+    at = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds_ago)
+    return at.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _status(api: client.ApiClient, name: str, **status: object) -> None:
+    client.CustomObjectsApi(api).patch_cluster_custom_object_status(
+        GROUP, VERSION, "hostids", name, {"status": status}
+    )
+
+
+def _taints(api: client.ApiClient, node: str) -> dict[str, str]:
+    spec = client.CoreV1Api(api).read_node(node).spec
+    return {t.key: t.effect for t in spec.taints or []}
+
+
+def _events(server: APIServer, reason: str) -> list[str]:
+    out = server.kubectl(
+        "get", "events", "-A", "-o", "json", "--field-selector", f"reason={reason}"
+    ).stdout
+    return [e["message"] for e in json.loads(out)["items"]]
+
+
+def test_a_node_is_put_out_of_service_only_on_the_whole_proof_safety(server):
+    name = f"ls-{secrets.token_hex(3)}"
+    victim, observer = f"{name}-a", f"{name}-b"
+    with (
+        lockspace_with_nodes(server, name, [victim, observer], **FAST) as api,
+        Operator(server, "--standalone") as operator,
+    ):
+        ids = wait_for(
+            lambda: (
+                (h := {i["spec"]["nodeName"]: i["metadata"]["name"] for i in hostids(api, name)})
+                and len(h) == 2
+                and h
+            ),
+            30,
+            "a HostId per node",
+        )
+        for node in (victim, observer):
+            _status(
+                api, ids[node], state="Live", observedBy=node, stateSince=_stamp(),
+                lastRenewal=_stamp(), nodeFencing=True, generation=1,
+            )  # fmt: skip
+
+        # Failing on its own agent's view: no new pods, but never out of service
+        _status(api, ids[victim], state="Failing", stateSince=_stamp())
+        wait_for(lambda: FAILING in _taints(api, victim), 30, "the NoSchedule taint")
+        assert _taints(api, victim)[FAILING] == "NoSchedule"
+        time.sleep(PASS_SECONDS)
+        assert OUT_OF_SERVICE not in _taints(api, victim), "tainted out of service while Failing"
+
+        # Dead, read by an observer whose own renewals stopped long ago: a stale reader
+        _status(api, ids[observer], lastRenewal=_stamp(600))
+        _status(
+            api, ids[victim], state="Dead", observedBy=observer, stateSince=_stamp(),
+            lastRenewal=_stamp(60),
+        )  # fmt: skip
+        wait_for(lambda: any(victim in m for m in _events(server, "FencingUnproven")), 30,
+                 "the FencingUnproven event")  # fmt: skip
+        assert OUT_OF_SERVICE not in _taints(api, victim), "tainted on a stale reader's word"
+
+        # the observer renews: now the proof is whole
+        _status(api, ids[observer], lastRenewal=_stamp())
+        tainted_at = wait_for(
+            lambda: OUT_OF_SERVICE in _taints(api, victim) and time.monotonic(),
+            PASS_SECONDS + 20,
+            "the out-of-service taint",
+        )
+        assert _taints(api, victim)[OUT_OF_SERVICE] == "NoExecute"
+        node = client.CoreV1Api(api).read_node(victim)
+        oos = next(t for t in node.spec.taints if t.key == OUT_OF_SERVICE)
+        assert oos.value == "nodeshutdown"
+        assert json.loads(node.metadata.annotations["vmlease.io/fencing"])["outOfService"] == [name]
+        assert any(victim in m and "was reset" in m for m in _events(server, "NodeOutOfService"))
+        assert not {OUT_OF_SERVICE, FAILING} & set(_taints(api, observer))
+
+        # the node came back and its agent rejoined: both taints lifted, an admin's kept
+        core = client.CoreV1Api(api)
+        taints = [api.sanitize_for_serialization(t) for t in core.read_node(victim).spec.taints]
+        admin = {"key": "example.com/maintenance", "effect": "NoSchedule"}
+        core.patch_node(
+            victim,
+            {"spec": {"taints": [*taints, admin]}},
+            _content_type="application/merge-patch+json",
+        )
+        _status(api, ids[victim], state="Joining", observedBy=victim, stateSince=_stamp())
+        time.sleep(PASS_SECONDS)
+        assert OUT_OF_SERVICE in _taints(api, victim), "lifted before the agent was Live"
+        _status(
+            api, ids[victim], state="Live", observedBy=victim, stateSince=_stamp(),
+            lastRenewal=_stamp(),
+        )  # fmt: skip
+        wait_for(
+            lambda: not {OUT_OF_SERVICE, FAILING} & set(_taints(api, victim)),
+            PASS_SECONDS + 20,
+            "the taints lifted",
+        )
+        # the admin's taint and the API server's own (not-ready: no kubelet here) are kept
+        assert {"example.com/maintenance", "node.kubernetes.io/not-ready"} <= set(
+            _taints(api, victim)
+        )
+        assert time.monotonic() > tainted_at
+        assert any(victim in m for m in _events(server, "NodeInService"))
+        annotations = core.read_node(victim).metadata.annotations or {}
+        assert "vmlease.io/fencing" not in annotations
+        assert "Traceback" not in operator.log_tail(200)
