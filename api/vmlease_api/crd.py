@@ -121,6 +121,11 @@ def crd(model: type[Lockspace] | type[HostId] | type[DiskLease]) -> dict[str, An
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": columns,
                     "schema": {"openAPIV3Schema": structural_schema(model)},
+                    **(
+                        {"selectableFields": [{"jsonPath": p} for p in info.selectable_fields]}
+                        if info.selectable_fields
+                        else {}
+                    ),
                 }
             ],
         },

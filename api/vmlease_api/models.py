@@ -181,6 +181,9 @@ class CrdInfo(BaseModel):
     columns: list[PrinterColumn]
     root_rules: list[dict[str, str]] = Field(default_factory=list)
     status_rules: list[dict[str, str]] = Field(default_factory=list)
+    #: fields ``kubectl get --field-selector`` may select by (Kubernetes 1.31+; older API
+    #: servers ignore them): a person finds a lease from the node they know
+    selectable_fields: list[str] = Field(default_factory=list)
 
 
 # --- Lockspace -------------------------------------------------------------------------------
@@ -498,6 +501,7 @@ class HostId(ApiModel):
         kind="HostId",
         plural="hostids",
         short_names=["hid"],
+        selectable_fields=[".spec.lockspace", ".spec.nodeName", ".status.state"],
         columns=[
             PrinterColumn(name="Lockspace", type="string", json_path=".spec.lockspace"),
             PrinterColumn(name="Node", type="string", json_path=".spec.nodeName"),
@@ -643,6 +647,7 @@ class DiskLease(ApiModel):
         kind="DiskLease",
         plural="diskleases",
         short_names=["dl"],
+        selectable_fields=[".spec.lockspace", ".status.phase", ".status.holder.node"],
         columns=[
             PrinterColumn(name="Lockspace", type="string", json_path=".spec.lockspace"),
             PrinterColumn(name="Resource", type="string", json_path=".spec.resource"),

@@ -447,6 +447,39 @@ def test_printer_columns_answer_who_holds_what(server, name):
         server.kubectl("delete", "lockspace", name, "--wait=false")
 
 
+def test_a_disk_lease_is_found_by_its_holders_node(server, name):
+    """``kubectl get diskleases --field-selector status.holder.node=NODE``: a person who knows
+    the node finds its leases (CRD selectableFields)."""
+    objects = client.CustomObjectsApi(api_client(server))
+    made = []
+    for resource, node in (("vm1", "node-a"), ("vm2", "node-b")):
+        lease = f"{name}.{resource}"
+        objects.create_cluster_custom_object(GROUP, VERSION, "diskleases", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DiskLease",
+            "metadata": {"name": lease},
+            "spec": {"lockspace": name, "resource": resource,
+                     "lease": {"path": f"leases/{resource}.lease"}},
+        })  # fmt: skip
+        made.append(lease)
+        holder = {"node": node, "hostId": 1}
+        objects.patch_cluster_custom_object_status(
+            GROUP, VERSION, "diskleases", lease, {"status": {"phase": "Held", "holder": holder}}
+        )
+    try:
+        out = server.kubectl(
+            "get", "diskleases", "-o", "name",
+            "--field-selector", f"status.holder.node=node-b,spec.lockspace={name}",
+        ).stdout.split()  # fmt: skip
+        assert out == [f"disklease.vmlease.io/{name}.vm2"]
+        hostid_fields = server.kubectl(
+            "get", "hostids", "--field-selector", "spec.nodeName=nobody,status.state=Dead"
+        )
+        assert hostid_fields.returncode == 0
+    finally:
+        for lease in made:
+            server.kubectl("delete", "disklease", lease, "--wait=false")
+
+
 def test_many_nodes_created_concurrently_get_unique_ids_quickly(server, name):
     """A smaller cousin of bench/operator_alloc.py that runs in every envtest session."""
     nodes = [f"{name}-n{i:03d}" for i in range(60)]
