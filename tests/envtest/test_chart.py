@@ -322,6 +322,47 @@ def test_values_are_checked_by_name(server: APIServer):
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
 
 
+def test_node_fencing_grants_the_operator_patch_on_nodes_and_nothing_else(server: APIServer):
+    def node_verbs(*args: str) -> list[str]:
+        docs = documents(render(server, *args))
+        (role,) = [
+            d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("operator")
+        ]
+        return sorted(v for r in role["rules"] if "nodes" in r["resources"] for v in r["verbs"])
+
+    assert node_verbs() == ["list", "watch"]
+    assert node_verbs("--set", "nodeFencing.enabled=true") == ["list", "patch", "watch"]
+    refused = helm(
+        server, "template", "vml", str(CHART), "--kube-version", server.tools.k8s_version,
+        "--set", "lockspaces[0].name=ls", "--set", "lockspaces[0].spec.path=ls",
+        "--set", "lockspaces[0].spec.nodeFencing=true", check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "set nodeFencing.enabled=true" in refused.stderr
+
+
+def test_every_alert_reads_exported_metrics_and_has_a_runbook(server: APIServer):
+    """A PrometheusRule whose expression names a metric nobody exports never fires: each
+    metric must be one the agent or the operator defines, and each alert must have its
+    README section (the alert's runbook_url points there)."""
+    rule_values = ("metrics.prometheusRule.enabled=true",
+                   "metrics.prometheusRule.runbookBaseURL=https://r/README.md")  # fmt: skip
+    docs = documents(render(server, "--set", rule_values[0], "--set", rule_values[1]))
+    (rule,) = by_kind(docs, "PrometheusRule")
+    exported = (REPO / "node-agent/vmlease_agent/daemon/http.py").read_text() + (
+        REPO / "operator/vmlease_operator/metrics.py"
+    ).read_text()
+    readme = (REPO / "README.md").read_text()
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert len(alerts) >= 6
+    for alert in alerts:
+        for metric in re.findall(r"\bvmlease_[a-z_]+\b", alert["expr"]):
+            assert f'"{metric}"' in exported, f"{alert['alert']}: {metric} is not exported"
+        assert f"#### Runbook: {alert['alert']}\n" in readme, alert["alert"]
+        anchor = f"runbook-{alert['alert'].lower()}"
+        assert alert["annotations"]["runbook_url"] == f"https://r/README.md#{anchor}"
+    assert not by_kind(documents(render(server)), "PrometheusRule")  # off by default
+
+
 # --- the installed release and its ServiceAccounts -------------------------------------------
 
 

@@ -79,6 +79,11 @@ class AgentCollector(Collector):
             "Seconds left until the lockspace fails (T + 8N) without another renewal",
             labels=["lockspace"],
         )
+        io_timeout = GaugeMetricFamily(
+            "vmlease_delta_io_timeout_seconds",
+            "The lockspace's io_timeout N (alerts scale with it: renewals every 2N, failure at 8N)",
+            labels=["lockspace"],
+        )
         state = GaugeMetricFamily(
             "vmlease_lockspace_state",
             "1 for the lockspace's current state",
@@ -87,6 +92,7 @@ class AgentCollector(Collector):
         for ls in snap.lockspaces:
             name = ls.name
             latency.add_metric([name], (ls.renewal_ms or 0) / 1000)
+            io_timeout.add_metric([name], ls.io_timeout)
             if ls.last_renewal_ago is not None:
                 age.add_metric([name], ls.last_renewal_ago)
             if ls.deadline_in is not None:
@@ -112,7 +118,12 @@ class AgentCollector(Collector):
         )
         if snap.watchdog.last_feed_ago is not None:
             feed.add_metric([], snap.watchdog.last_feed_ago)
-        yield from (latency, age, deadline, state, held, armed, feed)
+        fire = GaugeMetricFamily(
+            "vmlease_watchdog_fire_timeout_seconds",
+            "W: the device resets the node this long after its last keepalive",
+        )
+        fire.add_metric([], snap.watchdog.device_timeout)
+        yield from (latency, age, deadline, io_timeout, state, held, armed, feed, fire)
         if self.sync is not None:
             errors = CounterMetricFamily(
                 "vmlease_kube_sync_api_errors", "Passes of the Kubernetes sync that lost the API"
