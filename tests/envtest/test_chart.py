@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, config
 from vmlease_api import GROUP, VERSION
 from vmlease_api.naming import disk_resource_name
 
@@ -424,6 +424,7 @@ def test_helm_install_prints_what_to_do_next(server: APIServer, release: Release
         [
             "ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment",
             "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount",
+            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
         ]
     )  # fmt: skip
 
@@ -595,6 +596,10 @@ def test_operator_and_agents_work_with_only_their_rbac(server: APIServer, releas
     failed = True
     try:
         create_nodes(api, nodes, selector)
+        for agent in agents:  # as the kubelet gives it: a token bound to the pod on its node
+            token = pod_bound_token(server, release.agent_sa, agent.node)
+            config = kubeconfig_for(server, token, work / f"{agent.node}.kubeconfig")
+            agent.env["KUBECONFIG"] = str(config)
         with operator:
             for agent in agents:
                 agent.start()
@@ -699,8 +704,119 @@ def test_operator_and_agents_work_with_only_their_rbac(server: APIServer, releas
                         GROUP, VERSION, "diskleases", item["metadata"]["name"]
                     )
         delete_nodes(api, nodes)
+        for node in nodes:
+            server.kubectl("delete", "pod", f"agent-{node}", "-n", NAMESPACE, "--wait=false",
+                           "--ignore-not-found", check=False)  # fmt: skip
         remove_lockspace(api, name)
         shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def pod_bound_token(server: APIServer, service_account: str, node: str) -> str:
+    """A token bound to a Pod on ``node``, as the kubelet projects into the agent's pod: the
+    API server adds the node's name to it (``authentication.kubernetes.io/node-name``), which
+    the chart's ValidatingAdmissionPolicy keys on. The Pod is only an API object here."""
+    pod = f"agent-{node}"
+    body = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NAMESPACE},
+        "spec": {"nodeName": node, "serviceAccountName": service_account,
+                 "automountServiceAccountToken": False,
+                 "containers": [{"name": "agent", "image": "vmlease-agent:envtest"}]},
+    }  # fmt: skip
+    server.kubectl("apply", "-f", "-", input=json.dumps(body))
+    return server.kubectl(
+        "create", "token", service_account, "-n", NAMESPACE, "--duration=1h",
+        "--bound-object-kind", "Pod", "--bound-object-name", pod,
+    ).stdout.strip()  # fmt: skip
+
+
+def test_each_agent_may_write_only_its_own_nodes_objects(server: APIServer, release: Release):
+    """The chart's ValidatingAdmissionPolicy, with real tokens: the agent of node a, holding a
+    token bound to its pod there, writes node a's HostId and its own leases; it may report node
+    b's HostId Dead as the lockspace's reporter, but not say node b is Live, not forge node b's
+    nodeFencing (on which the operator taints nodes out of service), not name node b as a
+    lease's holder; a token of the same ServiceAccount without a pod binding writes nothing."""
+    name = f"vap-{secrets.token_hex(3)}"
+    node_a, node_b = f"{name}-a", f"{name}-b"
+    api = api_client(server)
+    objects = client.CustomObjectsApi(api)
+    create_nodes(api, [node_a, node_b], {f"envtest.vmlease.io/{name}": "yes"})
+    made: list[tuple[str, str]] = []
+    work = Path(tempfile.mkdtemp(prefix="vmlease-vap-"))
+    try:
+        for node, host_id in ((node_a, 1), (node_b, 2)):
+            hid = f"{name}.{host_id}"
+            objects.create_cluster_custom_object(GROUP, VERSION, "hostids", {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "HostId", "metadata": {"name": hid},
+                "spec": {"lockspace": name, "nodeName": node, "hostId": host_id},
+            })  # fmt: skip
+            made.append(("hostids", hid))
+            objects.patch_cluster_custom_object_status(GROUP, VERSION, "hostids", hid, {
+                "status": {"state": "Live", "observedBy": node, "nodeFencing": True,
+                           "lastRenewal": "2026-01-01T00:00:00Z"},
+            })  # fmt: skip
+        objects.create_cluster_custom_object(GROUP, VERSION, "lockspaces", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "Lockspace", "metadata": {"name": name},
+            "spec": {"path": f"lockspaces/{name}"},
+        })  # fmt: skip
+        made.append(("lockspaces", name))
+        lease = f"{name}.vm1"
+        objects.create_cluster_custom_object(GROUP, VERSION, "diskleases", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DiskLease", "metadata": {"name": lease},
+            "spec": {"lockspace": name, "resource": "vm1", "lease": {"path": "leases/vm1"}},
+        })  # fmt: skip
+        made.append(("diskleases", lease))
+        token = pod_bound_token(server, release.agent_sa, node_a)
+
+        def as_agent(with_token: str) -> client.CustomObjectsApi:
+            configuration = client.Configuration()
+            kubeconfig = kubeconfig_for(server, with_token, work / secrets.token_hex(4))
+            config.load_kube_config(str(kubeconfig), client_configuration=configuration)
+            return client.CustomObjectsApi(client.ApiClient(configuration))
+
+        agent_a = as_agent(token)
+
+        def status_patch(plural: str, obj: str, status: dict[str, Any], who=agent_a) -> str:
+            """ "" when the write went through, else the API server's refusal."""
+            try:
+                who.patch_cluster_custom_object_status(
+                    GROUP, VERSION, plural, obj, {"status": status}
+                )
+            except client.exceptions.ApiException as error:
+                assert error.status == 422 and "denied request" in error.body, error.body
+                return str(error.body)
+            return ""
+
+        def allowed(refusal: str) -> bool:
+            return refusal == ""
+
+        assert allowed(
+            status_patch("hostids", f"{name}.1", {"state": "Live", "observedBy": node_a})
+        )
+        assert allowed(
+            status_patch("hostids", f"{name}.2", {"state": "Dead", "observedBy": node_a})
+        )
+        forged = status_patch("hostids", f"{name}.2", {"state": "Live", "observedBy": node_a})
+        assert f"may write the HostId of node {node_b} only as its reporter" in forged
+        report = {"state": "Dead", "observedBy": node_a}
+        for forged_field in ({"nodeFencing": False}, {"lastRenewal": "2026-12-01T00:00:00Z"}):
+            assert not allowed(status_patch("hostids", f"{name}.2", {**report, **forged_field}))
+        held = {"phase": "Held", "holder": {"node": node_a, "hostId": 1}}
+        assert allowed(status_patch("diskleases", lease, held))
+        stolen = {"phase": "Held", "holder": {"node": node_b, "hostId": 2}}
+        assert not allowed(status_patch("diskleases", lease, stolen))
+        assert allowed(status_patch("diskleases", lease, {"phase": "Free", "holder": None}))
+        assert not allowed(status_patch("lockspaces", name, {"formatted": True}))
+        unbound = server.service_account_token(NAMESPACE, release.agent_sa)
+        refused = status_patch("hostids", f"{name}.1", {"state": "Live"}, who=as_agent(unbound))
+        assert "carries no node name" in refused
+    finally:
+        for plural, obj in made:
+            with contextlib.suppress(client.exceptions.ApiException):
+                objects.delete_cluster_custom_object(GROUP, VERSION, plural, obj)
+        server.kubectl("delete", "pod", f"agent-{node_a}", "-n", NAMESPACE, "--wait=false",
+                       "--ignore-not-found", check=False)  # fmt: skip
+        delete_nodes(api, [node_a, node_b])
         shutil.rmtree(work, ignore_errors=True)
 
 
