@@ -820,6 +820,59 @@ def test_each_agent_may_write_only_its_own_nodes_objects(server: APIServer, rele
         shutil.rmtree(work, ignore_errors=True)
 
 
+def test_upgrade_refuses_to_move_the_run_directory_while_leases_are_held_safety(
+    server: APIServer, release: Release
+):
+    """The new agents adopt their predecessors' holders through the state in runDir, whose
+    lockspace paths live under the shared mount: a ``helm upgrade`` that changes either (or
+    raises W) while a lease is held would reset those nodes. It is refused, naming the leases;
+    a smaller W, or the same change with nothing held, goes through."""
+    objects = client.CustomObjectsApi(api_client(server))
+    lockspace = f"guard-{secrets.token_hex(3)}"
+    lease = f"{lockspace}.vm1"
+    objects.create_cluster_custom_object(GROUP, VERSION, "lockspaces", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Lockspace", "metadata": {"name": lockspace},
+        "spec": {"path": f"lockspaces/{lockspace}"},
+    })  # fmt: skip
+    objects.create_cluster_custom_object(GROUP, VERSION, "diskleases", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "DiskLease", "metadata": {"name": lease},
+        "spec": {"lockspace": lockspace, "resource": "vm1",
+                 "lease": {"path": "leases/vm1"}},
+    })  # fmt: skip
+
+    def upgrade(*values: str) -> subprocess.CompletedProcess[str]:
+        sets = [arg for value in values for arg in ("--set", value)]
+        return helm(
+            server, "upgrade", release.name, str(CHART), "-n", NAMESPACE, "--reuse-values",
+            "--dry-run=server", *sets, check=False,
+        )  # fmt: skip
+
+    try:
+        holder = {"node": "node-a", "hostId": 1}
+        objects.patch_cluster_custom_object_status(
+            GROUP, VERSION, "diskleases", lease, {"status": {"phase": "Held", "holder": holder}}
+        )
+        for value, what in (
+            ("agent.runDir=/run/elsewhere", "agent.runDir from /run/vmlease to /run/elsewhere"),
+            ("agent.sharedVolume.mountPath=/mnt/x", "agent.sharedVolume.mountPath from"),
+            ("agent.watchdog.fireTimeoutSeconds=90", "fireTimeoutSeconds from 60 up to 90"),
+        ):
+            refused = upgrade(value)
+            assert refused.returncode != 0, f"{value} was not refused"
+            assert what in refused.stderr and f"{lease} on node-a" in refused.stderr, refused.stderr
+        assert upgrade("agent.watchdog.fireTimeoutSeconds=30").returncode == 0
+        forced = upgrade("agent.runDir=/run/elsewhere", "agent.upgrade.allowUnsafe=true")
+        assert forced.returncode == 0, forced.stderr
+        objects.patch_cluster_custom_object_status(
+            GROUP, VERSION, "diskleases", lease, {"status": {"phase": "Free", "holder": None}}
+        )
+        free = upgrade("agent.runDir=/run/elsewhere")
+        assert free.returncode == 0, free.stderr
+    finally:
+        objects.delete_cluster_custom_object(GROUP, VERSION, "diskleases", lease)
+        remove_lockspace(api_client(server), lockspace)
+
+
 @dataclass
 class _EnvOnly:
     """What ``Operator`` needs of a server: the environment its process runs with."""

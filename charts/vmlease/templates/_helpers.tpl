@@ -141,3 +141,56 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
 {{- end -}}
+
+{{- /*
+The upgrade guard, rendered by `helm upgrade` against the live cluster (lookup; `helm template`
+sees nothing and passes). The agents adopt their predecessors' holders through the state in
+runDir, whose lockspace paths live under the shared volume's mountPath: changing either makes
+the new agents unable to adopt, so every node holding a lease would be reset (or its holders
+killed). A larger W than the running agents' would let a node run longer than the other hosts
+assume. So these changes are refused while any DiskLease is Held or Shared, naming the leases;
+a smaller W, or any change with nothing held, passes. agent.upgrade.allowUnsafe=true overrides.
+*/}}
+{{- define "vmlease.agent.upgradeGuard" -}}
+{{- $ag := .Values.agent }}
+{{- $old := lookup "apps/v1" "DaemonSet" .Release.Namespace (include "vmlease.agent.fullname" .) }}
+{{- if and $old (not $ag.upgrade.allowUnsafe) }}
+{{- $was := dict }}
+{{- range (index $old.spec.template.spec.containers 0).args }}
+{{- $kv := splitn "=" 2 . }}
+{{- $_ := set $was $kv._0 (default "" $kv._1) }}
+{{- end }}
+{{- $changes := list }}
+{{- $runDir := index $was "--run-dir" }}
+{{- if and $runDir (ne $runDir $ag.runDir) }}
+{{- $changes = append $changes (printf "agent.runDir from %s to %s" $runDir $ag.runDir) }}
+{{- end }}
+{{- $shared := index $was "--shared-dir" }}
+{{- if and $shared (ne $shared $ag.sharedVolume.mountPath) }}
+{{- $changes = append $changes (printf "agent.sharedVolume.mountPath from %s to %s" $shared $ag.sharedVolume.mountPath) }}
+{{- end }}
+{{- $w := index $was "--watchdog-fire-timeout" }}
+{{- if and $w (gt (int $ag.watchdog.fireTimeoutSeconds) (int $w)) }}
+{{- $changes = append $changes (printf "agent.watchdog.fireTimeoutSeconds from %s up to %d" $w (int $ag.watchdog.fireTimeoutSeconds)) }}
+{{- end }}
+{{- if $changes }}
+{{- $held := list }}
+{{- $lockspaces := list }}
+{{- range (lookup "vmlease.io/v1alpha1" "Lockspace" "" "").items }}
+{{- $lockspaces = append $lockspaces .metadata.name }}
+{{- end }}
+{{- range (lookup "vmlease.io/v1alpha1" "DiskLease" "" "").items }}
+{{- $st := .status | default dict }}
+{{- /* a deleted Lockspace held nothing when it went: its DiskLeases' status is history */}}
+{{- if and (has ($st.phase | default "") (list "Held" "Shared")) (has .spec.lockspace $lockspaces) }}
+{{- $node := "" }}
+{{- if $st.holder }}{{ $node = printf " on %s" $st.holder.node }}{{ end }}
+{{- $held = append $held (printf "%s%s" .metadata.name $node) }}
+{{- end }}
+{{- end }}
+{{- if $held }}
+{{- fail (printf "refusing this upgrade: it changes %s while %d disk lease(s) are held (%s). The new agents could not adopt the running holders, and the nodes holding them would be reset or their holders killed. Stop or move those VMs first (or, knowing that, set agent.upgrade.allowUnsafe=true)" (join ", " $changes) (len $held) (join ", " (slice $held 0 (min 5 (len $held))))) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
