@@ -194,7 +194,11 @@ def main() -> int:
         # retry): agents started at W = 60 while it exists refuse it and stay unready, which
         # held the rollout below for its whole 900 s in the first defaults run
         wait_for(lambda: not kind.lockspace_exists(tuned.lockspace), 120, "the e2e Lockspace gone")
-        kind.helm("upgrade", "--set", "agent.watchdog.fireTimeoutSeconds=60")
+        # lockspaces=[]: the release was installed with values-kind.yaml's Lockspace e2e, and
+        # --reuse-values would create it again (W = 10, which agents at W = 60 refuse, staying
+        # unready: what held the rollout in the first two defaults runs)
+        kind.helm("upgrade", "--set", "agent.watchdog.fireTimeoutSeconds=60",
+                  "--set-json", "lockspaces=[]")  # fmt: skip
         kind.kubectl("rollout", "status", "daemonset/vmlease-agent", "-n", kind.namespace,
                      "--timeout=900s", timeout=960)  # fmt: skip
         kind.apply({
