@@ -22,7 +22,10 @@ In order (the tests share the cluster and build on each other):
    up to date through the chart's hook Job; every object keeps working;
 7. worker 1 with a local directory where the shared one should be refuses to join, saying why,
    and joins again once the shared directory is back;
-8. ``helm uninstall`` stops the agents first (its pre-delete hook): the nodes that hold nothing
+8. node fencing: a Lockspace with nodeFencing on workers 1 and 2 keeps worker 1's watchdog
+   armed with nothing held; worker 1 freezes, is reset, read Dead by worker 2, and only then
+   tainted out of service (Event NodeOutOfService); it boots, rejoins, and the taint is lifted;
+9. ``helm uninstall`` stops the agents first (its pre-delete hook): the nodes that hold nothing
    end with their HostIds Free, and only the node whose holder still runs is reset.
 """
 
@@ -367,6 +370,95 @@ def test_a_node_whose_shared_directory_is_not_shared_refuses_to_join_safety(
     restart_agent(kind, first)
     wait_for(lambda: (kind.hostids(LOCKSPACE)[first].get("status") or {}).get("state") == "Live",
              120, f"{first} Live again")  # fmt: skip
+
+
+FENCE = "fence"
+OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+
+
+def taints(kind: Kind, node: str) -> dict[str, str]:
+    return {t["key"]: t["effect"] for t in kind.get("node", node)["spec"].get("taints") or []}
+
+
+def events(kind: Kind, reason: str) -> list[dict[str, Any]]:
+    return kind.get("events", "-A", "--field-selector", f"reason={reason}")["items"]
+
+
+def fence_state(kind: Kind, node: str) -> dict[str, Any]:
+    return kind.hostids(FENCE).get(node, {}).get("status") or {}
+
+
+def test_node_fencing_puts_a_reset_node_out_of_service_only_after_its_death_safety(
+    kind: Kind, workers: list[str], watchdogs: Watchdogs
+):
+    """A Lockspace with nodeFencing (the chart installed with nodeFencing.enabled) on workers 1
+    and 2. Worker 1 holds nothing, yet its watchdog is armed: that is what makes its death on
+    disk a proof that it was reset. It freezes; the harness resets it W after its last
+    keepalive; worker 2 reads its host_id Dead after 8N + W; only then does the operator taint
+    it node.kubernetes.io/out-of-service, with an Event. It boots and rejoins: the taint goes."""
+    first, second = workers[0], workers[1]
+    assert not watchdogs.armed(first), f"{first} should hold nothing here"
+    kind.apply({
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Lockspace", "metadata": {"name": FENCE},
+        "spec": {
+            "path": f"lockspaces/{FENCE}", "ioTimeoutSeconds": N, "watchdogFireTimeoutSeconds": W,
+            "nodeFencing": True,
+            "nodeSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [first, second]},
+            ]},
+        },
+    })  # fmt: skip
+    for node in (first, second):
+        wait_for(lambda n=node: fence_state(kind, n).get("state") == "Live"
+                 and fence_state(kind, n).get("nodeFencing") is True,
+                 120, f"{node} Live in {FENCE} with node fencing")  # fmt: skip
+    assert watchdogs.armed(first), "node fencing: the watchdog must be armed with nothing held"
+    assert OUT_OF_SERVICE not in taints(kind, first)
+
+    kind.docker("pause", first)
+    paused = time.monotonic()
+    tainted_at = wait_for(
+        lambda: OUT_OF_SERVICE in taints(kind, first) and time.monotonic(),
+        SAFE_SECONDS + 120,
+        f"{first} tainted out of service",
+        describe=lambda: fence_state(kind, first),
+    )
+    (fired,) = watchdogs.fired(first)
+    to_monotonic = time.monotonic() - boottime()
+    reset_at = fired["reset_done_at"] + to_monotonic
+    last_renewal = next(
+        r["timestamp"]
+        for r in lease_dump(f"{kind.shared_dir}/lockspaces/{FENCE}")
+        if r["name"] == first
+    )
+    state = fence_state(kind, first)
+    print(
+        f"\nnode fencing timeline (s after {first} froze): last renewal "
+        f"{last_renewal - paused:+.1f}, reset {reset_at - paused:+.1f}, out-of-service taint "
+        f"{tainted_at - paused:+.1f} (safe time {SAFE_SECONDS} s); Dead read by "
+        f"{state.get('observedBy')}"
+    )
+    assert state.get("state") == "Dead" and state.get("observedBy") == second, state
+    assert reset_at < tainted_at, "tainted out of service while the node could still run"
+    assert tainted_at >= last_renewal + SAFE_SECONDS, "tainted before the safe time"
+    assert taints(kind, first)[OUT_OF_SERVICE] == "NoExecute"
+    messages = [e["message"] for e in events(kind, "NodeOutOfService")]
+    assert any(first in m and "was reset" in m for m in messages), messages
+    assert OUT_OF_SERVICE not in taints(kind, second)
+
+    watchdogs.start(first, reboot=True)
+    kind.docker("start", first)
+    wait_for(lambda: fence_state(kind, first).get("state") == "Live", 180 + SAFE_SECONDS,
+             f"{first} Live again in {FENCE}")  # fmt: skip
+    wait_for(lambda: OUT_OF_SERVICE not in taints(kind, first), 60, "the taint lifted")
+    assert any(first in e["message"] for e in events(kind, "NodeInService"))
+    wait_for(lambda: (kind.hostids(LOCKSPACE)[first].get("status") or {}).get("state") == "Live",
+             120, f"{first} Live again in {LOCKSPACE}")  # fmt: skip
+
+    # leave it as the next test expects: the fence Lockspace gone, worker 1's device disarmed
+    kind.kubectl("delete", "lockspace", FENCE, "--wait=false")
+    wait_for(lambda: not kind.lockspace_exists(FENCE), SAFE_SECONDS + 120, f"{FENCE} deleted")
+    wait_for(lambda: not watchdogs.armed(first), 60, f"{first}'s watchdog disarmed")
 
 
 def test_uninstall_resets_only_the_node_that_still_holds_a_lease_safety(
