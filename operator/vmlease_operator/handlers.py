@@ -248,6 +248,18 @@ async def _fence_nodes(
                 _post(hostid, events.fencing_unproven(verdict.why), None)
         else:
             rt.unproven.pop(host.name, None)
+    await _apply_verdicts(rt, name, verdicts, nodes_idx, logger)
+
+
+async def _apply_verdicts(
+    rt: Runtime,
+    lockspace: str,
+    verdicts: Iterable[node_fencing.Verdict],
+    nodes_idx: kopf.Index,
+    logger: kopf.Logger,
+) -> None:
+    """Patch the Nodes whose taints the verdicts change, and post their Events."""
+    for verdict in verdicts:
         info = next(iter(nodes_idx.get(verdict.node, [])), None)
         if info is None:
             continue  # the Node is gone: nothing to taint
@@ -271,8 +283,8 @@ async def _fence_nodes(
             continue  # changed meanwhile: the next pass decides on the new Node
         except Refused as error:
             logger.error(
-                f"lockspace {name} has nodeFencing, but node {verdict.node}'s taints cannot be "
-                f"changed: {error}. Install the chart with nodeFencing.enabled=true (it grants "
+                f"lockspace {lockspace} has nodeFencing, but node {verdict.node}'s taints cannot "
+                f"be changed: {error}. Install the chart with nodeFencing.enabled=true (it grants "
                 f"the operator patch on Nodes)"
             )
             continue
@@ -329,6 +341,18 @@ async def lockspace_deleted(
             f"the safe time): {', '.join(sorted(left)[:10])}",
             delay=RECONCILE_SECONDS,
         )
+    if Lockspace.model_validate(dict(body)).spec.node_fencing:
+        # No pass will judge its nodes again: lift its NoSchedule taints. An out-of-service
+        # taint stays (its node may still be down: an id is released while Dead, too); the
+        # README says how to remove it once the node is back.
+        marks = {n: node_fencing.marks({node_fencing.FENCING_ANNOTATION: i["fencing"] or "{}"})[0]
+                 for n, infos in nodes_idx.items() for i in infos}  # fmt: skip
+        gone = [
+            node_fencing.Verdict(n, name, None, False, f"lockspace {name} was deleted")
+            for n, m in marks.items()
+            if name in m["noSchedule"]
+        ]
+        await _apply_verdicts(rt, name, gone, nodes_idx, logger)
     metrics.forget_lockspace(name)
 
 

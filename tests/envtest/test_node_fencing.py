@@ -142,3 +142,28 @@ def test_a_node_is_put_out_of_service_only_on_the_whole_proof_safety(server):
         annotations = core.read_node(victim).metadata.annotations or {}
         assert "vmlease.io/fencing" not in annotations
         assert "Traceback" not in operator.log_tail(200)
+
+
+def test_deleting_a_fencing_lockspace_lifts_its_no_schedule_taints(server):
+    """No pass judges a deleted Lockspace's nodes again: its NoSchedule taints must not be
+    left behind for ever."""
+    name = f"ls-{secrets.token_hex(3)}"
+    node = f"{name}-a"
+    with (
+        lockspace_with_nodes(server, name, [node], **FAST) as api,
+        Operator(server, "--standalone"),
+    ):
+        (hid,) = wait_for(lambda: [i["metadata"]["name"] for i in hostids(api, name)], 30, "id")
+        _status(api, hid, state="Live", observedBy=node, stateSince=_stamp(), lastRenewal=_stamp())
+        _status(api, hid, state="Dead", observedBy="someone", stateSince=_stamp())
+        wait_for(lambda: FAILING in _taints(api, node), 30, "the NoSchedule taint")
+        server.kubectl("delete", "lockspace", name, "--wait=false")
+
+        def gone() -> bool:
+            items = client.CustomObjectsApi(api).list_cluster_custom_object(
+                GROUP, VERSION, "lockspaces"
+            )["items"]
+            return all(i["metadata"]["name"] != name for i in items)
+
+        wait_for(gone, 18 + 40, "the Lockspace deleted (its Dead id released)", 0.5)
+        assert FAILING not in _taints(api, node), "a deleted Lockspace's taint stayed"
