@@ -634,6 +634,9 @@ class DiskLeaseStatus(ApiModel):
     """Holders of a shared lease."""
     lver: int | None = Field(default=None, ge=0)
     """The paxos lease version, incremented on every acquisition."""
+    free_after: datetime.datetime | None = None
+    """While Orphaned: when another host may take the lease (the holder host's last renewal
+    plus the safe time, as the lockspace's reporting node reads the disk)."""
     observed_generation: int | None = Field(default=None, ge=0)
     """The metadata.generation this status was computed from."""
     conditions: Conditions

@@ -198,6 +198,9 @@ def test_a_frozen_node_is_reset_by_its_watchdog_before_its_lease_moves_safety(
     assert taken_at >= last_renewal + SAFE_SECONDS, "the lease moved before the safe time"
     assert not kind.running(first)
     wait_for(held_by(kind, third), 60, f"{DISKLEASE} reported held on {third}")
+    # between the holder host's failure and the takeover, the reporter said Orphaned
+    orphaned = [e["message"] for e in events(kind, "LeaseOrphaned")]
+    assert any(DISKLEASE in m and first in m for m in orphaned), orphaned
     wait_for(
         lambda: (kind.hostids(LOCKSPACE)[first].get("status") or {}).get("state") == "Dead",
         120,

@@ -10,7 +10,7 @@ holders whose release happened while the agent or the API server was away.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -132,6 +132,26 @@ class LeasePublisher:
                 if new is not None:
                     log.info("DiskLease %s: %s", name, _summary(new))
                 return
+
+    def report_orphans(
+        self, lockspace: str, rows: Iterable[Mapping[str, Any]], failover: int
+    ) -> None:
+        """As the lockspace's reporter: mark other hosts' leases Orphaned (or Held again) from
+        the disk rows (``lease_status.orphan_updates``). One list per report; a conflicting
+        write is left to the next report."""
+        items, _ = self.api.list(DISKLEASES)
+        leases = []
+        for obj in items:
+            try:
+                leases.append(DiskLease.model_validate(obj))
+            except ValidationError:
+                continue
+        now = utc(self.wall())
+        for lease, new in lease_status.orphan_updates(leases, lockspace, rows, failover, now):
+            if lease.status.holder is not None and lease.status.holder.node == self.node:
+                continue  # our own: the publisher writes it
+            if self._patch(lease, new):
+                log.info("DiskLease %s: %s", lease.metadata.name, _summary(new))
 
     def _patch(self, lease: DiskLease, new: DiskLeaseStatus) -> bool:
         """Write ``new`` over ``lease.status`` if the object is unchanged; False on conflict."""

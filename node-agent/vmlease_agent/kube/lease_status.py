@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +128,7 @@ def held_status(
     exclusive hold replaces any holder the object named)."""
     new = old.model_copy(deep=True)
     new.lver = view.lver
+    new.free_after = None
     new.observed_generation = generation
     if view.shared:
         others = [h for h in old.shared_holders if h.node != node]
@@ -156,6 +157,7 @@ def released_status(
         return None
     new = old.model_copy(deep=True)
     new.observed_generation = generation
+    new.free_after = None
     new.shared_holders = others
     if mine:
         new.holder = None
@@ -213,3 +215,56 @@ def auto_disk_lease(ls: Lockspace | None, view: HeldView, shared_dir: str) -> di
             lease=LeaseLocation(path=rel, offset=view.offset),
         ),
     ).to_api()
+
+
+def orphan_updates(
+    leases: Iterable[DiskLease],
+    lockspace: str,
+    rows: Iterable[Mapping[str, Any]],
+    failover: int,
+    now: datetime.datetime,
+) -> list[tuple[DiskLease, DiskLeaseStatus]]:
+    """The lockspace reporter's word on other nodes' leases: a DiskLease Held by a host the disk
+    shows failing or dead becomes Orphaned, with when it becomes free (its last renewal plus the
+    safe time); back to Held if that host renews again. Only where the disk row carries the
+    holder's node name (a record of an earlier holder of the id says nothing about this one).
+    The holder's own agent cannot say any of this: it is failing or gone; a host that takes the
+    lease over writes Held with itself (``held_status`` clears ``free_after``)."""
+    by_id = {int(r["host_id"]): r for r in rows}
+    out = []
+    for lease in leases:
+        status, holder = lease.status, lease.status.holder
+        if lease.spec.lockspace != lockspace or holder is None:
+            continue
+        if status.phase not in (LeasePhase.HELD, LeasePhase.ORPHANED):
+            continue
+        row = by_id.get(holder.host_id)
+        if row is None or row["name"] != holder.node[:48]:
+            continue
+        new = status.model_copy(deep=True)
+        if row["state"] in ("fail", "dead") and status.phase == LeasePhase.HELD:
+            ago = row.get("renewed_ago")
+            new.phase = LeasePhase.ORPHANED
+            if ago is not None:
+                new.free_after = (
+                    now
+                    - datetime.timedelta(seconds=float(ago))
+                    + datetime.timedelta(seconds=failover)
+                ).replace(microsecond=0)
+            when = f"; free after {new.free_after.isoformat()}" if new.free_after else ""
+            new.conditions = put_condition(
+                new.conditions, HELD, True, LeasePhase.ORPHANED.value,
+                f"held by {_holder_text(holder)}, whose host stopped renewing (read by the "
+                f"lockspace's reporter){when}",
+                now,
+            )  # fmt: skip
+        elif row["state"] == "live" and status.phase == LeasePhase.ORPHANED:
+            new.phase, new.free_after = LeasePhase.HELD, None
+            new.conditions = put_condition(
+                new.conditions, HELD, True, LeasePhase.HELD.value,
+                f"held by {_holder_text(holder)}, whose host renews again", now,
+            )  # fmt: skip
+        else:
+            continue
+        out.append((lease, new))
+    return out

@@ -47,6 +47,7 @@ from vmlease_api.models import (
 from vmlease_agent.core import lockspace as local_ls
 from vmlease_agent.core.agent import Agent
 from vmlease_agent.engine import errors
+from vmlease_agent.engine.timeouts import host_dead_seconds
 from vmlease_agent.kube import decisions as kube_logic
 from vmlease_agent.kube.api import (
     HOSTIDS,
@@ -356,6 +357,12 @@ class KubeSync:
                 continue
             self._report_at[name] = mono + self.cfg.status_interval
             self.hostid_status.report_peers(name, rows)
+            ls = self._lockspace(name)
+            if ls is not None:
+                failover = host_dead_seconds(
+                    ls.spec.io_timeout_seconds, ls.spec.watchdog_fire_timeout_seconds
+                )
+                self.leases.report_orphans(name, rows, failover)
 
     # ---- disk leases ----------------------------------------------------------------------------
 

@@ -165,3 +165,63 @@ def test_a_resync_clears_holds_released_while_the_agent_was_away():
     restarted = publisher(api)  # a new agent process: nothing published in memory
     restarted.publish([], lambda name: None, 0)
     assert status(api).phase == LeasePhase.FREE
+
+
+# --- Orphaned: the lockspace reporter's word on other nodes' leases ----------------------------
+
+
+def row(host_id: int, name: str, state: str, renewed_ago: float | None = 20.0) -> dict:
+    return {"host_id": host_id, "name": name, "state": state, "renewed_ago": renewed_ago}
+
+
+def held_by(node: str, host_id: int, phase: LeasePhase = LeasePhase.HELD) -> DiskLease:
+    body = disklease("ls", "res1", "res1.lease")
+    lease = DiskLease.model_validate(body)
+    lease.status = DiskLeaseStatus(phase=phase, holder=Holder(node=node, host_id=host_id), lver=3)
+    return lease
+
+
+def test_a_lease_whose_holder_host_stopped_renewing_is_orphaned_with_its_free_time():
+    [(_, new)] = lease_status.orphan_updates(
+        [held_by("n2", 2)], "ls", [row(2, "n2", "fail", renewed_ago=20)], 26, T0
+    )
+    assert new.phase == LeasePhase.ORPHANED and new.holder.node == "n2"  # still its holder
+    assert new.free_after == T0 + datetime.timedelta(seconds=6)
+    held = next(c for c in new.conditions if c.type == "Held")
+    assert "stopped renewing" in held.message and "free after" in held.message
+    # and back to Held when that host renews again
+    again = held_by("n2", 2, LeasePhase.ORPHANED)
+    [(_, back)] = lease_status.orphan_updates([again], "ls", [row(2, "n2", "live")], 26, T0)
+    assert back.phase == LeasePhase.HELD and back.free_after is None
+
+
+def test_orphaned_is_said_only_on_the_disks_word_about_that_very_holder():
+    live = [row(2, "n2", "live")]
+    assert not lease_status.orphan_updates([held_by("n2", 2)], "ls", live, 26, T0)
+    # the row is an earlier holder of the id (another node's name): it says nothing of n2
+    other = [row(2, "n9", "dead")]
+    assert not lease_status.orphan_updates([held_by("n2", 2)], "ls", other, 26, T0)
+    # another lockspace's lease, or one already Orphaned, is not written again
+    dead = [row(2, "n2", "dead")]
+    assert not lease_status.orphan_updates([held_by("n2", 2)], "other", dead, 26, T0)
+    orphaned = held_by("n2", 2, LeasePhase.ORPHANED)
+    assert not lease_status.orphan_updates([orphaned], "ls", dead, 26, T0)
+
+
+def test_taking_an_orphaned_lease_over_clears_its_free_time():
+    old = held_by("n2", 2, LeasePhase.ORPHANED).status
+    old.free_after = T0
+    new = lease_status.held_status(old, view(lease("ls", "res1", PATH, lver=4)), "n1", T0, 1)
+    assert new.phase == LeasePhase.HELD and new.holder.node == "n1" and new.free_after is None
+
+
+def test_the_reporter_writes_other_nodes_leases_orphaned_never_its_own():
+    api = FakeKubeApi()
+    for resource, node, host_id in (("res1", "n2", 2), ("res2", "n1", 1)):
+        body = disklease("ls", resource, f"{resource}.lease")
+        body["status"] = {"phase": "Held", "holder": {"node": node, "hostId": host_id}}
+        api.put("diskleases", body)
+    rows = [row(1, "n1", "fail"), row(2, "n2", "dead")]
+    publisher(api).report_orphans("ls", rows, 26)
+    assert status(api, "ls.res1").phase == LeasePhase.ORPHANED
+    assert status(api, "ls.res2").phase == LeasePhase.HELD  # ours: our own publisher says
