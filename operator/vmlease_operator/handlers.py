@@ -233,21 +233,20 @@ async def _fence_nodes(
     failover = reconcile.failover_seconds(lockspace.spec)
     hosts = list(hosts)
     verdicts = node_fencing.assess(name, failover, hosts, now())
-    by_host = {h.node: h for h in hosts}
+    uids = {h.name: h.uid for h in hosts}
     for verdict in verdicts:
-        host = by_host[verdict.node]
-        if host.state == HostState.DEAD and verdict.out_of_service is not True:
-            if rt.unproven.get(host.name) != verdict.why:
-                rt.unproven[host.name] = verdict.why
-                logger.warning(verdict.why)
-                hostid = {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "HostId",
-                    "metadata": {"name": host.name, "uid": host.uid},
-                }
-                _post(hostid, events.fencing_unproven(verdict.why), None)
-        else:
-            rt.unproven.pop(host.name, None)
+        for hostid in [h.name for h in hosts if h.node == verdict.node]:
+            if not (verdict.unproven and hostid == verdict.hostid):
+                rt.unproven.pop(hostid, None)
+        if verdict.unproven and verdict.hostid and rt.unproven.get(verdict.hostid) != verdict.why:
+            rt.unproven[verdict.hostid] = verdict.why
+            logger.warning(verdict.why)
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "HostId",
+                "metadata": {"name": verdict.hostid, "uid": uids.get(verdict.hostid)},
+            }
+            _post(body, events.fencing_unproven(verdict.why), None)
     await _apply_verdicts(rt, name, verdicts, nodes_idx, logger)
 
 

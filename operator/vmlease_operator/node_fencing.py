@@ -105,33 +105,68 @@ class Verdict:
     out_of_service: bool | None  # True: put the taint; False: lift ours; None: leave it
     no_schedule: bool
     why: str  # the proof, or what is missing from it (for Events and logs)
+    hostid: str | None = None  # the HostId whose state decided it
+    unproven: bool = False  # a Dead report that is not the whole proof (said as an Event)
 
 
 def assess(
     lockspace: str, failover: int, hosts: Iterable[HostView], now: datetime.datetime
 ) -> list[Verdict]:
-    """Each node's verdict in a fencing lockspace, from its HostIds' status alone."""
+    """One verdict per node in a fencing lockspace, from its HostIds' status alone.
+
+    A node may have two HostIds for a while (one being released, a new one in use). Its own
+    agent's Live on any of them is the node running now, and outweighs a Dead record of the
+    other, which is history from before a reset: a running node must never be tainted out of
+    service, and one verdict per node keeps two ids from flapping the taint."""
     hosts = list(hosts)
-    by_node = {h.node: h for h in hosts}
-    out = []
+    nodes: dict[str, list[HostView]] = {}
     for h in hosts:
-        if h.state == HostState.LIVE and h.observed_by == h.node:
-            out.append(Verdict(h.node, lockspace, False, False, "its agent renews again"))
-        elif h.state == HostState.DEAD:
-            missing = _missing_proof(h, by_node, failover, now)
-            # without the whole proof, leave the taint as it is (None), never lift it (False):
-            # a proof once made stays true until the node's own agent renews again
-            proven = True if not missing else None
-            out.append(Verdict(h.node, lockspace, proven, True, missing or _proof(h, failover)))
-        elif h.state == HostState.FAILING:
-            out.append(Verdict(h.node, lockspace, None, True, _failing(h)))
-        else:  # Joining, Free, unclaimed: no word on liveness; a taint put earlier stays
-            out.append(Verdict(h.node, lockspace, None, False, f"host_id is {h.state}"))
+        nodes.setdefault(h.node, []).append(h)
+    out = []
+    for node, ids in nodes.items():
+        verdicts = [_assess_one(lockspace, h, hosts, failover, now) for h in ids]
+        live = [v for v in verdicts if v.out_of_service is False]
+        proven = [v for v in verdicts if v.out_of_service is True]
+        if live:
+            # still NoSchedule if its own agent fails to renew another id it holds now
+            failing = any(h.state == HostState.FAILING and h.observed_by == node for h in ids)
+            out.append(Verdict(node, lockspace, False, failing, live[0].why, live[0].hostid))
+        elif proven:
+            out.append(proven[0])
+        else:
+            out.extend(verdicts[:1] if len(verdicts) == 1 else _merge_undecided(verdicts))
     return out
 
 
+def _merge_undecided(verdicts: list[Verdict]) -> list[Verdict]:
+    """Several ids, none deciding: NoSchedule if any is not renewing; the first unproven Dead
+    (for its Event) or else the first."""
+    first = next((v for v in verdicts if v.unproven), verdicts[0])
+    no_schedule = any(v.no_schedule for v in verdicts)
+    return [Verdict(first.node, first.lockspace, None, no_schedule, first.why, first.hostid,
+                    first.unproven)]  # fmt: skip
+
+
+def _assess_one(
+    lockspace: str, h: HostView, hosts: list[HostView], failover: int, now: datetime.datetime
+) -> Verdict:
+    if h.state == HostState.LIVE and h.observed_by == h.node:
+        return Verdict(h.node, lockspace, False, False, "its agent renews again", h.name)
+    if h.state == HostState.DEAD:
+        missing = _missing_proof(h, hosts, failover, now)
+        # without the whole proof, leave the taint as it is (None), never lift it (False):
+        # a proof once made stays true until the node's own agent renews again
+        if missing:
+            return Verdict(h.node, lockspace, None, True, missing, h.name, unproven=True)
+        return Verdict(h.node, lockspace, True, True, _proof(h, failover), h.name)
+    if h.state == HostState.FAILING:
+        return Verdict(h.node, lockspace, None, True, _failing(h), h.name)
+    # Joining, Free, unclaimed: no word on liveness; a taint put earlier stays
+    return Verdict(h.node, lockspace, None, False, f"host_id is {h.state}", h.name)
+
+
 def _missing_proof(
-    h: HostView, by_node: Mapping[str, HostView], failover: int, now: datetime.datetime
+    h: HostView, hosts: list[HostView], failover: int, now: datetime.datetime
 ) -> str:
     """Why this Dead report does not prove the node was reset, or "" when it does."""
     dead = f"host_id {h.host_id} of node {h.node} in lockspace {h.lockspace} reads Dead"
@@ -140,7 +175,12 @@ def _missing_proof(
             f"{dead}, but its agent never confirmed an armed watchdog"
             f" for node fencing (status.nodeFencing): not proof that it was reset"
         )
-    observer = by_node.get(h.observed_by or "")
+    # the observer's own word on itself: a Live id it reports, if it has one
+    theirs = [x for x in hosts if x.node == h.observed_by]
+    observer = next(
+        (x for x in theirs if x.state == HostState.LIVE and x.observed_by == x.node),
+        theirs[0] if theirs else None,
+    )
     if h.observed_by is None or h.observed_by == h.node or observer is None:
         return f"{dead}, but no other node of the lockspace reported it"
     fresh = max(FRESH_OBSERVER_SECONDS, failover)

@@ -214,3 +214,32 @@ def test_a_proof_once_made_is_not_undone_by_weaker_evidence_safety():
     stale = verdict_for([dead(), host("n2", 2, HostState.LIVE, last_renewal=ago(600))])
     assert node_fencing.node_change(body, [stale]) is None
     assert OUT_OF_SERVICE_TAINT in keys(body)
+
+
+def test_a_running_node_is_never_put_out_of_service_by_an_old_ids_record_safety():
+    """Two HostIds for one node (the old one being released after a reset, a new one in use):
+    the old Dead record, whole proof and all, is history; its own agent's Live is now."""
+    old = dead(name="ls.1")
+    new = host("n1", 3, HostState.LIVE, name="ls.3")
+    verdicts = node_fencing.assess("ls", FAILOVER, [old, new, host("n2", 2, HostState.LIVE)], NOW)
+    mine = [v for v in verdicts if v.node == "n1"]
+    assert len(mine) == 1  # one verdict per node: two ids cannot flap the taint
+    assert mine[0].out_of_service is False and not mine[0].no_schedule
+    # without the Live id, the same record is the proof
+    [proof] = [
+        v
+        for v in node_fencing.assess("ls", FAILOVER, [old, host("n2", 2, HostState.LIVE)], NOW)
+        if v.node == "n1"
+    ]
+    assert proof.out_of_service is True and proof.hostid == "ls.1"
+
+
+def test_an_unproven_dead_report_is_marked_for_its_event():
+    [v] = [
+        v
+        for v in node_fencing.assess(
+            "ls", FAILOVER, [dead(node_fencing=False), host("n2", 2, HostState.LIVE)], NOW
+        )
+        if v.node == "n1"
+    ]
+    assert v.unproven and v.hostid == "ls.1" and v.out_of_service is None
