@@ -394,6 +394,7 @@ async def disklease_event(
     rt = _rt(memo)
     if type == "DELETED":
         rt.lease_views.pop(name, None)
+        metrics.count_diskleases({n: v.phase for n, v in rt.lease_views.items()})
         return
     try:
         lease = DiskLease.model_validate(dict(body))
@@ -405,6 +406,7 @@ async def disklease_event(
     view = _lease_view(lease)
     old = rt.lease_views.get(name)
     rt.lease_views[name] = view
+    metrics.count_diskleases({n: v.phase for n, v in rt.lease_views.items()})
     if old is not None and (event := events.lease_transition(name, old, view)) is not None:
         _post(body, event, None)
 

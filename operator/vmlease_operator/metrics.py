@@ -34,6 +34,24 @@ FAILOVER = Gauge(
     "vmlease_failover_seconds", "The safe time of a lockspace (8 x io_timeout + W)", ["lockspace"]
 )
 BUILD = Gauge("vmlease_build_info", "vmlease version of this operator", ["version"])
+DISKLEASES = Gauge(
+    "vmlease_diskleases", "DiskLeases per lockspace and phase (Orphaned: holder's host failing)",
+    ["lockspace", "phase"],
+)  # fmt: skip
+
+
+def count_diskleases(phases: dict[str, str | None]) -> None:
+    """Set ``DISKLEASES`` from every DiskLease's phase (name -> phase; the name is
+    ``<lockspace>.<resource>``). Phases absent now are set to 0, not left at their last count."""
+    counts: dict[tuple[str, str], int] = {}
+    for name, phase in phases.items():
+        key = (name.partition(".")[0], phase or "Unknown")
+        counts[key] = counts.get(key, 0) + 1
+    for labels in [s.labels for m in DISKLEASES.collect() for s in m.samples]:
+        key = (labels["lockspace"], labels["phase"])
+        counts.setdefault(key, 0)
+    for (lockspace, phase), n in counts.items():
+        DISKLEASES.labels(lockspace, phase).set(n)
 
 
 def start(port: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from vmlease_api.allocation import HostIdRecord
 from vmlease_api.models import HostState, LeasePhase
-from vmlease_operator import events
+from vmlease_operator import events, metrics
 
 
 def _rec(state: HostState | None) -> HostIdRecord:
@@ -78,3 +78,17 @@ def test_lease_move_names_both_holders():
 def test_lease_transitions(old, new, reason):
     event = events.lease_transition("ls.abc", old, new)
     assert (event.reason if event else None) == reason
+
+
+def test_disklease_phases_are_counted_per_lockspace_and_gone_phases_drop_to_zero():
+    def count(lockspace: str, phase: str) -> float | None:
+        for family in metrics.DISKLEASES.collect():
+            for sample in family.samples:
+                if sample.labels == {"lockspace": lockspace, "phase": phase}:
+                    return sample.value
+        return None
+
+    metrics.count_diskleases({"cnt.vm1": "Held", "cnt.vm2": "Orphaned", "cnt.vm3": "Orphaned"})
+    assert count("cnt", "Orphaned") == 2 and count("cnt", "Held") == 1
+    metrics.count_diskleases({"cnt.vm1": "Held", "cnt.vm2": "Held"})
+    assert count("cnt", "Orphaned") == 0 and count("cnt", "Held") == 2
