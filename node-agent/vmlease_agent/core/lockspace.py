@@ -374,9 +374,8 @@ class JoinedLockspace:
             return True
         return self.state == FAILED
 
-    def stop(self, release: bool, wait: bool = True) -> bool:
+    def stop(self, release: bool, wait: bool = True) -> None:
         """Stop renewing; ``release`` frees the host_id on disk (only if our lease is healthy).
-        Returns whether no delta lease of ours is left on disk: never held, or released now.
 
         ``wait=False`` (an agent exiting for a restart) waits for nothing: a renewal stuck in I/O
         is a daemon thread that ends with the process, and the delta lease stays on disk for the
@@ -392,17 +391,13 @@ class JoinedLockspace:
         live = self.state == LIVE
         self.state = STOPPED
         if not done:
-            return False
-        on_disk = self.lease is not None and bool(self.lease.record)
-        if release and on_disk and live:
-            assert self.lease is not None
+            return
+        if release and self.lease is not None and self.lease.record and live:
             try:
                 self.lease.release()
-                on_disk = False
             except errors.LeaseError as e:
                 log.warning("lockspace %s: release of host_id failed: %s", self.name, e)
         self.st.close()
-        return not on_disk
 
     # ---- views --------------------------------------------------------------------------------
 

@@ -534,15 +534,6 @@ class DeltaLease:
         self.record = new
         return new, area
 
-    @property
-    def written_timestamp(self) -> int:
-        """The newest timestamp of ours that may be on disk, 0 if none can be: never written,
-        or released. A claim counts from the moment its write begins (a write that fails may
-        have landed); a failed release leaves the last renewal's timestamp."""
-        if self.record is not None:
-            return self.record.timestamp
-        return self.claim_timestamp
-
     def release(self) -> Leader:
         """Free the host_id: timestamp 0, owner, generation and name stay for the next acquire."""
         assert self.record is not None, "release before acquire"
