@@ -31,7 +31,7 @@ RELEASED_STATES = frozenset({HostState.DEAD, HostState.FREE})
 
 @dataclass(frozen=True)
 class HostIdRecord:
-    """What allocation needs to know about one HostId object."""
+    """What allocation and node fencing need to know about one HostId object."""
 
     name: str
     lockspace: str
@@ -43,6 +43,11 @@ class HostIdRecord:
     finalizers: tuple[str, ...] = ()
     state_since: datetime.datetime | None = None
     generation: int | None = None
+    #: node fencing's evidence (``vmlease_operator.node_fencing``)
+    observed_by: str | None = None
+    last_renewal: datetime.datetime | None = None
+    node_fencing: bool = False  # only a real true: the node's own agent armed its watchdog
+    uid: str | None = None  # for Events about the HostId
 
     @property
     def claimed(self) -> bool:
@@ -54,6 +59,7 @@ class HostIdRecord:
         meta, spec = body["metadata"], body["spec"]
         status = body.get("status") or {}
         state, since = status.get("state"), status.get("stateSince")
+        renewal = status.get("lastRenewal")
         return cls(
             name=meta["name"],
             lockspace=spec["lockspace"],
@@ -65,6 +71,10 @@ class HostIdRecord:
             finalizers=tuple(meta.get("finalizers") or ()),
             state_since=datetime.datetime.fromisoformat(since) if since else None,
             generation=status.get("generation"),
+            observed_by=status.get("observedBy"),
+            last_renewal=datetime.datetime.fromisoformat(renewal) if renewal else None,
+            node_fencing=status.get("nodeFencing") is True,
+            uid=meta.get("uid"),
         )
 
 

@@ -120,12 +120,6 @@ def hostids_idx(body: kopf.Body, **_: Any) -> dict[str, HostIdRecord]:
     return {record.lockspace: record}
 
 
-@kopf.index(GROUP, VERSION, "hostids")
-def hostviews_idx(body: kopf.Body, **_: Any) -> dict[str, node_fencing.HostView]:
-    view = node_fencing.HostView.from_body(body)
-    return {view.lockspace: view}
-
-
 def _node_body(nodes: kopf.Index, name: str) -> dict[str, Any] | None:
     for info in nodes.get(name, []):
         return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": info["uid"]}}
@@ -193,11 +187,11 @@ def _nodes(nodes_idx: kopf.Index) -> dict[str, dict[str, str]]:
 async def _run_plan(
     rt: Runtime,
     body: kopf.Body,
+    lockspace: Lockspace,
     nodes_idx: kopf.Index,
     records: Iterable[HostIdRecord],
     logger: kopf.Logger,
 ) -> reconcile.Plan:
-    lockspace = Lockspace.model_validate(dict(body))
     name = lockspace.metadata.name
     records = list(records)
     plan = reconcile.plan(lockspace, _nodes(nodes_idx), records, rt.clock, time.monotonic(), now())
@@ -224,7 +218,7 @@ async def _run_plan(
 async def _fence_nodes(
     rt: Runtime,
     lockspace: Lockspace,
-    hosts: Iterable[node_fencing.HostView],
+    hosts: Iterable[HostIdRecord],
     nodes_idx: kopf.Index,
     logger: kopf.Logger,
 ) -> None:
@@ -309,14 +303,13 @@ async def lockspace_pass(
     logger: kopf.Logger,
     nodes_idx: kopf.Index,
     hostids_idx: kopf.Index,
-    hostviews_idx: kopf.Index,
     **_: Any,
 ) -> None:
     rt = _rt(memo)
-    await _run_plan(rt, body, nodes_idx, hostids_idx.get(name, []), logger)
     lockspace = Lockspace.model_validate(dict(body))
+    await _run_plan(rt, body, lockspace, nodes_idx, hostids_idx.get(name, []), logger)
     if lockspace.spec.node_fencing:
-        await _fence_nodes(rt, lockspace, hostviews_idx.get(name, []), nodes_idx, logger)
+        await _fence_nodes(rt, lockspace, hostids_idx.get(name, []), nodes_idx, logger)
 
 
 @kopf.on.delete(GROUP, VERSION, "lockspaces")  # type: ignore[arg-type]  # indices: see KOPF_INDICES
@@ -332,7 +325,8 @@ async def lockspace_deleted(
     """A Lockspace goes only after all its ids are released: its spec holds the safe time."""
     rt = _rt(memo)
     await asyncio.to_thread(rt.kube.delete_hostids_of, name)
-    await _run_plan(rt, body, nodes_idx, hostids_idx.get(name, []), logger)
+    lockspace = Lockspace.model_validate(dict(body))
+    await _run_plan(rt, body, lockspace, nodes_idx, hostids_idx.get(name, []), logger)
     left = [r.name for r in hostids_idx.get(name, [])]
     if left:
         raise kopf.TemporaryError(
@@ -340,7 +334,7 @@ async def lockspace_deleted(
             f"the safe time): {', '.join(sorted(left)[:10])}",
             delay=RECONCILE_SECONDS,
         )
-    if Lockspace.model_validate(dict(body)).spec.node_fencing:
+    if lockspace.spec.node_fencing:
         # No pass will judge its nodes again: lift its NoSchedule taints. An out-of-service
         # taint stays (its node may still be down: an id is released while Dead, too); the
         # README says how to remove it once the node is back.
@@ -393,8 +387,8 @@ async def disklease_event(
 ) -> None:
     rt = _rt(memo)
     if type == "DELETED":
-        rt.lease_views.pop(name, None)
-        metrics.count_diskleases({n: v.phase for n, v in rt.lease_views.items()})
+        if (gone := rt.lease_views.pop(name, None)) is not None:
+            metrics.count_disklease(name, gone.phase, -1)
         return
     try:
         lease = DiskLease.model_validate(dict(body))
@@ -406,7 +400,9 @@ async def disklease_event(
     view = _lease_view(lease)
     old = rt.lease_views.get(name)
     rt.lease_views[name] = view
-    metrics.count_diskleases({n: v.phase for n, v in rt.lease_views.items()})
+    if old is not None:
+        metrics.count_disklease(name, old.phase, -1)
+    metrics.count_disklease(name, view.phase, 1)
     if old is not None and (event := events.lease_transition(name, old, view)) is not None:
         _post(body, event, None)
 

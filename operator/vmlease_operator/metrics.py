@@ -40,18 +40,10 @@ DISKLEASES = Gauge(
 )  # fmt: skip
 
 
-def count_diskleases(phases: dict[str, str | None]) -> None:
-    """Set ``DISKLEASES`` from every DiskLease's phase (name -> phase; the name is
-    ``<lockspace>.<resource>``). Phases absent now are set to 0, not left at their last count."""
-    counts: dict[tuple[str, str], int] = {}
-    for name, phase in phases.items():
-        key = (name.partition(".")[0], phase or "Unknown")
-        counts[key] = counts.get(key, 0) + 1
-    for labels in [s.labels for m in DISKLEASES.collect() for s in m.samples]:
-        key = (labels["lockspace"], labels["phase"])
-        counts.setdefault(key, 0)
-    for (lockspace, phase), n in counts.items():
-        DISKLEASES.labels(lockspace, phase).set(n)
+def count_disklease(name: str, phase: str | None, delta: int) -> None:
+    """One DiskLease (named ``<lockspace>.<resource>``) entering (+1) or leaving (-1) a phase:
+    counted as the watch reports it, never by re-counting them all."""
+    DISKLEASES.labels(name.partition(".")[0], phase or "Unknown").inc(delta)
 
 
 def start(port: int) -> None:

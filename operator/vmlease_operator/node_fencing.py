@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmlease_api import GROUP
+from vmlease_api.allocation import HostIdRecord
 from vmlease_api.models import HostState
 
 from vmlease_operator import events
@@ -60,43 +61,6 @@ FRESH_OBSERVER_SECONDS = 60
 
 
 @dataclass(frozen=True)
-class HostView:
-    """What fencing needs of one HostId (kept in the operator's index)."""
-
-    name: str
-    lockspace: str
-    node: str
-    host_id: int
-    state: HostState | None
-    observed_by: str | None
-    state_since: datetime.datetime | None
-    last_renewal: datetime.datetime | None
-    node_fencing: bool
-    uid: str | None = None  # for Events about the HostId
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> HostView:
-        spec, status = body["spec"], body.get("status") or {}
-        state = status.get("state")
-        return cls(
-            name=body["metadata"]["name"],
-            lockspace=spec["lockspace"],
-            node=spec["nodeName"],
-            host_id=int(spec["hostId"]),
-            state=HostState(state) if state else None,
-            observed_by=status.get("observedBy"),
-            state_since=_time(status.get("stateSince")),
-            last_renewal=_time(status.get("lastRenewal")),
-            node_fencing=status.get("nodeFencing") is True,
-            uid=body["metadata"].get("uid"),
-        )
-
-
-def _time(value: str | None) -> datetime.datetime | None:
-    return datetime.datetime.fromisoformat(value) if value else None
-
-
-@dataclass(frozen=True)
 class Verdict:
     """One node's standing in one fencing lockspace."""
 
@@ -110,7 +74,7 @@ class Verdict:
 
 
 def assess(
-    lockspace: str, failover: int, hosts: Iterable[HostView], now: datetime.datetime
+    lockspace: str, failover: int, hosts: Iterable[HostIdRecord], now: datetime.datetime
 ) -> list[Verdict]:
     """One verdict per node in a fencing lockspace, from its HostIds' status alone.
 
@@ -119,7 +83,7 @@ def assess(
     other, which is history from before a reset: a running node must never be tainted out of
     service, and one verdict per node keeps two ids from flapping the taint."""
     hosts = list(hosts)
-    nodes: dict[str, list[HostView]] = {}
+    nodes: dict[str, list[HostIdRecord]] = {}
     for h in hosts:
         nodes.setdefault(h.node, []).append(h)
     out = []
@@ -148,7 +112,11 @@ def _merge_undecided(verdicts: list[Verdict]) -> list[Verdict]:
 
 
 def _assess_one(
-    lockspace: str, h: HostView, hosts: list[HostView], failover: int, now: datetime.datetime
+    lockspace: str,
+    h: HostIdRecord,
+    hosts: list[HostIdRecord],
+    failover: int,
+    now: datetime.datetime,
 ) -> Verdict:
     if h.state == HostState.LIVE and h.observed_by == h.node:
         return Verdict(h.node, lockspace, False, False, "its agent renews again", h.name)
@@ -166,7 +134,7 @@ def _assess_one(
 
 
 def _missing_proof(
-    h: HostView, hosts: list[HostView], failover: int, now: datetime.datetime
+    h: HostIdRecord, hosts: list[HostIdRecord], failover: int, now: datetime.datetime
 ) -> str:
     """Why this Dead report does not prove the node was reset, or "" when it does."""
     dead = f"host_id {h.host_id} of node {h.node} in lockspace {h.lockspace} reads Dead"
@@ -206,7 +174,7 @@ def _missing_proof(
     return ""
 
 
-def _proof(h: HostView, failover: int) -> str:
+def _proof(h: HostIdRecord, failover: int) -> str:
     assert h.last_renewal is not None
     return (
         f"host_id {h.host_id} in lockspace {h.lockspace} is Dead: no renewal since "
@@ -215,7 +183,7 @@ def _proof(h: HostView, failover: int) -> str:
     )
 
 
-def _failing(h: HostView) -> str:
+def _failing(h: HostIdRecord) -> str:
     who = "its own agent" if h.observed_by == h.node else f"node {h.observed_by}"
     return f"host_id {h.host_id} in lockspace {h.lockspace} is Failing ({who}): no new pods"
 

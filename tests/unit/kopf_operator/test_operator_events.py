@@ -80,7 +80,7 @@ def test_lease_transitions(old, new, reason):
     assert (event.reason if event else None) == reason
 
 
-def test_disklease_phases_are_counted_per_lockspace_and_gone_phases_drop_to_zero():
+def test_disklease_phases_are_counted_per_lockspace_and_left_phases_drop_to_zero():
     def count(lockspace: str, phase: str) -> float | None:
         for family in metrics.DISKLEASES.collect():
             for sample in family.samples:
@@ -88,7 +88,10 @@ def test_disklease_phases_are_counted_per_lockspace_and_gone_phases_drop_to_zero
                     return sample.value
         return None
 
-    metrics.count_diskleases({"cnt.vm1": "Held", "cnt.vm2": "Orphaned", "cnt.vm3": "Orphaned"})
+    for name, phase in (("cnt.vm1", "Held"), ("cnt.vm2", "Orphaned"), ("cnt.vm3", "Orphaned")):
+        metrics.count_disklease(name, phase, 1)
     assert count("cnt", "Orphaned") == 2 and count("cnt", "Held") == 1
-    metrics.count_diskleases({"cnt.vm1": "Held", "cnt.vm2": "Held"})
+    metrics.count_disklease("cnt.vm2", "Orphaned", -1)  # taken over: Held again
+    metrics.count_disklease("cnt.vm2", "Held", 1)
+    metrics.count_disklease("cnt.vm3", "Orphaned", -1)  # deleted
     assert count("cnt", "Orphaned") == 0 and count("cnt", "Held") == 2

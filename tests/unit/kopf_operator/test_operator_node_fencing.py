@@ -8,13 +8,13 @@ import datetime
 import json
 
 import pytest
+from vmlease_api.allocation import HostIdRecord
 from vmlease_api.models import HostState
 from vmlease_operator import node_fencing
 from vmlease_operator.node_fencing import (
     FAILING_TAINT,
     FENCING_ANNOTATION,
     OUT_OF_SERVICE_TAINT,
-    HostView,
     Verdict,
 )
 
@@ -26,7 +26,7 @@ def ago(seconds: float) -> datetime.datetime:
     return NOW - datetime.timedelta(seconds=seconds)
 
 
-def host(node: str, host_id: int, state: HostState | None, **kw) -> HostView:
+def host(node: str, host_id: int, state: HostState | None, **kw) -> HostIdRecord:
     fields = {
         "name": f"ls.{host_id}",
         "lockspace": "ls",
@@ -39,16 +39,16 @@ def host(node: str, host_id: int, state: HostState | None, **kw) -> HostView:
         "node_fencing": True,
     }
     fields.update(kw)
-    return HostView(**fields)
+    return HostIdRecord(**fields)
 
 
-def dead(**kw) -> HostView:
+def dead(**kw) -> HostIdRecord:
     fields = {"observed_by": "n2", "last_renewal": ago(FAILOVER + 35)}
     fields.update(kw)
     return host("n1", 1, HostState.DEAD, **fields)
 
 
-def verdict_for(hosts: list[HostView], node: str = "n1") -> Verdict:
+def verdict_for(hosts: list[HostIdRecord], node: str = "n1") -> Verdict:
     [v] = [v for v in node_fencing.assess("ls", FAILOVER, hosts, NOW) if v.node == node]
     return v
 
@@ -187,7 +187,7 @@ def test_no_schedule_follows_renewals():
     assert keys(body) == set()
 
 
-def test_host_view_reads_a_hostid_body():
+def test_a_hostid_record_reads_the_fencing_evidence():
     body = {
         "metadata": {"name": "ls.1"},
         "spec": {"lockspace": "ls", "nodeName": "n1", "hostId": 1},
@@ -199,12 +199,12 @@ def test_host_view_reads_a_hostid_body():
             "nodeFencing": True,
         },
     }
-    view = HostView.from_body(body)
+    view = HostIdRecord.from_body(body)
     assert view.state == HostState.DEAD and view.node_fencing and view.observed_by == "n2"
     assert view.last_renewal == ago(120)
     body["status"]["nodeFencing"] = "true"  # only a real true counts
-    assert not HostView.from_body(body).node_fencing
-    assert HostView.from_body({**body, "status": {}}).state is None
+    assert not HostIdRecord.from_body(body).node_fencing
+    assert HostIdRecord.from_body({**body, "status": {}}).state is None
 
 
 def test_a_proof_once_made_is_not_undone_by_weaker_evidence_safety():
