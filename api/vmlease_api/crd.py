@@ -22,7 +22,7 @@ import re
 from typing import Any
 
 from vmlease_api import GROUP, VERSION
-from vmlease_api.models import CrdInfo, DiskLease, HostId, Lockspace
+from vmlease_api.models import RESOURCES, CrdInfo, Resource
 
 #: ``kubectl get vmlease`` lists every vmlease object.
 CATEGORY = "vmlease"
@@ -60,7 +60,7 @@ def _resolve(node: Any, defs: dict[str, Schema]) -> Any:
     return out
 
 
-def structural_schema(model: type[Lockspace] | type[HostId] | type[DiskLease]) -> Schema:
+def structural_schema(model: type[Resource]) -> Schema:
     """The ``openAPIV3Schema`` of one kind."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
@@ -79,12 +79,16 @@ def structural_schema(model: type[Lockspace] | type[HostId] | type[DiskLease]) -
         schema["x-kubernetes-validations"] = info.root_rules
     if info.status_rules:
         props["status"]["x-kubernetes-validations"] = info.status_rules
-    schema["required"] = [r for r in schema.get("required", []) if r not in ("metadata",)]
+    required = [r for r in schema.get("required", []) if r != "metadata"]
+    if required:
+        schema["required"] = required
+    else:
+        schema.pop("required", None)  # an empty list is not valid OpenAPI
     return schema
 
 
-def crd(model: type[Lockspace] | type[HostId] | type[DiskLease]) -> dict[str, Any]:
-    """The whole CustomResourceDefinition of one kind (cluster-scoped, status subresource)."""
+def crd(model: type[Resource]) -> dict[str, Any]:
+    """The whole CustomResourceDefinition of one kind (status subresource)."""
     info = model.crd
     columns = []
     for column in info.columns:
@@ -104,7 +108,7 @@ def crd(model: type[Lockspace] | type[HostId] | type[DiskLease]) -> dict[str, An
         "metadata": {"name": f"{info.plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
-            "scope": "Cluster",
+            "scope": "Namespaced" if info.namespaced else "Cluster",
             "names": {
                 "kind": info.kind,
                 "listKind": f"{info.kind}List",
@@ -167,6 +171,6 @@ def kopf_peering_crd() -> dict[str, Any]:
 
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD, for everything ``make crds`` writes."""
-    files = {f"{GROUP}_{m.crd.plural}.yaml": crd(m) for m in (Lockspace, HostId, DiskLease)}
+    files = {f"{GROUP}_{m.crd.plural}.yaml": crd(m) for m in RESOURCES}
     files["kopf.dev_clusterkopfpeerings.yaml"] = kopf_peering_crd()
     return files

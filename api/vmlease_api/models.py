@@ -1,4 +1,5 @@
-"""The vmlease API: Lockspace, HostId and DiskLease, the one source of truth for their shapes.
+"""The vmlease API: Lockspace, HostId, DiskLease and the NodeHealthCheck remediation kinds, the one
+source of truth for their shapes.
 
 Field docstrings become the CRD descriptions (``kubectl explain``), pydantic constraints become
 OpenAPI validation, and ``x-kubernetes-validations`` carry the CEL rules that need more than one
@@ -10,6 +11,8 @@ Who writes what:
 * ``spec`` of Lockspace and DiskLease: users (DiskLease also: the agent, for automatic disk leases).
 * ``spec`` of HostId, ``status.formatRequest`` and the conditions of a Lockspace: the operator.
 * ``status`` of HostId and DiskLease, ``status.formatted*`` of a Lockspace: the node agents.
+* VmleaseRemediationTemplate: users (the chart makes one); VmleaseRemediation: medik8s
+  NodeHealthCheck creates and deletes it, the operator writes its ``status``.
 """
 
 from __future__ import annotations
@@ -154,6 +157,7 @@ class ObjectMeta(ApiModel):
     """The part of ``metadata`` vmlease reads; the API server owns its schema."""
 
     name: str = ""
+    namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     finalizers: list[str] = Field(default_factory=list)
@@ -184,6 +188,15 @@ class CrdInfo(BaseModel):
     #: fields ``kubectl get --field-selector`` may select by (Kubernetes 1.31+; older API
     #: servers ignore them): a person finds a lease from the node they know
     selectable_fields: list[str] = Field(default_factory=list)
+    #: objects live in a namespace (the remediation kinds: NodeHealthCheck creates remediations
+    #: in its template's namespace); vmlease's own kinds describe storage and are cluster-wide
+    namespaced: bool = False
+
+
+class Resource(ApiModel):
+    """A kind served by a CustomResourceDefinition generated from the model (``crd.py``)."""
+
+    crd: ClassVar[CrdInfo]
 
 
 # --- Lockspace -------------------------------------------------------------------------------
@@ -392,7 +405,7 @@ class LockspaceStatus(ApiModel):
     """Formatted, Ready, Degraded."""
 
 
-class Lockspace(ApiModel):
+class Lockspace(Resource):
     """A sanlock lockspace on shared storage: the delta leases by which hosts prove liveness."""
 
     crd: ClassVar[CrdInfo] = CrdInfo(
@@ -493,7 +506,7 @@ class HostIdStatus(ApiModel):
     """Joined, Renewing."""
 
 
-class HostId(ApiModel):
+class HostId(Resource):
     """One host_id of one Node in one Lockspace; named <lockspace>.<hostId> so that the API
     server itself refuses a second holder of the same id."""
 
@@ -643,7 +656,7 @@ class DiskLeaseStatus(ApiModel):
     """Held, Synced."""
 
 
-class DiskLease(ApiModel):
+class DiskLease(Resource):
     """A paxos lease protecting one disk (or any resource): who holds it, on which node."""
 
     crd: ClassVar[CrdInfo] = CrdInfo(
@@ -682,8 +695,116 @@ class DiskLease(ApiModel):
     status: DiskLeaseStatus = Field(default_factory=DiskLeaseStatus)
 
 
-RESOURCES: tuple[type[Lockspace] | type[HostId] | type[DiskLease], ...] = (
+# --- NodeHealthCheck remediation (medik8s) ---------------------------------------------------
+#
+# medik8s NodeHealthCheck (NHC) calls an external remediator through two kinds the remediator
+# defines: a template (kind ending in "Template", ``spec.template.spec``) that a NodeHealthCheck
+# names, and the remediation NHC creates from it for each unhealthy node, in the template's
+# namespace, with the template's inner spec copied into its ``spec``. The remediator reports in
+# ``status.conditions``: Processing, Succeeded, PermanentNodeDeletionExpected. NHC deletes the
+# remediation when the node is healthy again. (NHC's docs/configuration.md, "Remediation
+# Resources"; the annotations below are NHC's, from its common package.)
+
+#: On a remediation NHC created under a generated name: the node to remediate (otherwise the
+#: remediation is named after the node).
+REMEDIATION_NODE_ANNOTATION = "remediation.medik8s.io/node-name"
+#: Set by NHC when the remediation ran longer than its escalation timeout: stop trying.
+NHC_TIMED_OUT_ANNOTATION = "remediation.medik8s.io/nhc-timed-out"
+#: On a template: its remediator tells NHC it copes with several templates of one kind (and
+#: therefore with remediations named not after the node but annotated with it).
+MULTIPLE_TEMPLATES_ANNOTATION = "remediation.medik8s.io/multiple-templates-support"
+
+
+class RemediationSpec(ApiModel):
+    """How to remediate: nothing to choose. vmlease remediates one way: it waits for the storage
+    proof that the node's watchdog reset it (its host_id Dead for the safe time in a Lockspace
+    with nodeFencing), then taints it out of service; it never reboots or powers off a node."""
+
+
+class RemediationTemplateSpecTemplate(ApiModel):
+    spec: RemediationSpec = Field(default_factory=RemediationSpec)
+    """Copied by NodeHealthCheck into each VmleaseRemediation's spec."""
+
+
+class VmleaseRemediationTemplateSpec(ApiModel):
+    template: RemediationTemplateSpecTemplate = Field(
+        default_factory=RemediationTemplateSpecTemplate
+    )
+    """The remediation NodeHealthCheck creates for an unhealthy node."""
+
+
+class VmleaseRemediationTemplate(Resource):
+    """What a NodeHealthCheck names (spec.remediationTemplate, or one of its
+    escalatingRemediations) to have vmlease remediate its unhealthy nodes."""
+
+    crd: ClassVar[CrdInfo] = CrdInfo(
+        kind="VmleaseRemediationTemplate",
+        plural="vmleaseremediationtemplates",
+        short_names=["vrmt"],
+        namespaced=True,
+        columns=[PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp")],
+    )
+
+    api_version: Literal["vmlease.io/v1alpha1"] = API_VERSION
+    kind: Literal["VmleaseRemediationTemplate"] = "VmleaseRemediationTemplate"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: VmleaseRemediationTemplateSpec = Field(default_factory=VmleaseRemediationTemplateSpec)
+
+
+class VmleaseRemediationStatus(ApiModel):
+    """Written by the operator, read by NodeHealthCheck."""
+
+    conditions: Conditions
+    """Processing (True while waiting for the proof), Succeeded (True once the node is tainted
+    out of service on the proof, False when vmlease cannot prove it was reset: NodeHealthCheck
+    then escalates to its next remediator) and PermanentNodeDeletionExpected (always False:
+    vmlease never deletes a Node)."""
+
+
+def _condition_column(type_: str) -> PrinterColumn:
+    return PrinterColumn(
+        name=type_, type="string", json_path=f'.status.conditions[?(@.type=="{type_}")].status'
+    )
+
+
+class VmleaseRemediation(Resource):
+    """One unhealthy node NodeHealthCheck asks vmlease to remediate: named after the node, or
+    annotated with it (remediation.medik8s.io/node-name)."""
+
+    crd: ClassVar[CrdInfo] = CrdInfo(
+        kind="VmleaseRemediation",
+        plural="vmleaseremediations",
+        short_names=["vrm"],
+        namespaced=True,
+        columns=[
+            _condition_column("Processing"),
+            _condition_column("Succeeded"),
+            PrinterColumn(
+                name="Reason",
+                type="string",
+                json_path='.status.conditions[?(@.type=="Succeeded")].reason',
+            ),
+            PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
+        ],
+    )
+
+    api_version: Literal["vmlease.io/v1alpha1"] = API_VERSION
+    kind: Literal["VmleaseRemediation"] = "VmleaseRemediation"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: RemediationSpec = Field(default_factory=RemediationSpec)
+    status: VmleaseRemediationStatus = Field(default_factory=VmleaseRemediationStatus)
+
+    @property
+    def node(self) -> str:
+        """The node to remediate."""
+        return self.metadata.annotations.get(REMEDIATION_NODE_ANNOTATION) or self.metadata.name
+
+
+RESOURCES: tuple[type[Resource], ...] = (
     Lockspace,
     HostId,
     DiskLease,
+    VmleaseRemediationTemplate,
+    VmleaseRemediation,
 )
+"""Every kind with a generated CRD, in the order ``make crds`` writes them."""

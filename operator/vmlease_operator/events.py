@@ -36,6 +36,9 @@ NODE_IN_SERVICE = "NodeInService"
 NODE_NOT_RENEWING = "NodeNotRenewing"
 NODE_RENEWING = "NodeRenewing"
 FENCING_UNPROVEN = "FencingUnproven"
+REMEDIATION_STARTED = "RemediationStarted"
+REMEDIATION_FINISHED = "RemediationFinished"
+REMEDIATION_FAILED = "RemediationFailed"
 
 
 @dataclass(frozen=True)
@@ -167,3 +170,27 @@ def node_renewing(node: str, why: str) -> Event:
 
 def fencing_unproven(why: str) -> Event:
     return Event(WARNING, FENCING_UNPROVEN, f"{why}: the node is not tainted out of service")
+
+
+# --- NodeHealthCheck remediation (posted on the VmleaseRemediation and the Node) ---------------
+
+
+def remediation_started(node: str, remediation: str) -> Event:
+    return Event(
+        NORMAL,
+        REMEDIATION_STARTED,
+        f"remediation {remediation} of node {node}: waiting for the storage proof that its "
+        f"watchdog reset it",
+        on_node=True,
+    )
+
+
+def remediation_finished(node: str, message: str) -> Event:
+    return Event(NORMAL, REMEDIATION_FINISHED, f"node {node} remediated: {message}", on_node=True)
+
+
+def remediation_failed(node: str, reason: str, message: str) -> Event:
+    return Event(
+        WARNING, REMEDIATION_FAILED, f"node {node} not remediated ({reason}): {message}",
+        on_node=True,
+    )  # fmt: skip

@@ -14,6 +14,10 @@ What each resource gets, and what it costs in API writes:
 * Node fencing (Lockspaces with ``spec.nodeFencing`` only): the Lockspace pass judges its
   HostIds (``node_fencing.assess``) and patches the Nodes whose taints must change, one merge
   patch with the Node's resourceVersion each, and one Event per taint change.
+* VmleaseRemediations (NodeHealthCheck's, in the operator's namespace only): an index by node and
+  raw events; each is judged (``remediation.judge``) when it changes, when its Node changes and on
+  every pass of a Lockspace its node is in. A status patch only when the conditions change; no
+  finalizer (NHC deletes them; nothing of ours needs cleaning up).
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ from vmlease_api import GROUP, VERSION, naming
 from vmlease_api.allocation import HostIdRecord, LockspaceFull, ReleaseClock
 from vmlease_api.conditions import now
 from vmlease_api.errors import Conflict, NotFound, Refused
-from vmlease_api.models import DiskLease, HostState, Lockspace, LockspaceSpec
+from vmlease_api.models import DiskLease, HostState, Lockspace, LockspaceSpec, VmleaseRemediation
 from vmlease_api.naming import disk_resource_name
 from vmlease_api.selector import matches
 
-from vmlease_operator import events, metrics, node_fencing, reconcile
+from vmlease_operator import events, metrics, node_fencing, reconcile, remediation
 from vmlease_operator.hostid_writes import Allocator, release
-from vmlease_operator.kube import DISKLEASES, LOCKSPACES, Kube
+from vmlease_operator.kube import DISKLEASES, LOCKSPACES, REMEDIATIONS, Kube
 
 #: How often each Lockspace is reconciled; also the granularity of id release.
 RECONCILE_SECONDS = 10.0
@@ -58,6 +62,9 @@ class Runtime:
     lease_views: dict[str, events.LeaseView] = field(default_factory=dict)
     #: HostId name -> the last reason a Dead report was not taken as proof (said once each)
     unproven: dict[str, str] = field(default_factory=dict)
+    #: the namespace whose VmleaseRemediations this operator answers (the chart's, where it may
+    #: post Events and write their status); None: every namespace
+    remediation_namespace: str | None = None
 
 
 def _rt(memo: Any) -> Runtime:
@@ -120,6 +127,38 @@ def hostids_idx(body: kopf.Body, **_: Any) -> dict[str, HostIdRecord]:
     return {record.lockspace: record}
 
 
+def _answers_remediation(namespace: str | None, memo: Any, **_: Any) -> bool:
+    wanted = _rt(memo).remediation_namespace
+    return wanted is None or namespace == wanted
+
+
+@kopf.index(GROUP, VERSION, "vmleaseremediations", when=_answers_remediation)
+def remediations_idx(body: kopf.Body, **_: Any) -> dict[str, VmleaseRemediation]:
+    try:
+        found = VmleaseRemediation.model_validate(dict(body))
+    except ValidationError:
+        return {}  # the CRD refuses such objects
+    return {found.node: found}
+
+
+def _node_fencing_view(nodes: kopf.Index, name: str) -> dict[str, Any] | None:
+    """The Node as node fencing reads it (taints, our annotation), from the index."""
+    info = next(iter(nodes.get(name, [])), None)
+    if info is None:
+        return None
+    return {
+        "metadata": {
+            "name": name,
+            "uid": info["uid"],
+            "resourceVersion": info["resourceVersion"],
+            "annotations": {node_fencing.FENCING_ANNOTATION: info["fencing"]}
+            if info["fencing"]
+            else {},
+        },
+        "spec": {"taints": info["taints"]},
+    }
+
+
 def _node_body(nodes: kopf.Index, name: str) -> dict[str, Any] | None:
     for info in nodes.get(name, []):
         return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": info["uid"]}}
@@ -162,11 +201,16 @@ async def node_event(
     logger: kopf.Logger,
     lockspaces_idx: kopf.Index,
     hostids_idx: kopf.Index,
+    nodes_idx: kopf.Index,
+    remediations_idx: kopf.Index,
     **_: Any,
 ) -> None:
+    rt = _rt(memo)
+    for found in list(remediations_idx.get(name, [])):
+        node = None if type == "DELETED" else _node_fencing_view(nodes_idx, name)
+        await _remediate(rt, found, node, lockspaces_idx, hostids_idx, logger)
     if type == "DELETED":
         return  # ids stay until released by the Lockspace pass
-    rt = _rt(memo)
     for lockspace, specs in list(lockspaces_idx.items()):
         for spec in list(specs):
             if not matches(spec.node_selector, labels):
@@ -253,20 +297,9 @@ async def _apply_verdicts(
 ) -> None:
     """Patch the Nodes whose taints the verdicts change, and post their Events."""
     for verdict in verdicts:
-        info = next(iter(nodes_idx.get(verdict.node, [])), None)
-        if info is None:
+        node = _node_fencing_view(nodes_idx, verdict.node)
+        if node is None:
             continue  # the Node is gone: nothing to taint
-        node = {
-            "metadata": {
-                "name": verdict.node,
-                "uid": info["uid"],
-                "resourceVersion": info["resourceVersion"],
-                "annotations": {node_fencing.FENCING_ANNOTATION: info["fencing"]}
-                if info["fencing"]
-                else {},
-            },
-            "spec": {"taints": info["taints"]},
-        }
         change = node_fencing.node_change(node, [verdict])
         if change is None:
             continue
@@ -303,6 +336,8 @@ async def lockspace_pass(
     logger: kopf.Logger,
     nodes_idx: kopf.Index,
     hostids_idx: kopf.Index,
+    lockspaces_idx: kopf.Index,
+    remediations_idx: kopf.Index,
     **_: Any,
 ) -> None:
     rt = _rt(memo)
@@ -310,6 +345,10 @@ async def lockspace_pass(
     await _run_plan(rt, body, lockspace, nodes_idx, hostids_idx.get(name, []), logger)
     if lockspace.spec.node_fencing:
         await _fence_nodes(rt, lockspace, hostids_idx.get(name, []), nodes_idx, logger)
+        for node in sorted({r.node for r in hostids_idx.get(name, [])}):
+            for found in list(remediations_idx.get(node, [])):
+                view = _node_fencing_view(nodes_idx, node)
+                await _remediate(rt, found, view, lockspaces_idx, hostids_idx, logger)
 
 
 @kopf.on.delete(GROUP, VERSION, "lockspaces")  # type: ignore[arg-type]  # indices: see KOPF_INDICES
@@ -438,3 +477,77 @@ def _lease_view(lease: DiskLease) -> events.LeaseView:
         host_id=holder.host_id if holder else None,
         owner=(holder.domain or holder.process) if holder else None,
     )
+
+
+# --- NodeHealthCheck remediations ------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "vmleaseremediations", when=_answers_remediation)  # type: ignore[arg-type]  # indices: see KOPF_INDICES
+async def remediation_event(
+    type: str | None,
+    body: kopf.Body,
+    name: str,
+    memo: Any,
+    logger: kopf.Logger,
+    nodes_idx: kopf.Index,
+    lockspaces_idx: kopf.Index,
+    hostids_idx: kopf.Index,
+    **_: Any,
+) -> None:
+    if type == "DELETED":
+        return
+    try:
+        found = VmleaseRemediation.model_validate(dict(body))
+    except ValidationError as error:
+        logger.warning(f"VmleaseRemediation {name} does not parse: {error}")
+        return
+    node = _node_fencing_view(nodes_idx, found.node)
+    await _remediate(_rt(memo), found, node, lockspaces_idx, hostids_idx, logger)
+
+
+async def _remediate(
+    rt: Runtime,
+    found: VmleaseRemediation,
+    node: dict[str, Any] | None,
+    lockspaces_idx: kopf.Index,
+    hostids_idx: kopf.Index,
+    logger: kopf.Logger,
+) -> None:
+    """Judge one remediation and write its conditions (and Events) if they change."""
+    hosts = [
+        remediation.FencingHost(record, reconcile.failover_seconds(spec))
+        for lockspace, specs in list(lockspaces_idx.items())
+        for spec in list(specs)[:1]
+        if spec.node_fencing
+        for record in list(hostids_idx.get(lockspace, []))
+        if record.node == found.node and not record.terminating
+    ]
+    decision = remediation.judge(found, node, hosts)
+    status = remediation.status_patch(found, decision, now())
+    if status is None:
+        return
+    meta = found.metadata
+    assert meta.namespace is not None
+    try:
+        await asyncio.to_thread(rt.kube.patch_namespaced_status, REMEDIATIONS, meta.namespace,
+                                meta.name, status)  # fmt: skip
+    except NotFound:
+        return  # NodeHealthCheck deleted it meanwhile
+    except Refused as error:
+        logger.error(
+            f"VmleaseRemediation {meta.namespace}/{meta.name}: its status cannot be written "
+            f"({error}); the operator answers remediations in its own namespace only (the "
+            f"chart's RBAC): create the VmleaseRemediationTemplate there"
+        )
+        return
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VmleaseRemediation",
+        "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
+    }
+    for event in remediation.transition_events(found, decision):
+        logger.info(event.message)
+        target = None
+        if node is not None:
+            target = {"apiVersion": "v1", "kind": "Node", "metadata": node["metadata"]}
+        _post(body, event, target)

@@ -20,6 +20,7 @@ from vmlease_api.allocation import HostIdRecord
 from vmlease_api.errors import ApiError, NotFound
 
 HOSTIDS, LOCKSPACES, DISKLEASES = "hostids", "lockspaces", "diskleases"
+REMEDIATIONS = "vmleaseremediations"
 #: Shown in managedFields, so ``kubectl get -o yaml`` tells which writes are the operator's.
 FIELD_MANAGER = "vmlease-operator"
 #: Added to a 401/403's message: what to fix.
@@ -147,6 +148,20 @@ class Kube:
             self._objects.patch_cluster_custom_object_status,
             GROUP,
             VERSION,
+            plural,
+            name,
+            {"status": status},
+            field_manager=FIELD_MANAGER,
+        )
+
+    def patch_namespaced_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        _call(
+            self._objects.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
             plural,
             name,
             {"status": status},

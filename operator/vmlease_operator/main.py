@@ -144,6 +144,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
     parser.add_argument("--workers", type=int, default=16, help="concurrent API calls")
+    parser.add_argument(
+        "--remediation-namespace",
+        default=None,
+        help="answer NodeHealthCheck's VmleaseRemediations in this namespace only (the chart "
+        "passes its own: the operator may write their status and Events there); default: all",
+    )
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
     return parser.parse_args(argv)
@@ -165,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         ensure_peering(api, args.peering, create=args.create_peering)
     metrics.start(args.metrics_port)
     kube = Kube(api)
-    runtime = handlers.Runtime(kube=kube, allocator=Allocator(kube), workers=args.workers)
+    runtime = handlers.Runtime(
+        kube=kube,
+        allocator=Allocator(kube),
+        workers=args.workers,
+        remediation_namespace=args.remediation_namespace,
+    )
     kopf.run(
         clusterwide=True,
         standalone=args.standalone,

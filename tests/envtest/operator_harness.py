@@ -35,6 +35,7 @@ def apply_crds(server: APIServer) -> None:
     server.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s",
         "crd/lockspaces.vmlease.io", "crd/hostids.vmlease.io", "crd/diskleases.vmlease.io",
+        "crd/vmleaseremediationtemplates.vmlease.io", "crd/vmleaseremediations.vmlease.io",
         "crd/clusterkopfpeerings.kopf.dev",
     )  # fmt: skip
 

@@ -439,8 +439,13 @@ OPERATOR_CAN = [
     ("list", "nodes"), ("watch", "nodes"), ("create", "events", "-n", "default"),
     ("list", "clusterkopfpeerings.kopf.dev"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("list", "vmleaseremediations.vmlease.io"), ("watch", "vmleaseremediations.vmlease.io"),
 ]  # fmt: skip
 OPERATOR_CANNOT = [
+    # remediations: their status only with nodeFencing.remediation.enabled, never the objects
+    ("patch", "vmleaseremediations.vmlease.io", "--subresource=status", "-n", NAMESPACE),
+    ("create", "vmleaseremediations.vmlease.io", "-n", NAMESPACE),
+    ("delete", "vmleaseremediations.vmlease.io", "-n", NAMESPACE),
     ("delete", "nodes"), ("patch", "nodes"), ("get", "nodes"),
     ("get", "secrets", "-A"), ("list", "secrets", "-n", NAMESPACE), ("create", "pods", "-A"),
     ("create", "lockspaces.vmlease.io"), ("delete", "lockspaces.vmlease.io"),
@@ -497,6 +502,57 @@ def test_service_accounts_may_do_only_what_their_code_does(
     for args in (("get", "secrets", "-A"), ("delete", "node", "any-node")):
         denied = server.kubectl(*args, token=token, check=False)
         assert denied.returncode != 0 and "Forbidden" in denied.stderr, denied.stderr
+
+
+def test_nhc_remediation_rbac_gives_nhc_its_rights_and_binds_the_operator_to_its_namespace(
+    server: APIServer, release: Release
+):
+    """nodeFencing.remediation.enabled: NodeHealthCheck's own ClusterRole aggregates every
+    ClusterRole labelled rbac.ext-remediation/aggregate-to-ext-remediation (its contract with
+    external remediators), so NHC may create our remediations and read our template; the
+    operator may write their status and Events in the release namespace and nowhere else.
+    envtest runs no kube-controller-manager, whose aggregation controller would copy the rules
+    into NHC's role: the test checks the label and binds the labelled role itself."""
+    on = ("--set", "nodeFencing.enabled=true", "--set", "nodeFencing.remediation.enabled=true")
+    docs = documents(
+        render(server, *on, "--show-only", "templates/remediation.yaml", release=release.name)
+    )
+    (template,) = by_kind(docs, "VmleaseRemediationTemplate")
+    assert template["kind"].endswith("Template") and template["spec"]["template"]["spec"] == {}
+    assert template["metadata"]["namespace"] == NAMESPACE
+    (for_nhc,) = by_kind(docs, "ClusterRole")
+    assert for_nhc["metadata"]["labels"]["rbac.ext-remediation/aggregate-to-ext-remediation"] == (
+        "true"
+    )
+    nhc = f"nhc-{secrets.token_hex(3)}"
+    objects = [d for d in docs if d["kind"] != "VmleaseRemediationTemplate"]
+    try:
+        for doc in objects:
+            server.kubectl("apply", "-f", "-", input=json.dumps(doc))
+        server.kubectl("create", "serviceaccount", nhc, "-n", NAMESPACE)
+        server.kubectl("create", "clusterrolebinding", nhc,
+                       f"--clusterrole={for_nhc['metadata']['name']}",
+                       f"--serviceaccount={NAMESPACE}:{nhc}")  # fmt: skip
+        token = server.service_account_token(NAMESPACE, nhc)
+        remediations = "vmleaseremediations.vmlease.io"
+        for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+            assert can_i(server, token, verb, remediations, "-n", "elsewhere"), verb
+        assert can_i(server, token, "get", "vmleaseremediationtemplates.vmlease.io", "-A")
+        assert not can_i(server, token, "patch", "nodes")
+        op = release.operator_token
+        status = (remediations, "--subresource=status")
+        assert can_i(server, op, "patch", *status, "-n", NAMESPACE)
+        assert can_i(server, op, "create", "events", "-n", NAMESPACE)
+        assert not can_i(server, op, "patch", *status, "-n", "default")
+        assert not can_i(server, op, "create", "events", "-n", "kube-system")
+        assert not can_i(server, op, "create", remediations, "-n", NAMESPACE)
+    finally:
+        for doc in objects:
+            server.kubectl("delete", "-f", "-", "--ignore-not-found", input=json.dumps(doc),
+                           check=False)  # fmt: skip
+        server.kubectl("delete", "clusterrolebinding", nhc, "--ignore-not-found", check=False)
+        server.kubectl("delete", "serviceaccount", nhc, "-n", NAMESPACE, "--ignore-not-found",
+                       check=False)  # fmt: skip
 
 
 def test_agent_token_cannot_allocate_a_host_id(server: APIServer, release: Release):
@@ -899,6 +955,10 @@ def test_the_crd_upgrade_hook_adds_a_field_and_existing_objects_keep_working(
     assert all(d["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade" for d in hook)
     job = hook[3]["spec"]["template"]["spec"]
     assert job["containers"][0]["args"][0] == "--apply-crds"
+    # it may patch exactly the CRDs this version generates (a kind added to the models and not
+    # here would fail every upgrade that finds it already installed)
+    named = hook[1]["rules"][0]["resourceNames"]
+    assert sorted(named) == sorted(d["metadata"]["name"] for d in all_crds().values())
     assert job["serviceAccountName"] == hook[0]["metadata"]["name"]
     for doc in hook[:3]:
         server.kubectl("apply", "-f", "-", input=json.dumps(doc))

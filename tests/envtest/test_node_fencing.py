@@ -167,3 +167,95 @@ def test_deleting_a_fencing_lockspace_lifts_its_no_schedule_taints(server):
 
         wait_for(gone, 18 + 40, "the Lockspace deleted (its Dead id released)", 0.5)
         assert FAILING not in _taints(api, node), "a deleted Lockspace's taint stayed"
+
+
+# --- medik8s NodeHealthCheck remediation -----------------------------------------------------
+
+
+def _remediation(api: client.ApiClient, namespace: str, name: str, node: str | None = None,
+                 **annotations: str) -> None:  # fmt: skip
+    """What NodeHealthCheck creates: the template's inner spec, named after the node or (for a
+    remediator with multiple-templates-support) generated and annotated with it."""
+    if node is not None:
+        annotations["remediation.medik8s.io/node-name"] = node
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "VmleaseRemediation",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+        "spec": {},
+    }  # fmt: skip
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "vmleaseremediations", body
+    )
+
+
+def _conditions(api: client.ApiClient, namespace: str, name: str) -> dict[str, tuple[str, str]]:
+    """type -> (status, reason)"""
+    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "vmleaseremediations", name
+    )
+    found = (obj.get("status") or {}).get("conditions") or []
+    return {c["type"]: (c["status"], c["reason"]) for c in found}
+
+
+def test_nhc_remediation_succeeds_only_on_the_proof_and_fails_fast_without_one_safety(server):
+    """NodeHealthCheck's contract, against a real API server: Processing while the node's
+    proof is incomplete, Succeeded once node fencing tainted it out of service on the proof,
+    Succeeded False at once where no proof can come (so NHC escalates), TimedOut when NHC says
+    so, and nothing written in a namespace the operator does not answer."""
+    name = f"ls-{secrets.token_hex(3)}"
+    victim, observer, outsider = f"{name}-a", f"{name}-b", f"{name}-c"
+    ns, other = f"rem-{secrets.token_hex(3)}", f"rem-{secrets.token_hex(3)}"
+    for namespace in (ns, other):
+        server.kubectl("create", "namespace", namespace)
+    with (
+        lockspace_with_nodes(server, name, [victim, observer], **FAST) as api,
+        Operator(server, "--standalone", "--remediation-namespace", ns) as operator,
+    ):
+        client.CoreV1Api(api).create_node({"metadata": {"name": outsider}})
+        ids = wait_for(
+            lambda: (
+                (h := {i["spec"]["nodeName"]: i["metadata"]["name"] for i in hostids(api, name)})
+                and len(h) == 2
+                and h
+            ),
+            30,
+            "a HostId per node",
+        )
+        for node in (victim, observer):
+            _status(
+                api, ids[node], state="Live", observedBy=node, stateSince=_stamp(),
+                lastRenewal=_stamp(), nodeFencing=True, generation=1,
+            )  # fmt: skip
+        _remediation(api, ns, victim)
+        _remediation(api, ns, "nhc-x7k2p", node=outsider)
+        _remediation(api, ns, observer, **{"remediation.medik8s.io/nhc-timed-out": _stamp()})
+        _remediation(api, other, victim)
+
+        # a running node (its agent renews) is never fenced: the remediation waits
+        wait_for(lambda: _conditions(api, ns, victim).get("Processing") == ("True",
+                 "WaitingForProof"), 30, "Processing")  # fmt: skip
+        conditions = _conditions(api, ns, victim)
+        assert conditions["Succeeded"][0] == "Unknown"
+        assert conditions["PermanentNodeDeletionExpected"][0] == "False"
+        # no host_id in a fencing lockspace: Succeeded False at once, NHC escalates
+        wait_for(lambda: _conditions(api, ns, "nhc-x7k2p").get("Succeeded") == ("False",
+                 "NoFencingLockspace"), 30, "NoFencingLockspace")  # fmt: skip
+        assert _conditions(api, ns, observer)["Succeeded"] == ("False", "TimedOut")
+
+        # the node is reset: Dead, read by a fresh observer, silent for the safe time
+        _status(
+            api, ids[victim], state="Dead", observedBy=observer, stateSince=_stamp(),
+            lastRenewal=_stamp(60),
+        )  # fmt: skip
+        wait_for(lambda: _conditions(api, ns, victim).get("Succeeded") == ("True",
+                 "OutOfService"), PASS_SECONDS + 20, "Succeeded")  # fmt: skip
+        assert OUT_OF_SERVICE in _taints(api, victim)
+        assert _conditions(api, ns, victim)["Processing"] == ("False", "OutOfService")
+        for reason in ("RemediationStarted", "RemediationFinished"):
+            assert any(victim in m for m in _events(server, reason)), reason
+        assert any(outsider in m for m in _events(server, "RemediationFailed"))
+        assert _conditions(api, other, victim) == {}, "answered outside its namespace"
+        assert "Traceback" not in operator.log_tail(200)
+    for namespace in (ns, other):
+        server.kubectl("delete", "namespace", namespace, "--wait=false")
+    server.kubectl("delete", "node", outsider, "--ignore-not-found")
