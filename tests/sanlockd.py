@@ -199,6 +199,11 @@ def _client_main() -> None:
     def op_release(req):
         sanlock.release(req["lockspace"].encode(), req["resource"].encode(), disks(req), slkfd=fd)
 
+    def op_request(req):
+        action = {"force": sanlock.REQ_FORCE, "graceful": sanlock.REQ_GRACEFUL}[req["action"]]
+        sanlock.request(req["lockspace"].encode(), req["resource"].encode(), disks(req),
+                        action=action, version=req.get("version"))  # fmt: skip
+
     def op_get_hosts(req):
         return sanlock.get_hosts(req["lockspace"].encode(), req.get("host_id", 0))
 

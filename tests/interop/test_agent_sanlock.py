@@ -113,3 +113,53 @@ def test_agent_holds_sanlock_refused_then_wins(mixed):
     wait_for(lambda: not node.client.call("status")["leases"], 5, "our release")
     other.call("acquire", lockspace=LS, resource="R", path=res)
     other.close()
+
+
+# --- requests: either side asks the other's holder to give a lease up -------------------------
+
+
+@pytest.mark.parametrize(("action", "signal_seen"), [("force", -9), ("graceful", -15)])
+def test_a_sanlock_request_stops_our_holder_then_sanlock_takes_the_lease(
+    mixed, action, signal_seen
+):
+    """sanlock writes the request record and sets our bit in its renewals' bitmap; our agent
+    reads the bit (at its next renewal, within 2N), examines its leases and stops the holder
+    as sanlock would (force: SIGKILL; graceful without a kill command: SIGTERM)."""
+    _, _, res, daemon, _, node = mixed
+    proc = node.spawn_holder([f"{LS}:R:{res}:0"], ["sleep", "60"], owner="vm1")
+    wait_for(lambda: node.client.call("status")["leases"], 10, "our agent to hold the lease")
+    time.sleep(2 * N + 0.5)  # sanlock's daemon has scanned us live
+    requester = daemon.client()
+    requester.call("register")
+    with pytest.raises(SanlockError):
+        requester.call("acquire", lockspace=LS, resource="R", path=res)
+    requester.call("request", lockspace=LS, resource="R", path=res, action=action)
+    proc.wait(timeout=6 * N + 10)
+    assert proc.returncode == signal_seen
+    wait_for(lambda: not node.client.call("status")["leases"], 5, "our release")
+    [seen] = [e for e in node.client.call("events") if e["event"] == "requested"]
+    assert seen["force_mode"] == action and seen["lease"] == f"{LS}:R"
+    requester.call("acquire", lockspace=LS, resource="R", path=res)
+    requester.close()
+
+
+def test_our_request_stops_a_sanlock_holder_then_we_take_the_lease(mixed):
+    """Our agent writes the request record and carries sanlock's bit in its own renewals;
+    sanlock's daemon examines and SIGKILLs its registered holder, then releases the lease."""
+    _, _, res, daemon, _, node = mixed
+    holder = daemon.client()
+    holder.call("register")
+    holder.call("acquire", lockspace=LS, resource="R", path=res)
+    wait_for(
+        lambda: (our_view(node, 1) or {}).get("state") == "live",
+        8 * N + 10,
+        "our agent to see sanlock live",
+    )
+    got = node.client.call("request", resource=f"{LS}:R:{res}:0", force_mode=1)
+    assert got["owner_id"] == 1 and got["requested_lver"] == got["current_lver"] + 1
+    assert holder.proc.wait(timeout=6 * N + 10) == -9
+    holder.close()
+    proc = node.spawn_holder([f"{LS}:R:{res}:0"], ["sleep", "60"], owner="vm1")
+    leases = wait_for(lambda: node.client.call("status")["leases"], 10, "our agent to take it")
+    assert leases[0]["lver"] >= got["requested_lver"]
+    proc.kill()

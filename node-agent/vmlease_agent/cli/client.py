@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from vmlease_agent.core import requests
 from vmlease_agent.engine import errors, leasespec
 from vmlease_agent.rpc import wire
 from vmlease_agent.rpc.client import AgentClient
@@ -129,6 +130,13 @@ def cmd(args: argparse.Namespace) -> int:
                 )
             ),
         )
+    elif a == "request":
+        got = c.call("request", resource=args.resource, force_mode=args.force_mode)
+        owner = f"host_id {got['owner_id']}" if got["owner_id"] else "nobody (the lease is free)"
+        print(
+            f"request done: {got['lease']} lver {got['requested_lver']} "
+            f"({requests.MODES[got['force_mode']]}), held by {owner} at lver {got['current_lver']}"
+        )
     elif a == "command":
         return command(c, args)
     elif a == "killpath":
@@ -198,6 +206,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("-p", dest="pid", type=int, required=True)
         if name == "acquire":
             p.add_argument("--owner", help="what the process is, shown to other hosts' users")
+    p = csub.add_parser(
+        "request", help="ask the holder of a lease to give it up (sanlock client request)"
+    )
+    p.add_argument("-r", dest="resource", required=True, metavar="LS:RES:PATH:OFFSET[:LVER]")
+    p.add_argument(
+        "-f",
+        dest="force_mode",
+        type=int,
+        required=True,
+        choices=sorted(requests.MODES),
+        help="1 force (SIGKILL the holder), 2 graceful (its killpath or SIGTERM), "
+        "0 without LVER: clear the request",
+    )
     p = csub.add_parser("inquire", help="the leases a process holds")
     p.add_argument("-p", dest="pid", type=int, required=True)
     p = csub.add_parser(

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from vmlease_agent.core import fencing, state
+from vmlease_agent.core import fencing, requests, state
 from vmlease_agent.core.holders import (
     Client,
     ClientRegistry,
@@ -191,6 +191,8 @@ class Agent:
         self._retired: list[JoinedLockspace] = []
         #: node fencing: why this node is being reset ("" while it is not); never cleared
         self._condemned = ""
+        #: lockspaces whose leases' request records are being examined (one thread each)
+        self._examining: set[str] = set()
 
     # ---- events and state -----------------------------------------------------------------
 
@@ -928,7 +930,81 @@ class Agent:
             generation=h.token.generation,
             holder=client.identity(),
             since=h.since,
+            request=h.request,
         )
+
+    # ---- requests (``core.requests``) --------------------------------------------------------
+
+    def request(self, res: Resource, force_mode: int, lver: int | None = None) -> dict:
+        """Ask the holder of ``res`` to give it up (sanlock ``request``): write the request
+        record, then notify its owner through our renewals' bitmap, or examine at once if the
+        owner is this node. ``lver`` None: the next version. Force mode 0 with no lver clears."""
+        requests.check_mode(force_mode)
+        ls = self._joined(res.lockspace)
+        leader = paxos.write_request(
+            self._storage(res.path), res, lver or 0, force_mode, ls.cfg.io_timeout
+        )
+        wanted = lver or (leader.lver + 1 if force_mode else 0)
+        owner = leader.owner_id if leader.timestamp else 0
+        if force_mode and owner == ls.cfg.host_id:
+            self._start_examine(ls)
+        elif force_mode and owner:
+            ls.notify(owner)
+        self.event("request", lease=res.label, owner_id=owner, lver=wanted,
+                   force_mode=requests.MODES[force_mode])  # fmt: skip
+        return {
+            "lease": res.label,
+            "owner_id": owner,
+            "current_lver": leader.lver,
+            "requested_lver": wanted,
+            "force_mode": force_mode,
+        }
+
+    def _start_examine(self, ls: JoinedLockspace) -> None:
+        """Examine ``ls``'s leases in a thread of its own (reads may stall: never in the main
+        loop); one at a time per lockspace, the flag kept for the next tick if one runs."""
+        with self._lock:
+            if ls.name in self._examining:
+                ls.request_examine()
+                return
+            self._examining.add(ls.name)
+        threading.Thread(target=self._examine, args=(ls,), daemon=True,
+                         name=f"examine-{ls.name}").start()  # fmt: skip
+
+    def _examine(self, ls: JoinedLockspace) -> None:
+        """Read the request record of every lease held in ``ls``; stop the holder of each one
+        with a pending request (``requests.action``), once per request."""
+        try:
+            with self._lock:
+                held = [
+                    (c, h)
+                    for c in self._registry.clients.values()
+                    for h in c.leases.values()
+                    if h.res.lockspace == ls.name
+                ]
+            for client, h in held:
+                try:
+                    record = paxos.read_request(
+                        self._storage(h.res.path), h.res, h.token.sizes, ls.cfg.io_timeout
+                    )
+                except errors.LeaseError as e:
+                    log.warning("lease %s: its request record cannot be read: %s", h.label, e)
+                    continue
+                if not requests.pending(record, h.token.lver):
+                    h.request = None
+                    continue
+                asked = (record.lver, record.force_mode)
+                if h.request == asked:
+                    continue  # this request was acted on already
+                h.request = asked
+                act = requests.action(record.force_mode, bool(client.kill_command))
+                self.event("requested", lease=h.label, holder=client.key, lver=record.lver,
+                           force_mode=requests.MODES.get(record.force_mode, str(record.force_mode)),
+                           action=act.kind)  # fmt: skip
+                fencing.apply(act, client, self.clock.now(), {})
+        finally:
+            with self._lock:
+                self._examining.discard(ls.name)
 
     def inquire(self, holder: HolderRef) -> list[dict]:
         with self._lock:
@@ -1034,6 +1110,8 @@ class Agent:
         for ls in list(self._lockspaces.values()):
             if ls.check_deadline(now):
                 self._fence(ls, now)
+            elif ls.take_examine():
+                self._start_examine(ls)
         self._check_fencing(now)
         healthy = self._healthy(now)
         with self._device:

@@ -76,6 +76,8 @@ class HeldLease:
     token: Token
     shared: bool
     since: float = field(default_factory=time.time)  # wall clock, for people
+    #: a pending request to give it up, acted on: (requested lver, force mode) (``requests``)
+    request: tuple[int, int] | None = None
 
     @property
     def label(self) -> str:

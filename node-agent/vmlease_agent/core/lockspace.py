@@ -146,6 +146,11 @@ class JoinedLockspace:
         self._closing = threading.Lock()
         self._finished = False
         self._close_on_exit = False
+        # Requests (sanlock's host bitmap): the hosts whose bit our renewals carry, until when
+        # (``notify``); and whether a peer's renewal carried ours (``take_examine``).
+        self._bits: dict[int, float] = {}
+        self._bits_lock = threading.Lock()
+        self._examine = threading.Event()
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -337,7 +342,7 @@ class JoinedLockspace:
                 continue
             started = self.clock.now()
             try:
-                record, area = self.lease.renew()
+                record, area = self.lease.renew(bitmap=self.carried_bitmap(started))
             except (
                 errors.RenewOwner,
                 errors.RenewDiff,
@@ -362,8 +367,42 @@ class JoinedLockspace:
             warned = False
             self.renewal_ms = (self.clock.now() - started) * 1000
             self.last_success = float(record.timestamp)
-            self.table.update(area, self.clock.now(), self.cfg.host_id)
+            changed = self.table.update(area, self.clock.now(), self.cfg.host_id)
+            if self.table.senders_to(area, self.cfg.host_id, changed):
+                self._examine.set()
             self._notify()
+
+    # ---- requests (sanlock's host bitmap) ---------------------------------------------------
+
+    def notify(self, host_id: int) -> None:
+        """Ask ``host_id`` to examine its leases in this lockspace: our renewals carry its bit
+        for ``set_bitmap_seconds`` (6N), so it reads at least two of them (it scans every 2N)
+        even if one of its reads fails. sanlock's ``host_status_set_bit``."""
+        until = self.clock.now() + timeouts.set_bitmap_seconds(self.cfg.io_timeout)
+        with self._bits_lock:
+            self._bits[host_id] = until
+
+    def carried_bitmap(self, now: float) -> bytes:
+        """The bitmap our renewal at ``now`` carries (bits still within their 6N)."""
+        bitmap = bytearray(ondisk.HOSTID_BITMAP_SIZE)
+        with self._bits_lock:
+            for host_id, until in list(self._bits.items()):
+                if until <= now:
+                    del self._bits[host_id]
+                else:
+                    ondisk.bitmap_set(bitmap, host_id)
+        return bytes(bitmap)
+
+    def request_examine(self) -> None:
+        """Have the agent examine our leases' request records on its next pass."""
+        self._examine.set()
+
+    def take_examine(self) -> bool:
+        """Did a peer ask us to examine our leases since the last call? (Clears the flag.)"""
+        if not self._examine.is_set():
+            return False
+        self._examine.clear()
+        return True
 
     def check_deadline(self, now: float | None = None) -> bool:
         """Mark the lockspace failed once its deadline has passed (called by the main loop too,

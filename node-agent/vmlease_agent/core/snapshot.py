@@ -121,6 +121,8 @@ class LeaseSnapshot:
     generation: int
     holder: LeaseHolder
     since: float  # wall clock, for people
+    #: a pending request to give it up: (requested lver, force mode); None if there is none
+    request: tuple[int, int] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -138,6 +140,9 @@ class LeaseSnapshot:
             "holder": self.holder.key,
             "owner": self.holder.shown_as,
             "since": self.since,
+            "request": (
+                {"lver": self.request[0], "force_mode": self.request[1]} if self.request else None
+            ),
         }
 
     @classmethod
@@ -157,6 +162,7 @@ class LeaseSnapshot:
             generation=d["generation"],
             holder=holder,
             since=d["since"],
+            request=(r["lver"], r["force_mode"]) if (r := d.get("request")) else None,
         )
 
 

@@ -34,7 +34,7 @@ generation and name.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from . import errors, ondisk, timeouts
@@ -339,6 +339,21 @@ class HostStatusTable:
             self.hosts[local_host_id].last_live = now
         self._last_keys = keys
         return changed
+
+    def senders_to(self, area: bytes, host_id: int, among: Iterable[int]) -> list[int]:
+        """Hosts among ``among`` whose record in ``area`` carries ``host_id``'s bit: they ask
+        ``host_id`` to examine its leases (a request record was written for one of them), as
+        sanlock's ``check_other_leases`` reads it. A requester keeps the bit in its renewals for
+        ``set_bitmap_seconds``, so checking the hosts that renewed since the last scan suffices."""
+        ss = self.sizes.sector_size
+        out = []
+        for h in among:
+            if h == host_id or not 1 <= h <= self.sizes.max_hosts:
+                continue
+            off = ondisk.delta_sector_index(h) * ss + ondisk.HOSTID_BITMAP_OFFSET
+            if ondisk.bitmap_test(area[off : off + ondisk.HOSTID_BITMAP_SIZE], host_id):
+                out.append(h)
+        return out
 
 
 # ---- acquire / renew / release ----------------------------------------------------------------

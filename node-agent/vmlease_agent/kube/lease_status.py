@@ -34,6 +34,7 @@ from vmlease_api.models import (
     ObjectMeta,
 )
 
+from vmlease_agent.core import requests
 from vmlease_agent.core.snapshot import LeaseSnapshot
 from vmlease_agent.kube.decisions import put_condition, relative_path, resolve_path, utc
 
@@ -55,10 +56,13 @@ class HeldView:
     lver: int
     shared: bool
     holders: tuple[Holder, ...] = field(default=())
+    #: a pending request to give it up, as the holder's agent examined it ("" if none)
+    request: str = ""
 
     def key(self) -> tuple[Any, ...]:
         """Equal keys: the published status is still right."""
-        return (self.lver, self.shared, tuple(h.model_dump_json() for h in self.holders))
+        holders = tuple(h.model_dump_json() for h in self.holders)
+        return (self.lver, self.shared, holders, self.request)
 
 
 def held_views(leases: Iterable[LeaseSnapshot], node: str) -> tuple[dict[str, HeldView], list[str]]:
@@ -85,8 +89,18 @@ def held_views(leases: Iterable[LeaseSnapshot], node: str) -> tuple[dict[str, He
             lver=max(x.lver for x in items),
             shared=first.shared,
             holders=tuple(_holder(x, node) for x in items),
+            request=next((_request_text(x) for x in items if x.request), ""),
         )
     return views, skipped
+
+
+def _request_text(lease: LeaseSnapshot) -> str:
+    assert lease.request is not None
+    lver, mode = lease.request
+    how = {requests.FORCE: "SIGKILL", requests.GRACEFUL: "its kill command or SIGTERM"}.get(
+        mode, f"force mode {mode}"
+    )
+    return f"another host requested it (lver {lver}): the holder is being stopped ({how})"
 
 
 _NAME = re.compile(DNS_LABEL)
@@ -137,10 +151,12 @@ def held_status(
         new.shared_holders = [*others, *view.holders]
         message = "shared by " + ", ".join(_holder_text(h) for h in new.shared_holders)
     else:
-        new.phase = LeasePhase.HELD
+        new.phase = LeasePhase.CONTENDED if view.request else LeasePhase.HELD
         new.holder = view.holders[0]
         new.shared_holders = []
         message = f"held by {_holder_text(view.holders[0])}, lver {view.lver}"
+        if view.request:
+            message += f"; {view.request}"
     new.conditions = put_condition(new.conditions, HELD, True, new.phase.value, message, now)
     new.conditions = _sync_condition(new.conditions, node, spec_mismatch, now)
     return new
@@ -224,10 +240,11 @@ def orphan_updates(
     failover: int,
     now: datetime.datetime,
 ) -> list[tuple[DiskLease, DiskLeaseStatus]]:
-    """The lockspace reporter's word on other nodes' leases: a DiskLease Held by a host the disk
-    shows failing or dead becomes Orphaned, with when it becomes free (its last renewal plus the
-    safe time); back to Held if that host renews again. Only where the disk row carries the
-    holder's node name (a record of an earlier holder of the id says nothing about this one).
+    """The lockspace reporter's word on other nodes' leases: a DiskLease Held (or Contended) by a
+    host the disk shows failing or dead becomes Orphaned, with when it becomes free (its last
+    renewal plus the safe time); back to Held if that host renews again. Only where the disk row
+    carries the holder's node name (a record of an earlier holder of the id says nothing about
+    this one).
     The holder's own agent cannot say any of this: it is failing or gone; a host that takes the
     lease over writes Held with itself (``held_status`` clears ``free_after``)."""
     by_id = {int(r["host_id"]): r for r in rows}
@@ -236,13 +253,13 @@ def orphan_updates(
         status, holder = lease.status, lease.status.holder
         if lease.spec.lockspace != lockspace or holder is None:
             continue
-        if status.phase not in (LeasePhase.HELD, LeasePhase.ORPHANED):
+        if status.phase not in (LeasePhase.HELD, LeasePhase.CONTENDED, LeasePhase.ORPHANED):
             continue
         row = by_id.get(holder.host_id)
         if row is None or row["name"] != holder.node[:48]:
             continue
         new = status.model_copy(deep=True)
-        if row["state"] in ("fail", "dead") and status.phase == LeasePhase.HELD:
+        if row["state"] in ("fail", "dead") and status.phase != LeasePhase.ORPHANED:
             ago = row.get("renewed_ago")
             new.phase = LeasePhase.ORPHANED
             if ago is not None:

@@ -27,6 +27,8 @@ acquire            pid | key, resources [spec, "...:SH" = SH],  the leases taken
                    owner (opt), wait (opt, default true)
 release            pid | key, resources (opt; all if absent)    labels released
 inquire            pid | key                                    the leases of that holder
+request            resource "LS:RES:PATH:OFFSET[:LVER]",        owner_id, current and requested
+                   force_mode (1 force, 2 graceful, 0 clear)    lver (root only; core.requests)
 set_kill_command   pid | key, command [argv]                    null (run instead of SIGTERM)
 bind               key, pid                                     null (the key's leases now die
                                                                 with pid)
@@ -170,6 +172,11 @@ class Handlers:
                 parts = leasespec.split_escaped(str(s))
                 labels.append(f"{parts[0]}:{parts[1]}" if len(parts) >= 2 else str(s))
         return self.agent.release(holder, labels)
+
+    def request(self, req: dict, uid: int) -> object:
+        self._root(uid, "request")
+        parsed = leasespec.parse_resource(str(_require(req, "resource", str)))
+        return self.agent.request(parsed.resource, _require(req, "force_mode", int), parsed.lver)
 
     def inquire(self, req: dict, uid: int) -> object:
         return self.agent.inquire(self._holder(req, uid))

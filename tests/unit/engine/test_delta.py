@@ -436,6 +436,26 @@ def test_renew_writes_the_bitmap(lease_dir):
     assert read_bytes(ls.path, 2 * 512 + 256, 1) == b"\x10"
 
 
+def test_a_peer_carrying_our_bit_is_a_sender_only_while_it_does(lease_dir):
+    """sanlock's request notification: host 3 renews with host 5's bit; host 5's scan sees
+    host 3 as a sender; once host 3 renews without it, it is not."""
+    ls = make_lockspace(lease_dir)
+    requester = ls.lease(3, FakeClock())
+    requester.acquire()
+    bm = bytearray(256)
+    ondisk.bitmap_set(bm, 5)
+    requester.renew(bytes(bm))
+    table = delta.HostStatusTable(ls.loc, ls.sizes, 1)
+    area = read_bytes(ls.path, 0, MiB)
+    changed = table.update(area, 10.0, 5)
+    assert table.senders_to(area, 5, [3, 5, 7]) == [3]
+    assert table.senders_to(area, 4, [3]) == []  # someone else's bit
+    assert table.senders_to(area, 3, [3]) == []  # never ourselves
+    assert 3 in changed or 3 in table.hosts
+    requester.renew(bytes(256))
+    assert table.senders_to(read_bytes(ls.path, 0, MiB), 5, [3]) == []
+
+
 def test_renew_detects_our_host_id_taken_over_safety(lease_dir):
     ls = make_lockspace(lease_dir)
     clock = FakeClock()

@@ -57,6 +57,19 @@ def test_an_exclusive_hold_replaces_whatever_the_object_said():
     assert held.status == "True" and "node n1 (host_id 1, vm1, pid 4242)" in held.message
 
 
+def test_a_pending_request_shows_the_lease_contended_until_it_is_gone():
+    asked = {**wire_lease("ls", "res1", PATH, lver=4), "request": {"lver": 5, "force_mode": 2}}
+    v = view(LeaseSnapshot.from_wire(asked))
+    new = lease_status.held_status(DiskLeaseStatus(), v, "n1", T0, 1)
+    assert new.phase == LeasePhase.CONTENDED and new.holder.node == "n1"
+    held = next(c for c in new.conditions if c.type == "Held")
+    assert held.reason == "Contended" and "requested it (lver 5)" in held.message
+    assert "kill command or SIGTERM" in held.message
+    calm = view(lease("ls", "res1", PATH, lver=4))
+    assert calm.key() != v.key()  # the publisher writes again when the request is gone
+    assert lease_status.held_status(new, calm, "n1", T0, 1).phase == LeasePhase.HELD
+
+
 def test_shared_holders_are_merged_per_node():
     other = Holder(node="n2", host_id=2, pid=7)
     old = DiskLeaseStatus(phase=LeasePhase.SHARED, shared_holders=[other])
@@ -206,6 +219,12 @@ def test_orphaned_is_said_only_on_the_disks_word_about_that_very_holder():
     assert not lease_status.orphan_updates([held_by("n2", 2)], "other", dead, 26, T0)
     orphaned = held_by("n2", 2, LeasePhase.ORPHANED)
     assert not lease_status.orphan_updates([orphaned], "ls", dead, 26, T0)
+
+
+def test_a_contended_lease_whose_holder_host_stopped_renewing_is_orphaned():
+    contended = held_by("n2", 2, LeasePhase.CONTENDED)
+    [(_, new)] = lease_status.orphan_updates([contended], "ls", [row(2, "n2", "dead")], 26, T0)
+    assert new.phase == LeasePhase.ORPHANED
 
 
 def test_taking_an_orphaned_lease_over_clears_its_free_time():
