@@ -663,7 +663,12 @@ class DiskLease(Resource):
         kind="DiskLease",
         plural="diskleases",
         short_names=["dl"],
-        selectable_fields=[".spec.lockspace", ".status.phase", ".status.holder.node"],
+        selectable_fields=[
+            ".spec.lockspace",
+            ".spec.diskPath",
+            ".status.phase",
+            ".status.holder.node",
+        ],
         columns=[
             PrinterColumn(name="Lockspace", type="string", json_path=".spec.lockspace"),
             PrinterColumn(name="Resource", type="string", json_path=".spec.resource"),

@@ -448,8 +448,9 @@ def test_printer_columns_answer_who_holds_what(server, name):
 
 
 def test_a_disk_lease_is_found_by_its_holders_node(server, name):
-    """``kubectl get diskleases --field-selector status.holder.node=NODE``: a person who knows
-    the node finds its leases (CRD selectableFields)."""
+    """``kubectl get diskleases --field-selector status.holder.node=NODE`` (or
+    ``spec.diskPath=PATH``): a person who knows the node or the disk finds its leases (CRD
+    selectableFields)."""
     objects = client.CustomObjectsApi(api_client(server))
     made = []
     for resource, node in (("vm1", "node-a"), ("vm2", "node-b")):
@@ -457,7 +458,7 @@ def test_a_disk_lease_is_found_by_its_holders_node(server, name):
         objects.create_cluster_custom_object(GROUP, VERSION, "diskleases", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "DiskLease",
             "metadata": {"name": lease},
-            "spec": {"lockspace": name, "resource": resource,
+            "spec": {"lockspace": name, "resource": resource, "diskPath": f"/img/{resource}",
                      "lease": {"path": f"leases/{resource}.lease"}},
         })  # fmt: skip
         made.append(lease)
@@ -471,6 +472,10 @@ def test_a_disk_lease_is_found_by_its_holders_node(server, name):
             "--field-selector", f"status.holder.node=node-b,spec.lockspace={name}",
         ).stdout.split()  # fmt: skip
         assert out == [f"disklease.vmlease.io/{name}.vm2"]
+        by_disk = server.kubectl(
+            "get", "diskleases", "-o", "name", "--field-selector", "spec.diskPath=/img/vm1",
+        ).stdout.split()  # fmt: skip
+        assert by_disk == [f"disklease.vmlease.io/{name}.vm1"]
         hostid_fields = server.kubectl(
             "get", "hostids", "--field-selector", "spec.nodeName=nobody,status.state=Dead"
         )

@@ -40,7 +40,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -727,13 +727,16 @@ class Agent:
         resources: list[tuple[Resource, bool]],
         owner: str = "",
         wait: bool = True,
+        disks: Mapping[str, str] | None = None,
     ) -> list[dict]:
-        """Acquire every resource for ``holder``, all or nothing (taken ones released on error)."""
+        """Acquire every resource for ``holder``, all or nothing (taken ones released on error).
+        ``disks``: lease label -> the disk an automatic disk lease protects (shown, not used)."""
         client = self._client(holder, owner, create=True)
         taken: list[HeldLease] = []
         try:
             for res, shared in resources:
                 taken.append(self._acquire_one(client, res, shared, wait))
+                taken[-1].disk_path = (disks or {}).get(res.label)
         except BaseException:
             for held in reversed(taken):
                 with self._lock:
@@ -931,6 +934,7 @@ class Agent:
             holder=client.identity(),
             since=h.since,
             request=h.request,
+            disk_path=h.disk_path,
         )
 
     # ---- requests (``core.requests``) --------------------------------------------------------

@@ -78,6 +78,8 @@ class HeldLease:
     since: float = field(default_factory=time.time)  # wall clock, for people
     #: a pending request to give it up, acted on: (requested lver, force mode) (``requests``)
     request: tuple[int, int] | None = None
+    #: the disk an automatic disk lease protects (libvirt's hook says which), for people
+    disk_path: str | None = None
 
     @property
     def label(self) -> str:

@@ -123,6 +123,8 @@ class LeaseSnapshot:
     since: float  # wall clock, for people
     #: a pending request to give it up: (requested lver, force mode); None if there is none
     request: tuple[int, int] | None = None
+    #: the disk an automatic disk lease protects, if the acquirer said (libvirt's hook does)
+    disk_path: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -143,6 +145,7 @@ class LeaseSnapshot:
             "request": (
                 {"lver": self.request[0], "force_mode": self.request[1]} if self.request else None
             ),
+            "disk_path": self.disk_path,
         }
 
     @classmethod
@@ -163,6 +166,7 @@ class LeaseSnapshot:
             holder=holder,
             since=d["since"],
             request=(r["lver"], r["force_mode"]) if (r := d.get("request")) else None,
+            disk_path=d.get("disk_path"),
         )
 
 

@@ -76,6 +76,7 @@ def _lease_json(h: HeldLease) -> dict:
         "offset": h.res.offset,
         "shared": h.shared,
         "since": h.since,
+        "disk_path": h.disk_path,
         "sector_size": t.sizes.sector_size,
         "align_size": t.sizes.align_size,
         "host_id": t.host_id,
@@ -96,7 +97,7 @@ def _lease_from(d: dict) -> HeldLease:
         Leader.unpack(bytes.fromhex(d["leader"])),
         Dblock.unpack(bytes.fromhex(d["dblock"])),
     )
-    return HeldLease(res, token, d["shared"], d["since"])
+    return HeldLease(res, token, d["shared"], d["since"], disk_path=d.get("disk_path"))
 
 
 def save(

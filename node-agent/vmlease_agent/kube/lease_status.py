@@ -41,6 +41,10 @@ from vmlease_agent.kube.decisions import put_condition, relative_path, resolve_p
 HELD, SYNCED = "Held", "Synced"
 #: Label on DiskLeases the agent created by itself (automatic disk leases).
 LABEL_AUTO = f"{GROUP}/auto"
+#: Label on an automatic DiskLease whose name hashes a stable disk identity, not a path
+#: (``virt.domain``, "Stable identities"): ``kubectl get dl -l vmlease.io/disk-identity=ID``.
+LABEL_DISK_IDENTITY = f"{GROUP}/disk-identity"
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class HeldView:
     holders: tuple[Holder, ...] = field(default=())
     #: a pending request to give it up, as the holder's agent examined it ("" if none)
     request: str = ""
+    #: what the lease name hashes, as the acquirer said: a disk's canonical path or identity
+    disk: str | None = None
 
     def key(self) -> tuple[Any, ...]:
         """Equal keys: the published status is still right."""
@@ -90,6 +96,7 @@ def held_views(leases: Iterable[LeaseSnapshot], node: str) -> tuple[dict[str, He
             shared=first.shared,
             holders=tuple(_holder(x, node) for x in items),
             request=next((_request_text(x) for x in items if x.request), ""),
+            disk=next((x.disk_path for x in items if x.disk_path), None),
         )
     return views, skipped
 
@@ -220,14 +227,20 @@ def auto_disk_lease(ls: Lockspace | None, view: HeldView, shared_dir: str) -> di
         or os.path.dirname(os.path.normpath(rel)) != directory
     ):
         return None
+    labels = {naming.LABEL_LOCKSPACE: view.lockspace, LABEL_AUTO: "true"}
+    disk_path = None
+    # only what really hashes to the lease's name: a mistaken acquirer must not mislabel a lease
+    if view.disk is not None and naming.disk_resource_name(view.disk) == view.resource:
+        if view.disk.startswith("/"):
+            disk_path = view.disk
+        elif _LABEL_VALUE.match(view.disk) and len(view.disk) <= 63:
+            labels[LABEL_DISK_IDENTITY] = view.disk
     return DiskLease(
-        metadata=ObjectMeta(
-            name=view.name,
-            labels={naming.LABEL_LOCKSPACE: view.lockspace, LABEL_AUTO: "true"},
-        ),
+        metadata=ObjectMeta(name=view.name, labels=labels),
         spec=DiskLeaseSpec(
             lockspace=view.lockspace,
             resource=view.resource,
+            disk_path=disk_path,
             lease=LeaseLocation(path=rel, offset=view.offset),
         ),
     ).to_api()

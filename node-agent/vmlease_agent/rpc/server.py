@@ -24,7 +24,8 @@ add_lockspace      lockspace "LS:HOST_ID:PATH:OFFSET",          the lockspace
                    io_timeout (opt), wait (opt, default true)
 rem_lockspace      lockspace (name, or the LS:... spec)         null
 acquire            pid | key, resources [spec, "...:SH" = SH],  the leases taken (all or none)
-                   owner (opt), wait (opt, default true)
+                   owner (opt), wait (opt, default true),
+                   disks (opt: {"LS:RES": disk path})
 release            pid | key, resources (opt; all if absent)    labels released
 inquire            pid | key                                    the leases of that holder
 request            resource "LS:RES:PATH:OFFSET[:LVER]",        owner_id, current and requested
@@ -153,11 +154,17 @@ class Handlers:
             raise ApiError(detail="resources must be a non-empty list of LS:RES:PATH:OFFSET")
         parsed = [leasespec.parse_resource(s) for s in specs]
         owner = req.get("owner") or ""
+        disks = req.get("disks") or {}
+        if not isinstance(disks, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in disks.items()
+        ):
+            raise ApiError(detail="disks must map lease labels (LS:RES) to disk paths")
         return self.agent.acquire(
             holder,
             [(p.resource, p.shared) for p in parsed],
             str(owner)[:128],
             wait=req.get("wait", True) is not False,
+            disks=disks,
         )
 
     def release(self, req: dict, uid: int) -> object:

@@ -327,11 +327,12 @@ def _holder_codes() -> set[int]:
 
 def _acquire(ctx: Context, key: str, owner: str, wants: list) -> None:
     specs = [w.spec for w in wants]
+    disks = {w.label: w.disk for w in wants if w.disk}
     holder_until = time.monotonic() + ctx.cfg.acquire_wait
     stale_dropped = False
     while True:
         try:
-            ctx.call("acquire", key=key, resources=specs, owner=owner, wait=False)
+            ctx.call("acquire", key=key, resources=specs, owner=owner, wait=False, disks=disks)
             return
         except AgentDown:
             # our request may still complete in the agent: drop whatever it took

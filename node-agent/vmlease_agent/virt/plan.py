@@ -29,7 +29,7 @@ def _escape(path: str) -> str:
 class Want:
     """One lease a domain needs."""
 
-    __slots__ = ("auto", "lockspace", "offset", "path", "resource", "shared", "what")
+    __slots__ = ("auto", "disk", "lockspace", "offset", "path", "resource", "shared", "what")
 
     def __init__(
         self,
@@ -40,6 +40,7 @@ class Want:
         shared: bool,
         what: str,
         auto: bool,
+        disk: str | None = None,
     ) -> None:
         self.lockspace = lockspace
         self.resource = resource
@@ -48,6 +49,9 @@ class Want:
         self.shared = shared
         self.what = what  # for people: "disk vda (/images/a.qcow2)" or "<lease> key 'vm-key'"
         self.auto = auto  # an automatic disk lease (its file is created on first use)
+        #: what an automatic disk lease's name hashes: the canonical path, or the identity
+        #: (never starting with "/"); the agent shows it on the DiskLease
+        self.disk = disk
 
     def __repr__(self) -> str:
         return f"Want({self.spec!r}, {self.what!r})"
@@ -97,6 +101,7 @@ def plan(cfg: "LibvirtConfig", leases: "DomainLeases") -> list[Want]:
                 shared,
                 what,
                 True,
+                disk.identity if disk.identity is not None else disk.path,
             )
     out = {w.label: w for w in wants.values()}
     for lease in leases.leases:

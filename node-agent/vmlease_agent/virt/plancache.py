@@ -103,7 +103,7 @@ def store(cfg: "LibvirtConfig", xml: bytes, plan: Plan, paths: dict[str, str]) -
         "uuid": plan.uuid,
         "on_lockfailure": plan.on_lockfailure,
         "wants": [
-            [w.lockspace, w.resource, w.path, w.offset, w.shared, w.what, w.auto]
+            [w.lockspace, w.resource, w.path, w.offset, w.shared, w.what, w.auto, w.disk]
             for w in plan.wants
         ],
     }

@@ -255,6 +255,20 @@ def test_w_raised_across_a_restart_waits_for_the_record_to_say_so_safety(world):
     assert b.status()["leases"]  # the holder was adopted, not disturbed
 
 
+def test_the_disk_a_lease_protects_is_kept_across_a_restart(world):
+    """libvirt's hook names the disk of each automatic lease; the agent shows it (and its
+    DiskLease's spec.diskPath) for as long as the lease is held, restarts included."""
+    a = world.agent()
+    world.join(a)
+    vm = world.holder()
+    [got] = a.acquire(vm.pid, [(world.res, False)], disks={world.res.label: "/img/vm1.img"})
+    assert got["disk_path"] == "/img/vm1.img"
+    a.stop(clean=False)
+    b = world.agent()
+    [held] = b.status()["leases"]
+    assert held["disk_path"] == "/img/vm1.img" and held["pid"] == vm.pid
+
+
 def test_w_above_what_sanlock_hosts_assume_is_refused_safety(world):
     a = world.agent(w=61)
     with pytest.raises(FireTimeoutTooLong, match=r"judge it by 60 s \(sanlock hosts assume 60"):

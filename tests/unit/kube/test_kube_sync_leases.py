@@ -13,6 +13,7 @@ from vmlease_agent.core.snapshot import LeaseSnapshot
 from vmlease_agent.kube import lease_status
 from vmlease_agent.kube.lease_publisher import LeasePublisher
 from vmlease_api.models import DiskLease, DiskLeaseStatus, Holder, LeasePhase, Lockspace
+from vmlease_api.naming import disk_resource_name
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 SHARED = "/shared"
@@ -107,6 +108,34 @@ def test_automatic_disk_leases_are_only_those_in_the_lockspaces_directory():
     assert lease_status.auto_disk_lease(manual, inside, SHARED) is None
     assert lease_status.auto_disk_lease(auto, view(lease("ls", "abc", PATH)), SHARED) is None
     assert lease_status.auto_disk_lease(None, inside, SHARED) is None
+
+
+def _disk_lease_of(disk: str | None, resource: str) -> dict:
+    auto = Lockspace.model_validate(lockspace(auto=True))
+    held = LeaseSnapshot.from_wire(
+        {**wire_lease("ls", resource, f"/shared/leases/{resource}"), "disk_path": disk}
+    )
+    body = lease_status.auto_disk_lease(auto, view(held), SHARED)
+    assert body is not None
+    return body
+
+
+def test_an_automatic_disk_lease_says_which_disk_it_protects():
+    path = "/var/lib/libvirt/images/demo.img"
+    body = _disk_lease_of(path, disk_resource_name(path))
+    assert body["spec"]["diskPath"] == path
+    identity = "pvc-7d1e3c2a"
+    body = _disk_lease_of(identity, disk_resource_name(identity))
+    assert body["metadata"]["labels"]["vmlease.io/disk-identity"] == identity
+    assert "diskPath" not in body["spec"]
+
+
+def test_a_disk_that_does_not_hash_to_the_lease_name_is_not_shown_safety():
+    """A person finding a lease by its disk must find the right one: what the acquirer said is
+    shown only if it really is what the lease's name hashes."""
+    body = _disk_lease_of("/img/other.img", disk_resource_name("/img/a.img"))
+    assert "diskPath" not in body["spec"]
+    assert "vmlease.io/disk-identity" not in body["metadata"]["labels"]
 
 
 def test_a_spec_that_names_another_location_is_flagged():

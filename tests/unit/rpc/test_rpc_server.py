@@ -30,8 +30,8 @@ class StubAgent:
         self.calls.append(("add", cfg))
         return {"name": cfg.name}
 
-    def acquire(self, holder, resources, owner="", wait=True):
-        self.calls.append(("acquire", holder, resources, owner))
+    def acquire(self, holder, resources, owner="", wait=True, disks=None):
+        self.calls.append(("acquire", holder, resources, owner, disks))
         return []
 
 
@@ -87,6 +87,15 @@ def test_wrong_field_types_are_refused(server):
     r = ask(server.path, b'{"op": "acquire", "pid": 1, "resources": []}\n')
     assert r["ok"] is False and "resources" in r["error"]["message"]
     assert server.agent.calls == []
+
+
+def test_acquire_passes_the_disks_each_lease_protects(server):
+    req = {"op": "acquire", "pid": os.getpid(), "resources": ["LS:r1:/l:0"],
+           "disks": {"LS:r1": "/img/a"}}  # fmt: skip
+    assert ask(server.path, json.dumps(req).encode() + b"\n")["ok"] is True
+    assert server.agent.calls[-1][-1] == {"LS:r1": "/img/a"}
+    bad = ask(server.path, json.dumps({**req, "disks": ["/img/a"]}).encode() + b"\n")
+    assert bad["ok"] is False and "disks must map lease labels" in bad["error"]["message"]
 
 
 def test_agent_errors_carry_code_and_message(server):

@@ -124,11 +124,16 @@ def test_plan_one_lease_per_resource_sorted_with_modes_and_explicit_leases():
     by = {w.what.split(" (")[0]: w for w in wants}
     a = by["disk vda"]
     assert a.spec == f"{LS}:{a.resource}:/leases/{a.resource}:0" and a.auto
+    assert a.disk == "/img/a.qcow2" and lease_not_disk(by)
     assert by["disk vdb"].spec.endswith(":SH") and "disk vdc" not in by
     assert by["disk vdd"].shared
     lease = by["<lease> key 'vm-key'"]
     assert lease.spec == "other:vm-key:/l\\:x:1048576" and not lease.auto
     assert len(wants) == 4
+
+
+def lease_not_disk(by: dict) -> bool:
+    return by["<lease> key 'vm-key'"].disk is None
 
 
 def test_plan_without_auto_disk_leases_keeps_only_lease_elements():
@@ -149,6 +154,7 @@ def test_plan_names_a_disk_with_a_stable_identity_by_it():
         LibvirtConfig(), parse_domain(domain_xml(disk("/dev/sdc"), extra=meta), resolve=same)
     )
     assert "identity 'pvc-1'" in w.what and w.path.endswith(w.resource)
+    assert w.disk == "pvc-1"  # what the name hashes, for the DiskLease's label
 
 
 def test_fence_command_names_the_domain_policy_and_agent():
@@ -363,6 +369,8 @@ def test_prepare_creates_the_lease_file_and_acquires_under_the_domain_key(hook_e
     assert acquire["key"] == f"libvirt:{UUID}" and acquire["wait"] is False
     assert acquire["resources"] == [f"{LS}:{resource}:{lease_dir}/{resource}:0"]
     assert acquire["owner"] == "vm1"
+    # the disk each automatic lease protects, so its DiskLease can say so (spec.diskPath)
+    assert acquire["disks"] == {f"{LS}:{resource}": str(image)}
     assert os.path.getsize(os.path.join(lease_dir, resource)) == 1 << 20
 
 
