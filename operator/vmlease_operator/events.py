@@ -8,6 +8,7 @@ repeat an event per host. Reasons are CamelCase and fixed: alerts match on them.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 from vmlease_api.allocation import HostIdRecord
@@ -36,6 +37,7 @@ NODE_IN_SERVICE = "NodeInService"
 NODE_NOT_RENEWING = "NodeNotRenewing"
 NODE_RENEWING = "NodeRenewing"
 FENCING_UNPROVEN = "FencingUnproven"
+HOLDERS_STOPPED = "HoldersStopped"
 REMEDIATION_STARTED = "RemediationStarted"
 REMEDIATION_FINISHED = "RemediationFinished"
 REMEDIATION_FAILED = "RemediationFailed"
@@ -79,7 +81,14 @@ def host_transition(
     if state == HostState.LIVE and old in (None, HostState.JOINING):
         return Event(NORMAL, LOCKSPACE_JOINED, f"{who} joined and renews its delta lease")
     if state == HostState.FAILING:
-        deadline = f" within {failover_seconds} s" if failover_seconds else ""
+        deadline = ""
+        if failover_seconds and new.last_renewal is not None:
+            # the safe time counts from the last renewal: by then the holders are dead or the
+            # node was reset, and other hosts may take its leases
+            at = new.last_renewal + datetime.timedelta(seconds=failover_seconds)
+            deadline = f" by {at.isoformat()} (last renewal + {failover_seconds} s)"
+        elif failover_seconds:
+            deadline = f" within {failover_seconds} s"
         return Event(
             WARNING,
             FENCING_STARTED,
@@ -166,6 +175,17 @@ def node_not_renewing(node: str, why: str) -> Event:
 
 def node_renewing(node: str, why: str) -> Event:
     return Event(NORMAL, NODE_RENEWING, f"node {node}: NoSchedule taint lifted, {why}")
+
+
+def holders_stopped(record: HostIdRecord, message: str) -> Event:
+    """The node's own agent stopped every lease holder under a failed lockspace (its HostId's
+    HoldersStopped condition, which says whom and how)."""
+    return Event(
+        WARNING,
+        HOLDERS_STOPPED,
+        f"node {record.node} (host_id {record.host_id}) in lockspace {record.lockspace}: {message}",
+        on_node=True,
+    )
 
 
 def fencing_unproven(why: str) -> Event:

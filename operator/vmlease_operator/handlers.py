@@ -62,6 +62,9 @@ class Runtime:
     lease_views: dict[str, events.LeaseView] = field(default_factory=dict)
     #: HostId name -> the last reason a Dead report was not taken as proof (said once each)
     unproven: dict[str, str] = field(default_factory=dict)
+    #: HostId name -> the last HoldersStopped message its agent wrote, "" for none yet (an
+    #: Event per new one)
+    holders_stopped: dict[str, str] = field(default_factory=dict)
     #: the namespace whose VmleaseRemediations this operator answers (the chart's, where it may
     #: post Events and write their status); None: every namespace
     remediation_namespace: str | None = None
@@ -406,7 +409,9 @@ async def hostid_event(
         rt.clock.forget(record.name)
         rt.allocator.forget(record.lockspace, record.host_id)
         rt.host_states.pop(record.name, None)
+        rt.holders_stopped.pop(record.name, None)
         return
+    await _holders_stopped(rt, body, record, nodes_idx)
     rt.clock.observe(record, time.monotonic())
     first_sight = record.name not in rt.host_states
     old = rt.host_states.get(record.name)
@@ -418,6 +423,25 @@ async def hostid_event(
     event = events.host_transition(old, record, failover)
     if event is not None:
         _post(body, event, _node_body(nodes_idx, record.node))
+
+
+async def _holders_stopped(
+    rt: Runtime, body: kopf.Body, record: HostIdRecord, nodes_idx: kopf.Index
+) -> None:
+    """An Event when the node's agent says it stopped every holder under a failed lockspace
+    (a new HoldersStopped message: once per fencing, never on first sight after a restart)."""
+    found = next(
+        (c for c in (body.get("status") or {}).get("conditions") or []
+         if c.get("type") == "HoldersStopped"),
+        None,
+    )  # fmt: skip
+    stopped = found is not None and found.get("status") == "True"
+    message = str(found.get("message", "")) if found is not None and stopped else ""
+    first_sight = record.name not in rt.holders_stopped
+    old = rt.holders_stopped.get(record.name)
+    rt.holders_stopped[record.name] = message
+    if message and not first_sight and old != message:
+        _post(body, events.holders_stopped(record, message), _node_body(nodes_idx, record.node))
 
 
 @kopf.on.event(GROUP, VERSION, "diskleases")

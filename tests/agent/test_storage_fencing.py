@@ -66,6 +66,10 @@ def test_storage_stall_holder_stopped_before_takeover_safety(cluster, a_path):
     assert fences and fences[0]["action"] == "SIGTERM"
     lost = [e for e in events if e["event"] == "lockspace_lost"]
     assert lost and lost[0]["at"] < b_first
+    # what its HostId says (HoldersStopped) and `vmlease client status` shows
+    [fenced] = a.client.call("status")["fenced"]
+    assert fenced["done"] and fenced["holders"][0].startswith("vm1 (pid ")
+    assert fenced["holders"][0].endswith(": SIGTERM")
     # the holder died, so the node did not need a reset: the watchdog was fed again
     assert not a.watchdog_events()
 

@@ -497,3 +497,51 @@ def test_many_nodes_created_concurrently_get_unique_ids_quickly(server, name):
             assert time.monotonic() - started < 30
         finally:
             delete_nodes(api, nodes)
+
+
+def test_holders_stopped_by_a_nodes_agent_is_an_event_on_the_node(server, name):
+    """The node's agent says in its HostId (condition HoldersStopped) whom it stopped when a
+    lockspace failed; the operator posts that once on the Node: "holders killed"."""
+    node = f"{name}-a"
+    with (
+        lockspace_with_nodes(server, name, [node], **FAST) as api,
+        Operator(server, "--standalone"),
+    ):
+        [hid] = wait_for(lambda: [h["metadata"]["name"] for h in hostids(api, name)], 30, "id")
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        stamp = now.isoformat().replace("+00:00", "Z")
+
+        def write(**condition: str) -> None:
+            status: dict = {"state": "Failing", "observedBy": node, "stateSince": stamp}
+            if condition:
+                status["conditions"] = [{"type": "HoldersStopped", "lastTransitionTime": stamp,
+                                         **condition}]  # fmt: skip
+            _objects(api).patch_cluster_custom_object_status(
+                GROUP, VERSION, "hostids", hid, {"status": status}
+            )
+
+        def events() -> list[str]:
+            out = server.kubectl(
+                "get", "events", "-A", "-o", "json", "--field-selector", "reason=HoldersStopped"
+            ).stdout  # fmt: skip
+            return [
+                e["message"]
+                for e in json.loads(out)["items"]
+                if e["involvedObject"]["name"] in (node, hid)
+            ]
+
+        write()
+        time.sleep(2)  # the operator has seen the HostId without the condition
+        write(status="False", reason="Stopping", message="stopping its holders: vm1: SIGTERM")
+        message = "holders stopped: vm1 (pid 42): SIGTERM. Nothing of this node writes under it"
+        write(status="True", reason="AllStopped", message=message)
+        wait_for(lambda: len(events()) >= 2, 30, "the HoldersStopped Event on the HostId and Node")
+        kinds = json.loads(
+            server.kubectl(
+                "get", "events", "-A", "-o", "json", "--field-selector", "reason=HoldersStopped"
+            ).stdout
+        )["items"]  # fmt: skip
+        mine = [e for e in kinds if e["involvedObject"]["name"] in (node, hid)]
+        assert {e["involvedObject"]["kind"] for e in mine} == {"Node", "HostId"}
+        assert all(message in e["message"] and e["type"] == "Warning" for e in mine)
+        assert len(mine) == 2  # once each: the Stopping step is not an Event

@@ -609,6 +609,7 @@ class Agent:
             if cur is not None and cur.state != STOPPED:
                 raise Exists(lockspace=cfg.name, host_id=cur.cfg.host_id)
         ls = self._add(cfg)
+        self._fencer.rejoining(cfg.name)
         self.event("joining", lockspace=cfg.name, host_id=cfg.host_id)
         if wait and not ls.wait_joined():
             with self._lock:
@@ -1050,6 +1051,7 @@ class Agent:
                     for c in clients.values()
                 ),
                 events=tuple(self._events),
+                fenced=self._fencer.records(),
             )
 
     def _holder_snapshot(self, c: Client, exiting: bool) -> HolderSnapshot:
@@ -1158,6 +1160,7 @@ class Agent:
             self._condemn(f"lockspace {ls.name} failed: {ls.error}")
         if not holders:
             # nobody of ours can write under this lockspace any more: leave it, keep the node
+            self._fencer.finished(ls.name)
             with self._lock:
                 if self._lockspaces.get(ls.name) is ls:
                     self._retire(ls)

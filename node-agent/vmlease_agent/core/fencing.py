@@ -20,12 +20,14 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmlease_agent.core.holders import Client, ClientRegistry
 from vmlease_agent.core.lockspace import JoinedLockspace
+from vmlease_agent.core.snapshot import FencedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,28 @@ def apply(action: Action, client: Client, now: float, state: dict) -> None:
         pass
 
 
+@dataclass
+class _Fenced:
+    """What ``FencingDriver`` did under one failed lockspace (the last failure only)."""
+
+    since: float
+    error: str
+    actions: dict[str, list[str]] = field(default_factory=dict)  # holder label -> actions
+    done: bool = False
+
+    def snapshot(self, lockspace: str) -> FencedSnapshot:
+        lines = tuple(
+            f"{who}: {', '.join(acts) or 'gone before a signal'}"
+            for who, acts in self.actions.items()
+        )
+        return FencedSnapshot(lockspace, self.since, self.error, lines, self.done)
+
+
+def _who(client: Client) -> str:
+    name = client.owner or client.name or client.key
+    return f"{name} (pid {client.pid})" if client.pid else name
+
+
 class FencingDriver:
     """The escalation above, driven by the agent's main loop once per pass for each failed
     lockspace that still has holders of ours: the kill command or SIGTERM, SIGKILL after the
@@ -118,13 +142,35 @@ class FencingDriver:
         self._grace = grace
         self._event = event
         self._fencing: set[str] = set()  # lockspaces whose fencing was announced
+        self._records: dict[str, _Fenced] = {}  # under ``lock``
+
+    def records(self) -> tuple[FencedSnapshot, ...]:
+        """Under the agent's lock: the last fencing of each lockspace, for its snapshot."""
+        return tuple(r.snapshot(name) for name, r in sorted(self._records.items()))
+
+    def rejoining(self, lockspace: str) -> None:
+        """``lockspace`` is joined afresh: a later failure is a new fencing (its record stays,
+        as the last one, until then)."""
+        self._fencing.discard(lockspace)
+
+    def finished(self, lockspace: str) -> None:
+        """Every holder of ours under ``lockspace`` is gone (the agent leaves it)."""
+        with self._lock:
+            if lockspace in self._records:
+                self._records[lockspace].done = True
 
     def escalate(self, ls: JoinedLockspace, holders: Iterable[Client], now: float) -> None:
         holders = list(holders)
         if ls.name not in self._fencing:
             self._fencing.add(ls.name)
             self._event("fencing", lockspace=ls.name, holders=[c.key for c in holders])
+            with self._lock:
+                self._records[ls.name] = _Fenced(time.time(), ls.error)
+        record = self._records[ls.name]
         for client in holders:
+            who = _who(client)
+            with self._lock:  # the record is read by snapshots, under the same lock
+                acts = record.actions.setdefault(who, [])
             if not self._registry.alive(client):
                 self._drop(client, ls.name)
                 continue
@@ -132,6 +178,9 @@ class FencingDriver:
             action = next_action(now, ls.deadline(), self._grace, st, bool(client.kill_command))
             if action.kind != WAIT:
                 self._event("fence", lockspace=ls.name, holder=client.key, action=action.kind)
+                with self._lock:
+                    if action.kind not in acts:
+                        acts.append(action.kind)
             apply(action, client, now, st)
 
     def _drop(self, client: Client, lockspace: str) -> None:

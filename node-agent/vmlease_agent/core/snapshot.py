@@ -214,6 +214,18 @@ class WatchdogSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class FencedSnapshot:
+    """The last failure of one of our lockspaces with holders in it: whom the agent stopped and
+    how, for the node's HostId (and so for Kubernetes Events: "holders killed")."""
+
+    lockspace: str
+    since: float  # wall clock when the fencing began
+    error: str  # why the lockspace failed
+    holders: tuple[str, ...]  # one line each: "vm1 (pid 4242): SIGTERM, SIGKILL"
+    done: bool  # every holder is gone: nothing of this node writes under the lockspace
+
+
+@dataclass(frozen=True, slots=True)
 class AgentEvent:
     """Something that happened (a join, a lease, a fencing step), kept for status and people."""
 
@@ -238,6 +250,8 @@ class AgentSnapshot:
     #: registered holders first, then exiting ones (the order ``status`` lists leases in)
     holders: tuple[HolderSnapshot, ...]
     events: tuple[AgentEvent, ...]
+    #: per lockspace, its last failure with holders of ours in it (``FencingDriver``)
+    fenced: tuple[FencedSnapshot, ...] = ()
 
     @property
     def leases(self) -> tuple[LeaseSnapshot, ...]:
@@ -257,4 +271,14 @@ class AgentSnapshot:
             "watchdog": self.watchdog.to_wire(),
             "lockspaces": [x.to_wire() for x in self.lockspaces],
             "leases": [x.to_wire() for x in self.leases],
+            "fenced": [
+                {
+                    "lockspace": f.lockspace,
+                    "since": f.since,
+                    "error": f.error,
+                    "holders": list(f.holders),
+                    "done": f.done,
+                }
+                for f in self.fenced
+            ],
         }

@@ -46,9 +46,9 @@ from vmlease_api.models import (
 from vmlease_api.selector import matches
 
 from vmlease_agent.core import lockspace as local_ls
-from vmlease_agent.core.snapshot import LockspaceSnapshot, WatchdogSnapshot
+from vmlease_agent.core.snapshot import FencedSnapshot, LockspaceSnapshot, WatchdogSnapshot
 
-JOINED, RENEWING = "Joined", "Renewing"
+JOINED, RENEWING, HOLDERS_STOPPED = "Joined", "Renewing", "HoldersStopped"
 
 #: The agent's lockspace states as HostId states. A lockspace that stopped after a failed join
 #: is still "Joining" for the cluster: the agent retries, and the id stays claimed.
@@ -233,8 +233,11 @@ def own_status(
     local: Local | None,
     wall_now: float,
     joined: tuple[bool, str, str],
+    fenced: FencedSnapshot | None = None,
 ) -> HostIdStatus:
-    """This node's HostId status. ``joined``: the Joined condition (ok, reason, message)."""
+    """This node's HostId status. ``joined``: the Joined condition (ok, reason, message);
+    ``fenced``: the lockspace's last failure with holders of ours in it, said as the condition
+    HoldersStopped (the operator turns it into an Event on the Node)."""
     since = old.state_since if old.state == state and old.state_since else now
     new = HostIdStatus(
         state=state,
@@ -266,7 +269,21 @@ def own_status(
         new.conditions = put_condition(
             new.conditions, RENEWING, False, "Released", "the delta lease was released", now
         )
+    if fenced is not None:
+        new.conditions = put_condition(new.conditions, HOLDERS_STOPPED, *_stopped(fenced), now)
     return new
+
+
+def _stopped(fenced: FencedSnapshot) -> tuple[bool, str, str]:
+    failed = f"the lockspace failed at {utc(fenced.since).isoformat()} ({fenced.error})"
+    who = "; ".join(fenced.holders) or "no holder"
+    if fenced.done:
+        return (
+            True,
+            "AllStopped",
+            (f"{failed}; holders stopped: {who}. Nothing of this node writes under it any more"),
+        )
+    return False, "Stopping", f"{failed}; stopping its holders: {who}"
 
 
 def put_condition(
@@ -280,12 +297,14 @@ def status_key(status: HostIdStatus) -> tuple[Any, ...]:
     """What makes a HostId status write urgent; the rest (last renewal, latency) is refreshed
     only every ``status_interval``, so renewals never turn into API writes."""
     joined = find_condition(status.conditions, JOINED)
+    stopped = find_condition(status.conditions, HOLDERS_STOPPED)
     return (
         status.state,
         status.generation,
         status.node_fencing,
         joined.status if joined else None,
         joined.reason if joined else None,
+        (stopped.status, stopped.message) if stopped else None,
     )
 
 

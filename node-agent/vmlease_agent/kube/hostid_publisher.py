@@ -21,6 +21,7 @@ from vmlease_api.allocation import HostIdRecord
 from vmlease_api.models import HostId, HostIdStatus, HostState
 from vmlease_api.patch import merge_patch
 
+from vmlease_agent.core.snapshot import FencedSnapshot
 from vmlease_agent.kube import decisions as kube_logic
 from vmlease_agent.kube.api import HOSTIDS, Conflict, KubeApi, NotFound, Refused
 from vmlease_agent.kube.decisions import Local
@@ -105,6 +106,7 @@ class HostIdPublisher:
         item: Local | None,
         condition: tuple[bool, str, str],
         mono: float,
+        fenced: FencedSnapshot | None = None,
     ) -> bool:
         """Bring the status up to date if due; True once it says ``state``."""
         model = self._model(record)
@@ -113,7 +115,7 @@ class HostIdPublisher:
         old = model.status
         now = self.wall()
         status = kube_logic.own_status(
-            old, state, self.node, kube_logic.utc(now), item, now, condition
+            old, state, self.node, kube_logic.utc(now), item, now, condition, fenced
         )
         key = kube_logic.status_key(status)
         if not self.gate.due(record.name, key, mono):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -46,6 +46,7 @@ from vmlease_api.models import (
 
 from vmlease_agent.core import lockspace as local_ls
 from vmlease_agent.core.agent import Agent
+from vmlease_agent.core.snapshot import FencedSnapshot
 from vmlease_agent.engine import errors
 from vmlease_agent.engine.timeouts import host_dead_seconds
 from vmlease_agent.kube import decisions as kube_logic
@@ -235,7 +236,8 @@ class KubeSync:
         if mono < self._api_retry_at:
             return
         try:
-            self._write_own_status(wanted, local, records, mono)
+            fenced = {f.lockspace: f for f in snap.fenced}
+            self._write_own_status(wanted, local, records, mono, fenced)
             self._report_peers(local, mono)
             self.leases.publish(leases, self._lockspace, mono)
         except Unavailable as error:
@@ -291,6 +293,7 @@ class KubeSync:
         local: dict[str, Local],
         records: list[HostIdRecord],
         mono: float,
+        fenced: Mapping[str, FencedSnapshot],
     ) -> None:
         joins = self.membership
         names = set(wanted) | (joins.managed & set(local)) | set(joins.left)
@@ -318,9 +321,9 @@ class KubeSync:
                 state = kube_logic.LOCAL_TO_HOST_STATE[item.state]
             else:
                 state = HostState.JOINING
-            if self.hostid_status.write(record, state, item, condition, mono) and (
-                state == HostState.FREE
-            ):
+            if self.hostid_status.write(
+                record, state, item, condition, mono, fenced.get(name)
+            ) and (state == HostState.FREE):
                 joins.forget_left(name)
 
     def _condition(self, name: str, item: Local | None) -> tuple[bool, str, str]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 from vmlease_api.allocation import HostIdRecord
 from vmlease_api.models import HostState, LeasePhase
 from vmlease_operator import events, metrics
 
 
-def _rec(state: HostState | None) -> HostIdRecord:
-    return HostIdRecord(name="ls.3", lockspace="ls", node="n1", host_id=3, state=state)
+def _rec(state: HostState | None, **kw) -> HostIdRecord:
+    return HostIdRecord(name="ls.3", lockspace="ls", node="n1", host_id=3, state=state, **kw)
 
 
 def test_allocation_event_names_node_id_and_lockspace():
@@ -32,6 +34,14 @@ def test_host_transitions(old, new, reason, on_node):
     event = events.host_transition(old, _rec(new), failover_seconds=18)
     assert event.reason == reason and event.on_node is on_node
     assert "node n1 (host_id 3) in lockspace ls" in event.message
+
+
+def test_fencing_started_says_when_the_node_is_reset_at_the_latest():
+    last = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.UTC)
+    event = events.host_transition(HostState.LIVE, _rec(HostState.FAILING, last_renewal=last), 18)
+    assert event is not None and "by 2026-12-06T12:00:18+00:00 (last renewal + 18 s)" in (
+        event.message
+    )
 
 
 def test_no_event_without_a_transition():

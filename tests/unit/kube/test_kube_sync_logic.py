@@ -7,7 +7,7 @@ import datetime
 
 import pytest
 from kube_builders import hostid, lockspace
-from vmlease_agent.core.snapshot import LockspaceSnapshot, WatchdogSnapshot
+from vmlease_agent.core.snapshot import FencedSnapshot, LockspaceSnapshot, WatchdogSnapshot
 from vmlease_agent.kube import decisions as kube_logic
 from vmlease_agent.kube.decisions import Local, Step
 from vmlease_api.allocation import HostIdRecord
@@ -152,6 +152,25 @@ def test_own_status_keeps_state_since_while_the_state_holds():
         "Joined": "False",
         "Renewing": "False",
     }
+
+
+def test_holders_stopped_says_whom_the_agent_stopped_and_makes_the_write_urgent():
+    joined = (False, "Failed", "EIO")
+    local = Local("ls", 1, "failed", 2, error="EIO")
+    base = kube_logic.own_status(HostIdStatus(), HostState.FAILING, "n1", T0, local, 1.0, joined)
+    stopping = FencedSnapshot("ls", 1000.0, "EIO", ("vm1 (pid 42): SIGTERM",), done=False)
+    mid = kube_logic.own_status(base, HostState.FAILING, "n1", T0, local, 1.0, joined, stopping)
+    cond = {c.type: c for c in mid.conditions}["HoldersStopped"]
+    assert (cond.status, cond.reason) == ("False", "Stopping")
+    assert "stopping its holders: vm1 (pid 42): SIGTERM" in cond.message
+    done = FencedSnapshot("ls", 1000.0, "EIO", ("vm1 (pid 42): SIGTERM, SIGKILL",), done=True)
+    end = kube_logic.own_status(mid, HostState.FAILING, "n1", T1, local, 1.0, joined, done)
+    cond = {c.type: c for c in end.conditions}["HoldersStopped"]
+    assert (cond.status, cond.reason) == ("True", "AllStopped")
+    assert "failed at 1970-01-01T00:16:40+00:00 (EIO)" in cond.message
+    assert "Nothing of this node writes under it" in cond.message
+    keys = {kube_logic.status_key(x) for x in (base, mid, end)}
+    assert len(keys) == 3  # each change is written at once, not at the next interval
 
 
 def _watchdog(armed=True, enforced=True, condemned=""):
