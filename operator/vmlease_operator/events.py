@@ -49,7 +49,8 @@ class Event:
     reason: str
     message: str
     on_node: bool = False
-    """Post on the Node as well: fencing is about the machine (as FAR and SNR report it)."""
+    """Post on the Node as well: fencing is about the machine (as FAR and SNR report it); for a
+    lease, the node it was held on (taken over from)."""
 
 
 def allocated(record: HostIdRecord, conflicts: int) -> Event:
@@ -133,14 +134,21 @@ def lease_transition(name: str, old: LeaseView, new: LeaseView) -> Event | None:
             LEASE_ORPHANED,
             f"lease {name} is held by {new.holder_text()}, whose host stopped renewing: it "
             f"becomes free after the safe time",
+            on_node=True,
         )
     if new.phase == LeasePhase.CONTENDED and old.phase != LeasePhase.CONTENDED:
-        return Event(NORMAL, LEASE_CONTENDED, f"lease {name} is being acquired by another host")
+        return Event(
+            NORMAL,
+            LEASE_CONTENDED,
+            f"lease {name} is held by {new.holder_text()} and another host requested it: its "
+            f"holder is asked to stop (DiskLease condition Held says how)",
+        )
     if new.node and old.node and new.node != old.node:
         return Event(
             NORMAL,
             LEASE_MOVED,
             f"lease {name} moved from {old.holder_text()} to {new.holder_text()}",
+            on_node=True,
         )
     if new.node and not old.node:
         return Event(NORMAL, LEASE_ACQUIRED, f"lease {name} acquired by {new.holder_text()}")

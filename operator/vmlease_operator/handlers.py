@@ -444,9 +444,15 @@ async def _holders_stopped(
         _post(body, events.holders_stopped(record, message), _node_body(nodes_idx, record.node))
 
 
-@kopf.on.event(GROUP, VERSION, "diskleases")
+@kopf.on.event(GROUP, VERSION, "diskleases")  # type: ignore[arg-type]  # indices: see KOPF_INDICES
 async def disklease_event(
-    type: str | None, body: kopf.Body, name: str, memo: Any, logger: kopf.Logger, **_: Any
+    type: str | None,
+    body: kopf.Body,
+    name: str,
+    memo: Any,
+    logger: kopf.Logger,
+    nodes_idx: kopf.Index,
+    **_: Any,
 ) -> None:
     rt = _rt(memo)
     if type == "DELETED":
@@ -467,7 +473,7 @@ async def disklease_event(
         metrics.count_disklease(name, old.phase, -1)
     metrics.count_disklease(name, view.phase, 1)
     if old is not None and (event := events.lease_transition(name, old, view)) is not None:
-        _post(body, event, None)
+        _post(body, event, _node_body(nodes_idx, old.node) if old.node else None)
 
 
 async def _fill_resource(rt: Runtime, body: kopf.Body, lease: DiskLease) -> None:

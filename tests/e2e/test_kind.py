@@ -201,6 +201,9 @@ def test_a_frozen_node_is_reset_by_its_watchdog_before_its_lease_moves_safety(
     # between the holder host's failure and the takeover, the reporter said Orphaned
     orphaned = [e["message"] for e in events(kind, "LeaseOrphaned")]
     assert any(DISKLEASE in m and first in m for m in orphaned), orphaned
+    # and the Node it was taken from says by whom
+    moved = [e for e in events(kind, "LeaseMoved") if e["involvedObject"]["kind"] == "Node"]
+    assert any(e["involvedObject"]["name"] == first and third in e["message"] for e in moved), moved
     wait_for(
         lambda: (kind.hostids(LOCKSPACE)[first].get("status") or {}).get("state") == "Dead",
         120,

@@ -61,7 +61,7 @@ def test_lease_move_names_both_holders():
     old = _view(LeasePhase.HELD, "n1", 1, "vm1")
     new = _view(LeasePhase.HELD, "n2", 2, "vm1")
     event = events.lease_transition("ls.abc", old, new)
-    assert event.reason == events.LEASE_MOVED
+    assert event.reason == events.LEASE_MOVED and event.on_node  # on n1: taken over from it
     assert event.message == (
         "lease ls.abc moved from node n1 (host_id 1, vm1) to node n2 (host_id 2, vm1)"
     )
@@ -88,6 +88,8 @@ def test_lease_move_names_both_holders():
 def test_lease_transitions(old, new, reason):
     event = events.lease_transition("ls.abc", old, new)
     assert (event.reason if event else None) == reason
+    if event is not None:  # said on the holder's Node too where it concerns the machine
+        assert event.on_node is (reason == events.LEASE_ORPHANED)
 
 
 def test_disklease_phases_are_counted_per_lockspace_and_left_phases_drop_to_zero():
