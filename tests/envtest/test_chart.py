@@ -862,6 +862,16 @@ def test_each_agent_may_write_only_its_own_nodes_objects(server: APIServer, rele
         stolen = {"phase": "Held", "holder": {"node": node_b, "hostId": 2}}
         assert not allowed(status_patch("diskleases", lease, stolen))
         assert allowed(status_patch("diskleases", lease, {"phase": "Free", "holder": None}))
+        # a shared lease: each node may change only its own entries among the holders
+        mine, theirs = {"node": node_a, "hostId": 1}, {"node": node_b, "hostId": 2}
+        objects.patch_cluster_custom_object_status(GROUP, VERSION, "diskleases", lease, {
+            "status": {"phase": "Shared", "sharedHolders": [theirs]}})  # fmt: skip
+        assert allowed(status_patch("diskleases", lease, {"sharedHolders": [theirs, mine]}))
+        assert allowed(status_patch("diskleases", lease, {"sharedHolders": [theirs]}))
+        dropped = status_patch("diskleases", lease, {"sharedHolders": [mine]})
+        assert "may change only its own node's entries in the sharedHolders" in dropped
+        forged = {**theirs, "pid": 666}
+        assert not allowed(status_patch("diskleases", lease, {"sharedHolders": [forged, mine]}))
         assert not allowed(status_patch("lockspaces", name, {"formatted": True}))
         unbound = server.service_account_token(NAMESPACE, release.agent_sa)
         refused = status_patch("hostids", f"{name}.1", {"state": "Live"}, who=as_agent(unbound))
