@@ -18,8 +18,12 @@ stdin. It talks to the local agent (``api``) under the holder key ``libvirt:<uui
                leases loudly. Always exit 0 here: a failing reconnect hook makes libvirt kill
                the running domain.
 
-Any other op (``start``, ``migrate``, ``restore``, ``attach``) is passed with exit 0 and no
-stdout (for ``migrate``/``restore`` libvirt would take stdout as replacement XML).
+``migrate``    (incoming live migration, on the destination) refused for a domain with leases,
+               saying why: a hook cannot hand a lease over (no hook runs when the source pauses);
+               libvirt's sanlock lock driver with ``vmlease-agent --sanlock-api`` can.
+
+Any other op (``start``, ``restore``, ``attach``) is passed with exit 0. Nothing is ever written
+to stdout (for ``migrate``/``restore`` libvirt would take it as replacement XML).
 
 Never hang libvirtd: libvirt waits for the hook to exit, holding the domain's job lock. For
 ``prepare`` and ``reconnect``, the process libvirt waits for only reads stdin, forks a worker and
@@ -56,10 +60,10 @@ if TYPE_CHECKING:  # typing costs an import the hook avoids at run time
     from collections.abc import Callable
     from typing import Any
 
-HANDLED = ("prepare", "started", "stopped", "release", "reconnect")
-#: ops whose non-zero exit stops the start (libvirt ignores failures of stopped/release, and a
-#: failing reconnect would kill a running domain, so that one always exits 0)
-REFUSING = ("prepare", "started")
+HANDLED = ("prepare", "started", "stopped", "release", "reconnect", "migrate")
+#: ops whose non-zero exit stops the start or the incoming migration (libvirt ignores failures
+#: of stopped/release, and a failing reconnect would kill a running domain: always exits 0)
+REFUSING = ("prepare", "started", "migrate")
 
 #: ops that run in the hook process itself, without the worker: they do no I/O that can block in
 #: the kernel (only calls on the agent's unix socket, bounded by timeouts, and a read of libvirt's
@@ -138,6 +142,16 @@ class HookTimeout(HookError):
         "domain {domain!r}: the vmlease hook did not finish {op} within {timeout:g}s (hook_timeout "
         "in {config}) while {stage}; the start is refused; check that storage and the agent "
         "respond"
+    )
+
+
+class MigrationRefused(HookError):
+    template = (
+        "domain {domain!r}: live migration is refused on this host: vmlease's qemu hook cannot "
+        "hand over {leases} (libvirt calls no hook when the source pauses, so this host would "
+        "need them while the source still holds them); fix: migrate under libvirt's sanlock "
+        "lock driver with vmlease-agent --sanlock-api (README: libvirt, Live migration), or "
+        "shut the domain down and start it here"
     )
 
 
@@ -474,7 +488,18 @@ def reconnect(ctx: Context, xml: bytes) -> str:
     return ", ".join(notes) or f"adopted ({len(labels)} leases)"
 
 
+def migrate(ctx: Context, xml: bytes) -> str:
+    """Incoming live migration (libvirt calls this on the destination, before ``prepare``):
+    refused for a domain that needs leases, with the reason, instead of the destination's
+    ``prepare`` being refused because the source holds them."""
+    plan = _plan(ctx, xml)
+    if not plan.wants:
+        return "no leases needed: migration allowed"
+    raise MigrationRefused(domain=ctx.name, leases=", ".join(w.what for w in plan.wants))
+
+
 OPS = {
+    "migrate": migrate,
     "prepare": prepare,
     "started": started,
     "stopped": stopped,

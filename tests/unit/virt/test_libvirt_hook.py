@@ -507,6 +507,21 @@ def test_stopped_releases_only_an_unbound_key_and_nothing_after_a_refused_prepar
     assert agent.ops() == ["inquire"]  # a live bound pid: its exit releases
 
 
+def test_incoming_live_migration_of_a_leased_domain_is_refused_saying_why_safety(hook_env):
+    """A hook cannot hand a lease over (no hook runs when the source pauses): the destination
+    refuses at ``migrate``, before QEMU exists, naming the disk and the lock-driver path, and
+    asks the agent for nothing; a domain without leases migrates."""
+    run, agent, image = hook_env
+    refused = run("migrate")
+    assert refused.returncode == 1 and refused.stdout == b""  # stdout would be taken as XML
+    message = refused.stderr.decode()
+    assert "live migration is refused on this host" in message
+    assert f"disk vda ({image})" in message and "--sanlock-api" in message
+    assert agent.ops() == []
+    bare = run("migrate", domain_xml())
+    assert (bare.returncode, bare.stdout) == (0, b"")
+
+
 def test_reconnect_never_fails_but_reports_missing_leases(hook_env):
     run, agent, _ = hook_env
     agent.replies["inquire"] = [{"ok": True, "result": []}]
