@@ -124,7 +124,9 @@ class Local:
     error: str = ""
     last_renewal_ago: float | None = None
     renewal_ms: float = 0.0
-    #: node fencing holds: the lockspace fences the node and a real device is armed for it
+    #: node fencing holds: the lockspace fences the node and a real device is armed for it. A
+    #: condemned node (never fed again) says so too: its reset is certain, and its word must
+    #: stand on its HostId for the operator's proof once it has gone silent
     fencing: bool = False
 
     @classmethod
@@ -137,10 +139,7 @@ class Local:
             error=ls.error,
             last_renewal_ago=ls.last_renewal_ago,
             renewal_ms=ls.renewal_ms,
-            fencing=ls.fence_node
-            and watchdog.armed
-            and watchdog.enforced
-            and not watchdog.condemned,
+            fencing=ls.fence_node and watchdog.armed and watchdog.enforced,
         )
 
     @property

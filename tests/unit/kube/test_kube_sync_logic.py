@@ -184,7 +184,8 @@ def _watchdog(armed=True, enforced=True, condemned=""):
         (False, _watchdog(), False),  # the lockspace does not fence the node
         (True, _watchdog(armed=False), False),
         (True, _watchdog(enforced=False), False),  # --watchdog none resets nobody
-        (True, _watchdog(condemned="lockspace ls failed"), False),
+        # condemned (a failed fence lockspace, or a remediation's self-fence): reset for certain
+        (True, _watchdog(condemned="lockspace ls failed"), True),
     ],
 )
 def test_node_fencing_is_claimed_only_with_a_real_armed_device_safety(fence_node, watchdog, says):
