@@ -720,10 +720,23 @@ NHC_TIMED_OUT_ANNOTATION = "remediation.medik8s.io/nhc-timed-out"
 MULTIPLE_TEMPLATES_ANNOTATION = "remediation.medik8s.io/multiple-templates-support"
 
 
+#: On a Node, written by the operator for a remediation with ``selfFence``: JSON
+#: ``{"remediation": "NS/NAME", "lockspace": L, "generation": G, "requestedAt": T}``. The node's
+#: agent, joined to L at delta-lease generation G, stops feeding its watchdog. A rejoin (after
+#: the reset) has another generation, so a request never resets a node twice.
+FENCE_REQUEST_ANNOTATION = "vmlease.io/fence-request"
+
+
 class RemediationSpec(ApiModel):
-    """How to remediate: nothing to choose. vmlease remediates one way: it waits for the storage
-    proof that the node's watchdog reset it (its host_id Dead for the safe time in a Lockspace
-    with nodeFencing), then taints it out of service; it never reboots or powers off a node."""
+    """How to remediate. vmlease waits for the storage proof that the node's watchdog reset it
+    (its host_id Dead for the safe time in a Lockspace with nodeFencing), then taints it out of
+    service; it never powers a node off through another channel."""
+
+    self_fence: bool = False
+    """Also ask the node's agent to fence itself when it still renews (Kubernetes finds the node
+    unhealthy, the storage does not): it stops feeding its watchdog, which resets the node within
+    W; the proof and the taint follow. Works only while the agent reaches the API server;
+    otherwise NodeHealthCheck's timeout escalates to its next remediator."""
 
 
 class RemediationTemplateSpecTemplate(ApiModel):

@@ -36,7 +36,14 @@ from vmlease_api import GROUP, VERSION, naming
 from vmlease_api.allocation import HostIdRecord, LockspaceFull, ReleaseClock
 from vmlease_api.conditions import now
 from vmlease_api.errors import Conflict, NotFound, Refused
-from vmlease_api.models import DiskLease, HostState, Lockspace, LockspaceSpec, VmleaseRemediation
+from vmlease_api.models import (
+    FENCE_REQUEST_ANNOTATION,
+    DiskLease,
+    HostState,
+    Lockspace,
+    LockspaceSpec,
+    VmleaseRemediation,
+)
 from vmlease_api.naming import disk_resource_name
 from vmlease_api.selector import matches
 
@@ -111,6 +118,7 @@ def nodes_idx(
             # what node fencing needs to patch taints without a read first
             "resourceVersion": meta.get("resourceVersion"),
             "fencing": fencing,
+            "fence_request": (meta.get("annotations") or {}).get(FENCE_REQUEST_ANNOTATION),
             "taints": [dict(t) for t in spec.get("taints") or []],
         }
     }
@@ -149,14 +157,20 @@ def _node_fencing_view(nodes: kopf.Index, name: str) -> dict[str, Any] | None:
     info = next(iter(nodes.get(name, [])), None)
     if info is None:
         return None
+    annotations = {
+        key: value
+        for key, value in (
+            (node_fencing.FENCING_ANNOTATION, info["fencing"]),
+            (FENCE_REQUEST_ANNOTATION, info["fence_request"]),
+        )
+        if value
+    }
     return {
         "metadata": {
             "name": name,
             "uid": info["uid"],
             "resourceVersion": info["resourceVersion"],
-            "annotations": {node_fencing.FENCING_ANNOTATION: info["fencing"]}
-            if info["fencing"]
-            else {},
+            "annotations": annotations,
         },
         "spec": {"taints": info["taints"]},
     }
@@ -524,15 +538,44 @@ async def remediation_event(
     hostids_idx: kopf.Index,
     **_: Any,
 ) -> None:
-    if type == "DELETED":
-        return
     try:
         found = VmleaseRemediation.model_validate(dict(body))
     except ValidationError as error:
         logger.warning(f"VmleaseRemediation {name} does not parse: {error}")
         return
     node = _node_fencing_view(nodes_idx, found.node)
+    if type == "DELETED":
+        if node is not None:  # NodeHealthCheck is done with it: lift its fence request
+            await _fence_request(_rt(memo), found, node, None, logger)
+        return
     await _remediate(_rt(memo), found, node, lockspaces_idx, hostids_idx, logger)
+
+
+async def _fence_request(
+    rt: Runtime,
+    found: VmleaseRemediation,
+    node: dict[str, Any],
+    decision: remediation.Decision | None,
+    logger: kopf.Logger,
+) -> None:
+    """Put or lift the remediation's selfFence request on its Node (``remediation``)."""
+    patch = remediation.fence_request_patch(node, found, decision, now())
+    if patch is None:
+        return
+    name = node["metadata"]["name"]
+    try:
+        await asyncio.to_thread(rt.kube.patch_node, name, patch)
+    except NotFound:
+        return
+    except Refused as error:
+        logger.error(f"node {name}: its fence request cannot be written ({error}); install the "
+                     f"chart with nodeFencing.enabled=true")  # fmt: skip
+        return
+    asked = decision is not None and decision.self_fence is not None
+    logger.warning(
+        f"node {name}: {'asked its agent to fence itself' if asked else 'fence request lifted'}"
+        f" (remediation {found.metadata.namespace}/{found.metadata.name})"
+    )
 
 
 async def _remediate(
@@ -553,6 +596,8 @@ async def _remediate(
         if record.node == found.node and not record.terminating
     ]
     decision = remediation.judge(found, node, hosts)
+    if node is not None:
+        await _fence_request(rt, found, node, decision, logger)
     status = remediation.status_patch(found, decision, now())
     if status is None:
         return

@@ -21,8 +21,12 @@ The answer, in the conditions NHC reads:
   remediation out (``remediation.medik8s.io/nhc-timed-out``).
 * **Processing True** (Succeeded Unknown) while the proof may still come: the message says what
   each fencing lockspace reads of the node and from when the proof can be complete (its last
-  renewal plus the safe time). A node whose own agent still renews is running: it is never
-  fenced, whatever NHC saw (the remediation waits; NHC's timeout escalates).
+  renewal plus the safe time). A node whose own agent still renews is running: the remediation
+  waits (NHC's timeout escalates), unless its spec says ``selfFence``: then the operator asks
+  the node's agent, through the Node's annotation ``vmlease.io/fence-request`` naming the
+  lockspace and the delta-lease generation it renews, to stop feeding its watchdog. The reset,
+  the silence and the proof follow; the request is lifted when the remediation ends, and a
+  rejoin after the reset has a new generation, so it never resets the node twice.
 
 ``PermanentNodeDeletionExpected`` is always False: vmlease never deletes a Node.
 
@@ -34,6 +38,7 @@ None when nothing changes, so a watch event caused by our own write writes nothi
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +46,7 @@ from typing import Any
 from vmlease_api.allocation import HostIdRecord
 from vmlease_api.conditions import find_condition, set_condition
 from vmlease_api.models import (
+    FENCE_REQUEST_ANNOTATION,
     NHC_TIMED_OUT_ANNOTATION,
     Condition,
     ConditionStatus,
@@ -77,6 +83,8 @@ class Decision:
     succeeded: ConditionStatus
     reason: str
     message: str
+    #: selfFence: the host_id whose agent is asked to fence itself (it still renews)
+    self_fence: HostIdRecord | None = None
 
 
 def judge(
@@ -126,13 +134,25 @@ def judge(
             f"prove it was reset. Run its agent with a watchdog device, or let NodeHealthCheck "
             f"escalate to another remediator",
         )
+    armed.sort(key=lambda h: h.record.name)
+    renewing = [h.record for h in armed if _renews(h.record)]
+    ask = renewing[0] if remediation.spec.self_fence and renewing else None
+    asked = ""
+    if ask is not None:
+        asked = f"; its agent is asked to fence itself (selfFence, lockspace {ask.lockspace})"
     return Decision(
         ConditionStatus.TRUE,
         ConditionStatus.UNKNOWN,
         WAITING_FOR_PROOF,
         f"waiting for the storage to prove node {name} was reset: "
-        + "; ".join(_standing(h) for h in sorted(armed, key=lambda h: h.record.name)),
+        + "; ".join(_standing(h) for h in armed)
+        + asked,
+        ask,
     )
+
+
+def _renews(r: HostIdRecord) -> bool:
+    return r.state == HostState.LIVE and r.observed_by == r.node
 
 
 def _failed(reason: str, message: str) -> Decision:
@@ -154,7 +174,7 @@ def _standing(h: FencingHost) -> str:
     ago"): the message is compared to decide whether to write."""
     r = h.record
     what = f"host_id {r.host_id} in lockspace {r.lockspace} is {r.state or 'unclaimed'}"
-    if r.state == HostState.LIVE and r.observed_by == r.node:
+    if _renews(r):
         return f"{what}: its agent renews it, so the node runs and is not fenced"
     if r.observed_by and r.observed_by != r.node:
         what += f" (read by node {r.observed_by})"
@@ -162,6 +182,43 @@ def _standing(h: FencingHost) -> str:
         at = r.last_renewal + datetime.timedelta(seconds=h.failover)
         what += f"; the proof can be complete at {at.isoformat()} (last renewal + {h.failover} s)"
     return what
+
+
+# --- selfFence: the request on the Node ----------------------------------------------------------
+
+
+def fence_request_patch(
+    node: Mapping[str, Any], remediation: VmleaseRemediation, decision: Decision | None,
+    at: datetime.datetime,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The Node merge patch that puts (``decision.self_fence``) or lifts this remediation's
+    fence request, or None if the Node already says so. A request of another remediation is
+    left alone; ``decision`` None: the remediation is gone (lift)."""
+    meta = node.get("metadata") or {}
+    current = _request_of((meta.get("annotations") or {}).get(FENCE_REQUEST_ANNOTATION))
+    me = f"{remediation.metadata.namespace}/{remediation.metadata.name}"
+    host = decision.self_fence if decision is not None else None
+    if host is None:
+        if current is None or current.get("remediation") != me:
+            return None
+        return {"metadata": {"annotations": {FENCE_REQUEST_ANNOTATION: None}}}
+    if current is not None and current.get("remediation") not in (me, None):
+        return None  # another remediation's request: one at a time
+    wanted = {"remediation": me, "lockspace": host.lockspace, "generation": host.generation}
+    if current is not None and {k: current.get(k) for k in wanted} == wanted:
+        return None
+    value = json.dumps({**wanted, "requestedAt": at.isoformat()}, sort_keys=True)
+    return {"metadata": {"annotations": {FENCE_REQUEST_ANNOTATION: value}}}
+
+
+def _request_of(value: str | None) -> dict[str, Any] | None:
+    if not value:
+        return None
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def status_patch(

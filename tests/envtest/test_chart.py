@@ -518,7 +518,8 @@ def test_nhc_remediation_rbac_gives_nhc_its_rights_and_binds_the_operator_to_its
         render(server, *on, "--show-only", "templates/remediation.yaml", release=release.name)
     )
     (template,) = by_kind(docs, "VmleaseRemediationTemplate")
-    assert template["kind"].endswith("Template") and template["spec"]["template"]["spec"] == {}
+    assert template["kind"].endswith("Template")
+    assert template["spec"]["template"]["spec"] == {"selfFence": False}
     assert template["metadata"]["namespace"] == NAMESPACE
     (for_nhc,) = by_kind(docs, "ClusterRole")
     assert for_nhc["metadata"]["labels"]["rbac.ext-remediation/aggregate-to-ext-remediation"] == (

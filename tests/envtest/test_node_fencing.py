@@ -259,3 +259,60 @@ def test_nhc_remediation_succeeds_only_on_the_proof_and_fails_fast_without_one_s
     for namespace in (ns, other):
         server.kubectl("delete", "namespace", namespace, "--wait=false")
     server.kubectl("delete", "node", outsider, "--ignore-not-found")
+
+
+def test_self_fence_asks_a_renewing_nodes_agent_once_and_lifts_the_request(server):
+    """selfFence: NodeHealthCheck finds a node unhealthy whose agent still renews; the operator
+    asks that agent, on its Node, to fence itself at the generation it renews; once the node
+    stops renewing (it is being reset) the request is lifted, and Succeeded follows the proof."""
+    name = f"ls-{secrets.token_hex(3)}"
+    victim, observer = f"{name}-a", f"{name}-b"
+    ns = f"rem-{secrets.token_hex(3)}"
+    server.kubectl("create", "namespace", ns)
+    with (
+        lockspace_with_nodes(server, name, [victim, observer], **FAST) as api,
+        Operator(server, "--standalone", "--remediation-namespace", ns) as operator,
+    ):
+        ids = wait_for(
+            lambda: (
+                (h := {i["spec"]["nodeName"]: i["metadata"]["name"] for i in hostids(api, name)})
+                and len(h) == 2
+                and h
+            ),
+            30,
+            "a HostId per node",
+        )
+        for node in (victim, observer):
+            _status(
+                api, ids[node], state="Live", observedBy=node, stateSince=_stamp(),
+                lastRenewal=_stamp(), nodeFencing=True, generation=5,
+            )  # fmt: skip
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "VmleaseRemediation",
+            "metadata": {"name": victim, "namespace": ns}, "spec": {"selfFence": True},
+        }  # fmt: skip
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, VERSION, ns, "vmleaseremediations", body
+        )
+
+        def request() -> dict | None:
+            meta = client.CoreV1Api(api).read_node(victim).metadata
+            raw = (meta.annotations or {}).get("vmlease.io/fence-request")
+            return json.loads(raw) if raw else None
+
+        asked = wait_for(request, 30, "the fence request on the Node")
+        assert (asked["remediation"], asked["lockspace"], asked["generation"]) == (
+            f"{ns}/{victim}", name, 5,
+        )  # fmt: skip
+        # the agent stopped feeding; its renewals stop at the reset: Failing, then Dead
+        _status(api, ids[victim], state="Failing", observedBy=victim, stateSince=_stamp())
+        wait_for(lambda: request() is None, PASS_SECONDS + 20, "the request lifted")
+        _status(
+            api, ids[victim], state="Dead", observedBy=observer, stateSince=_stamp(),
+            lastRenewal=_stamp(60),
+        )  # fmt: skip
+        wait_for(lambda: _conditions(api, ns, victim).get("Succeeded") == ("True",
+                 "OutOfService"), PASS_SECONDS + 20, "Succeeded")  # fmt: skip
+        assert request() is None
+        assert "Traceback" not in operator.log_tail(200)
+    server.kubectl("delete", "namespace", ns, "--wait=false")

@@ -448,6 +448,12 @@ class Agent:
         if ls.cfg.fence_node:
             self._retired.append(ls)
 
+    def fence_self(self, why: str) -> None:
+        """Node fencing on request (a NodeHealthCheck remediation with selfFence): condemn the
+        node as a failed fence lockspace would. The caller checked that a real device is armed
+        for a fence lockspace, so the reset, and then the storage's proof of it, follow."""
+        self._condemn(why)
+
     def _condemn(self, why: str) -> None:
         """Node fencing: never feed the device again; the node is reset at most W after the
         last keepalive."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from typing import Any
 from vmlease_api.allocation import HostIdRecord, keeper
 from vmlease_api.conditions import find_condition, set_condition
 from vmlease_api.models import (
+    FENCE_REQUEST_ANNOTATION,
     ConditionStatus,
     HostId,
     HostIdStatus,
@@ -283,6 +285,29 @@ def _stopped(fenced: FencedSnapshot) -> tuple[bool, str, str]:
             (f"{failed}; holders stopped: {who}. Nothing of this node writes under it any more"),
         )
     return False, "Stopping", f"{failed}; stopping its holders: {who}"
+
+
+def fence_request(annotations: Mapping[str, str] | None, local: Mapping[str, Local]) -> str:
+    """Why this node must fence itself now ("" if it must not): the operator's selfFence request
+    (a NodeHealthCheck remediation) names a lockspace this node renews with node fencing, at the
+    very delta-lease generation it renews. After the reset the node rejoins with another
+    generation, so one request never resets a node twice; an agent restarted before the reset
+    resumes the same generation and keeps honouring it."""
+    raw = (annotations or {}).get(FENCE_REQUEST_ANNOTATION)
+    try:
+        doc = json.loads(raw) if raw else None
+    except ValueError:
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    item = local.get(str(doc.get("lockspace")))
+    if item is None or not item.fencing or item.generation != doc.get("generation"):
+        return ""
+    return (
+        f"remediation {doc.get('remediation')} (NodeHealthCheck, selfFence) asked this node to "
+        f"fence itself at {doc.get('requestedAt')} (lockspace {item.name}, generation "
+        f"{item.generation})"
+    )
 
 
 def put_condition(

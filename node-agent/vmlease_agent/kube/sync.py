@@ -216,6 +216,7 @@ class KubeSync:
         self.last_pass = mono
         snap = self.agent.snapshot()
         local = {ls.name: Local.of(ls, snap.watchdog) for ls in snap.lockspaces}
+        self._honour_fence_request(local)
         leases = snap.leases
         records = self._records()
         synced = all(i.synced.is_set() for i in self.informers)
@@ -247,6 +248,12 @@ class KubeSync:
             log.warning("API server unavailable (%s); status writes resume in %.1fs", error, delay)
         else:
             self._backoff.reset()
+
+    def _honour_fence_request(self, local: Mapping[str, Local]) -> None:
+        node = self.node.get(self.cfg.node)
+        why = kube_logic.fence_request(node["metadata"].get("annotations") if node else None, local)
+        if why:
+            self.agent.fence_self(why)
 
     def _records(self) -> list[HostIdRecord]:
         out = []

@@ -650,6 +650,24 @@ def test_a_failed_node_fencing_lockspace_resets_the_node_with_nothing_held_safet
     assert "disarm" not in a.watchdog.ops()
 
 
+def test_a_node_asked_to_fence_itself_is_never_fed_again_and_keeps_renewing_safety(world):
+    """A NodeHealthCheck remediation's selfFence: the device fires W after the last keepalive,
+    while the delta lease keeps being renewed until the reset (peers count from the last
+    renewal, so they read it Dead only after the reset)."""
+    a = world.agent()
+    world.join(a, fence=True)
+    a.fence_self("remediation vmlease/n1 asked")
+    asked = boottime()  # the agent's clock
+    renewed = world.record().timestamp
+    time.sleep(2 * N + 0.6)
+    assert world.record().timestamp > renewed  # still renewing
+    assert a.status()["watchdog"]["condemned"] == "remediation vmlease/n1 asked"
+    assert not [at for at in a.watchdog.when("keepalive") if at > asked + 0.3]
+    assert a.watchdog.fires_at is not None and "disarm" not in a.watchdog.ops()
+    with pytest.raises(errors.LeaseError, match="condemned"):
+        world.join(a, name="LS2", fence=True)
+
+
 def test_leaving_a_node_fencing_lockspace_cleanly_disarms_without_a_reset(world):
     a = world.agent()
     world.join(a, fence=True)

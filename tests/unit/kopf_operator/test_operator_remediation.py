@@ -149,3 +149,43 @@ def test_events_started_once_then_finished_or_failed_on_the_node():
     assert [e.reason for e in remediation.transition_events(waiting, failed)] == [
         events.REMEDIATION_FAILED
     ]
+
+
+# --- selfFence ----------------------------------------------------------------------------------
+
+
+def self_fencing(**status: Any) -> VmleaseRemediation:
+    found = cr(**status)
+    return found.model_copy(update={"spec": found.spec.model_copy(update={"self_fence": True})})
+
+
+def test_self_fence_asks_only_a_node_whose_agent_renews_with_an_armed_watchdog_safety():
+    live = fencing_host(HostState.LIVE, observed_by="n1", generation=4)
+    d = remediation.judge(self_fencing(), node(), [live])
+    assert d.self_fence is live.record and "asked to fence itself" in d.message
+    # without selfFence, or where the node is already not renewing, or not armed: nobody asked
+    assert remediation.judge(cr(), node(), [live]).self_fence is None
+    failing = fencing_host(HostState.FAILING)
+    assert remediation.judge(self_fencing(), node(), [failing]).self_fence is None
+    unarmed = fencing_host(HostState.LIVE, armed=False, observed_by="n1")
+    assert remediation.judge(self_fencing(), node(), [unarmed]).self_fence is None
+
+
+def test_the_fence_request_names_lockspace_and_generation_and_is_lifted_when_done():
+    live = fencing_host(HostState.LIVE, observed_by="n1", generation=4)
+    found = self_fencing()
+    asked = remediation.judge(found, node(), [live])
+    patch = remediation.fence_request_patch(node(), found, asked, NOW)
+    value = json.loads(patch["metadata"]["annotations"]["vmlease.io/fence-request"])
+    assert value == {"remediation": "vmlease/n1", "lockspace": "ls", "generation": 4,
+                     "requestedAt": NOW.isoformat()}  # fmt: skip
+    requested = node()
+    requested["metadata"]["annotations"]["vmlease.io/fence-request"] = json.dumps(value)
+    assert remediation.fence_request_patch(requested, found, asked, NOW) is None  # already
+    failing = remediation.judge(found, requested, [fencing_host(HostState.FAILING)])
+    lift = remediation.fence_request_patch(requested, found, failing, NOW)
+    assert lift == {"metadata": {"annotations": {"vmlease.io/fence-request": None}}}
+    assert remediation.fence_request_patch(requested, found, None, NOW) == lift  # deleted
+    # another remediation's request is neither replaced nor lifted
+    other = cr(name="n1-other")
+    assert remediation.fence_request_patch(requested, other, None, NOW) is None

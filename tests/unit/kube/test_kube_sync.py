@@ -5,6 +5,7 @@ One test at the end runs a real agent on a real lockspace file."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from dataclasses import replace
@@ -37,6 +38,7 @@ class FakeAgent:
         self.leases: list[dict[str, Any]] = []
         self.hosts: dict[str, list[dict[str, Any]]] = {}
         self.joined: list[LockspaceConfig] = []
+        self.fenced: list[str] = []
         self.calls = 0
 
     def snapshot(self) -> AgentSnapshot:
@@ -83,6 +85,9 @@ class FakeAgent:
 
     def host_status(self, name: str) -> list[dict[str, Any]]:
         return self.hosts.get(name, [])
+
+    def fence_self(self, why: str) -> None:
+        self.fenced.append(why)
 
 
 class Clock:
@@ -477,6 +482,26 @@ def test_the_sync_thread_survives_a_failing_pass(api, tmp_path):
 
 
 # --- a real agent ---------------------------------------------------------------------------------
+
+
+def test_the_agent_fences_itself_when_its_node_carries_a_request_for_its_generation(api, tmp_path):
+    agent = FakeAgent()
+    sync = make_sync(api, tmp_path, agent=agent)
+    cfg = LockspaceConfig("ls", 3, str(tmp_path / "ls.img"), 0, 1, fence_node=True)
+    agent.add_lockspace(cfg)
+    agent.lockspaces["ls"]["fence_node"] = True
+    run(sync)
+    assert agent.fenced == []  # no request
+    request = {"remediation": "vmlease/n1", "lockspace": "ls", "generation": 1,
+               "requestedAt": "2026-12-06T12:00:00+00:00"}  # fmt: skip
+    api.put("nodes", {**node("n1", pool="a"), "metadata": {
+        "name": "n1", "labels": {"pool": "a"},
+        "annotations": {"vmlease.io/fence-request": json.dumps(request)}}})  # fmt: skip
+    run(sync)
+    assert len(agent.fenced) == 1 and "remediation vmlease/n1" in agent.fenced[0]
+    agent.lockspaces["ls"]["generation"] = 2  # rejoined after the reset: old news
+    run(sync)
+    assert len(agent.fenced) == 1
 
 
 def test_a_real_agent_formats_joins_and_reports_live(api, tmp_path):

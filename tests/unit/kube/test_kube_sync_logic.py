@@ -4,6 +4,7 @@ what the HostId status says and who reports other hosts."""
 from __future__ import annotations
 
 import datetime
+import json
 
 import pytest
 from kube_builders import hostid, lockspace
@@ -171,6 +172,24 @@ def test_holders_stopped_says_whom_the_agent_stopped_and_makes_the_write_urgent(
     assert "Nothing of this node writes under it" in cond.message
     keys = {kube_logic.status_key(x) for x in (base, mid, end)}
     assert len(keys) == 3  # each change is written at once, not at the next interval
+
+
+def test_a_fence_request_is_honoured_only_at_the_generation_it_names_safety():
+    """A NodeHealthCheck remediation's selfFence request resets a node once: after the reset the
+    node rejoins at another generation and the same request is old news."""
+    armed = Local("ls", 3, "live", 7, fencing=True)
+    request = {"remediation": "vmlease/n1", "lockspace": "ls", "generation": 7,
+               "requestedAt": "2026-12-06T12:00:00+00:00"}  # fmt: skip
+    said = {"vmlease.io/fence-request": json.dumps(request)}
+    why = kube_logic.fence_request(said, {"ls": armed})
+    assert "remediation vmlease/n1" in why and "generation 7" in why
+    rejoined = Local("ls", 3, "live", 8, fencing=True)
+    assert kube_logic.fence_request(said, {"ls": rejoined}) == ""
+    unarmed = Local("ls", 3, "live", 7, fencing=False)  # its reset would not be certain
+    assert kube_logic.fence_request(said, {"ls": unarmed}) == ""
+    assert kube_logic.fence_request(said, {}) == ""
+    assert kube_logic.fence_request({"vmlease.io/fence-request": "{bad"}, {"ls": armed}) == ""
+    assert kube_logic.fence_request(None, {"ls": armed}) == ""
 
 
 def _watchdog(armed=True, enforced=True, condemned=""):
