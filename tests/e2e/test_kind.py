@@ -462,6 +462,57 @@ def test_node_fencing_puts_a_reset_node_out_of_service_only_after_its_death_safe
     wait_for(lambda: (kind.hostids(LOCKSPACE)[first].get("status") or {}).get("state") == "Live",
              120, f"{first} Live again in {LOCKSPACE}")  # fmt: skip
 
+
+def test_a_self_fence_remediation_resets_a_running_node_then_succeeds_safety(
+    kind: Kind, workers: list[str], watchdogs: Watchdogs
+):
+    """medik8s NodeHealthCheck's remediation with selfFence, as NHC would create it for a node
+    it finds unhealthy while its agent still renews: the operator asks that agent (Node
+    annotation), which stops feeding its watchdog; the harness resets the node W after the last
+    keepalive; the proof and the out-of-service taint follow, and the remediation Succeeded.
+    The node boots and rejoins at a new generation: the request does not reset it again."""
+    first = workers[0]
+    assert fence_state(kind, first).get("state") == "Live"  # left so by the node fencing test
+    generation = fence_state(kind, first).get("generation")
+    resets_before = len(watchdogs.fired(first))
+    kind.apply({
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "VmleaseRemediation",
+        "metadata": {"name": first, "namespace": kind.namespace}, "spec": {"selfFence": True},
+    })  # fmt: skip
+    asked = time.monotonic()
+
+    def remediation() -> dict[str, Any]:
+        found = kind.get("vmleaseremediation", first, "-n", kind.namespace)
+        return {c["type"]: c for c in (found.get("status") or {}).get("conditions") or []}
+
+    wait_for(lambda: watchdogs.fired(first)[resets_before:], W + 60, f"{first} reset")
+    (fired,) = watchdogs.fired(first)[resets_before:]
+    reset_at = fired["reset_done_at"] + time.monotonic() - boottime()
+    wait_for(lambda: remediation().get("Succeeded", {}).get("status") == "True",
+             SAFE_SECONDS + 120, "the remediation Succeeded",
+             describe=lambda: (remediation(), fence_state(kind, first)))  # fmt: skip
+    succeeded = time.monotonic()
+    print(f"\nselfFence timeline (s after the remediation was created): reset "
+          f"{reset_at - asked:+.1f}, Succeeded {succeeded - asked:+.1f} (W = {W} s, safe time "
+          f"{SAFE_SECONDS} s)")  # fmt: skip
+    assert remediation()["Succeeded"]["reason"] == "OutOfService"
+    assert OUT_OF_SERVICE in taints(kind, first) and reset_at < succeeded
+    annotations = kind.get("node", first)["metadata"].get("annotations") or {}
+    assert "vmlease.io/fence-request" not in annotations, "the request was not lifted"
+    assert any(first in e["message"] for e in events(kind, "RemediationFinished"))
+
+    watchdogs.start(first, reboot=True)
+    kind.docker("start", first)
+    wait_for(lambda: fence_state(kind, first).get("state") == "Live", 180 + SAFE_SECONDS,
+             f"{first} Live again in {FENCE}")  # fmt: skip
+    assert fence_state(kind, first).get("generation") != generation
+    wait_for(lambda: OUT_OF_SERVICE not in taints(kind, first), 60, "the taint lifted")
+    time.sleep(W + 5)  # an honoured stale request would have reset it again by now
+    assert len(watchdogs.fired(first)) == resets_before + 1, "reset twice by one request"
+    kind.kubectl("delete", "vmleaseremediation", first, "-n", kind.namespace)
+    wait_for(lambda: (kind.hostids(LOCKSPACE)[first].get("status") or {}).get("state") == "Live",
+             120, f"{first} Live again in {LOCKSPACE}")  # fmt: skip
+
     # leave it as the next test expects: the fence Lockspace gone, worker 1's device disarmed
     kind.kubectl("delete", "lockspace", FENCE, "--wait=false")
     wait_for(lambda: not kind.lockspace_exists(FENCE), SAFE_SECONDS + 120, f"{FENCE} deleted")
