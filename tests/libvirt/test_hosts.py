@@ -41,7 +41,7 @@ from hosts import (
     lock_daemon_from_env,
     resource_of,
 )
-from lab import TinyDomain
+from lab import LeaseSpec, TinyDomain
 
 pytestmark = pytest.mark.libvirt
 
@@ -242,6 +242,71 @@ def test_pause_resume_destroy_handover_safety(cluster: Cluster, vm) -> None:
     d1.start()
     assert only_holder(cluster, res)[:2] == (1, cluster[1].qemu_pid(d1.name))
     assert_refused(d2)
+
+
+# ---- d: manual <lease> elements --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manual_ls(cluster: Cluster) -> str:
+    """A lockspace of our own, joined by every host of the module's cluster."""
+    cluster.add_lockspace("vmlh_manual")
+    return "vmlh_manual"
+
+
+def test_manual_lease_beside_auto_disk_leases_safety(cluster: Cluster, vm, manual_ls) -> None:
+    """auto_disk_leases = 1 and a <lease>: QEMU holds both, another host gets neither."""
+    key = f"key-{uuid.uuid4().hex[:8]}"
+    path = cluster.init_resource(manual_ls, key)
+    lease = LeaseSpec(manual_ls, key, path)
+    d1 = vm(cluster[1], lease=lease)
+    disk = resource_of(d1.image("vda"))
+    d1.start()
+    pid1 = cluster[1].qemu_pid(d1.name)
+    held = {(x.lockspace, x.resource, x.path, x.pid) for x in cluster[1].leases()}
+    assert (manual_ls, key, str(path), pid1) in held
+    assert ("__LIBVIRT__DISKS__", disk, str(cluster.lease_path(disk)), pid1) in held
+    assert_refused(vm(cluster[2], lease=lease))
+    assert cluster.holders(key) == {1: cluster.holders(key)[1]}
+    d1.destroy()
+    assert cluster.holders(key) == {} and cluster.holders(disk) == {}
+
+
+def test_manual_leases_only_safety(host_kit: Kit) -> None:
+    """auto_disk_leases = 0: libvirt joins no lockspace and (require_lease_for_disks defaults to
+    1 then) refuses a read/write disk without a <lease>; with one, the <lease> alone guards the
+    domain across hosts, through a start elsewhere and a live migration."""
+    with cluster_of(host_kit, 2, auto_disk_leases=False) as c:
+        assert not any(line.startswith("s ") for line in c[1].sanlock("status").stdout.split("\n"))
+        ls = "vmlh_manual"
+        c.add_lockspace(ls)
+        name = f"vmlh-{uuid.uuid4().hex[:8]}"
+        dom_uuid = str(uuid.uuid4())
+
+        bare = c[1].domain(name, uuid=dom_uuid)
+        bare.define()
+        with pytest.raises(libvirt.libvirtError, match="disks were present, but no leases"):
+            bare.start()
+        bare.undefine()
+
+        key = "vm-lease"
+        lease = LeaseSpec(ls, key, c.init_resource(ls, key))
+        d1 = c[1].domain(name, uuid=dom_uuid, lease=lease)
+        d1.define()
+        d2 = c[2].domain(name, uuid=dom_uuid, lease=lease)
+        d2.define()
+        d1.start()
+        pid1 = c[1].qemu_pid(name)
+        assert [(x.lockspace, x.resource, x.pid) for x in c[1].leases()] == [(ls, key, pid1)]
+        _, _, lver = only_holder(c, key)
+        assert_refused(d2)
+        d2.undefine()
+
+        p2p(d1, c[2])
+        assert only_holder(c, key) == (2, c[2].qemu_pid(name), lver + 1)
+        again = c[1].domain(name, uuid=dom_uuid, lease=lease)
+        again.define()
+        assert_refused(again)
 
 
 # ---- e: live migration -----------------------------------------------------------------------
