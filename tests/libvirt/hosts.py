@@ -421,6 +421,8 @@ class Host:
         """Namespaces, lock daemon, virtlogd, libvirtd; returns when libvirtd answers."""
         self._prepare_dirs()
         self._start_namespaces()
+        if self.cluster.prepare_host is not None:
+            self.cluster.prepare_host(self)
         self.daemon = self.cluster.lock_daemon(self)
         env = dict(os.environ, SANLOCK_RUN_DIR=self.daemon.run_dir)
         env.pop("LD_PRELOAD", None)
@@ -557,6 +559,9 @@ class Cluster:
     n: int = 2
     lock_daemon: LockDaemonFactory = real_sanlock
     config: HostConfig = field(default_factory=HostConfig)
+    #: Called with each host once its namespaces exist, before its lock daemon starts (e.g. to
+    #: bind-mount a stallable file over the lockspace in that host's view only).
+    prepare_host: Callable[[Host], None] | None = None
     hosts: list[Host] = field(default_factory=list)
     hub: Hub | None = None
 

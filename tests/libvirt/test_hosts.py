@@ -20,6 +20,7 @@ test_start_elsewhere_at_migration_switchover_safety). Run with ``-s`` to see the
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import subprocess
 import tempfile
@@ -39,6 +40,7 @@ from hosts import (
     LockDaemonFactory,
     alive,
     lock_daemon_from_env,
+    real_sanlock,
     resource_of,
 )
 from lab import LeaseSpec, TinyDomain
@@ -391,10 +393,10 @@ def test_start_elsewhere_during_live_migration_safety(cluster: Cluster, vm) -> N
     try:
         _wait(lambda: _job(dom).get("memory_processed", 0) > 0, 30, "the migration to start")
         refusals = 0
-        while thread.is_alive() and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+        while thread.is_alive() and running(dom):
             attempt = time.monotonic()
             assert_refused(d3)
-            if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+            if running(dom):
                 refusals += 1  # the source still ran after this refusal: it was "during"
                 assert only_holder(cluster, res) == (1, pid1, lver)
             report("refusal during migration", f"{(time.monotonic() - attempt) * 1000:.0f} ms")
@@ -423,6 +425,14 @@ def unthrottle(host: Host) -> None:
                    timeout=10)  # fmt: skip
     subprocess.run([*host.nsenter(), "sysctl", "-qw", "net.ipv4.tcp_wmem=4096 16384 4194304"],
                    check=False, timeout=10)  # fmt: skip
+
+
+def running(dom: libvirt.virDomain) -> bool:
+    """Running; False once paused, shut off, or gone (UNDEFINE_SOURCE at the migration's end)."""
+    try:
+        return dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    except libvirt.libvirtError:
+        return False
 
 
 def _job(dom: libvirt.virDomain) -> dict:
@@ -507,3 +517,84 @@ def test_start_elsewhere_at_migration_switchover_safety(cluster: Cluster, vm) ->
         assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
     else:
         assert index == 2 and not errors
+
+
+# ---- f: killpath fencing when the lockspace fails ----------------------------------------------
+
+
+def test_lockspace_failure_fences_through_killpath_safety(host_kit: Kit) -> None:
+    """``<on_lockfailure>poweroff</on_lockfailure>``: libvirt registers
+    ``/usr/lib/libvirt/libvirt_sanlock_helper qemu:///system UUID poweroff`` as the QEMU's
+    killpath. Host 1 alone sees the lockspace through a file whose I/O then fails (EIO, stallfs
+    bind-mounted in its mount namespace only). Seen with the real sanlock (io_timeout 1): renewals
+    fail, after 8 s ``check_our_lease failed`` → ``kill PID sig 100`` (the killpath) → the helper
+    asks host 1's libvirtd to destroy the domain (shut off, reason destroyed); the lockspace is
+    dropped. The disk is free for host 2 once host 1's delta lease is dead (~70 s: 8 s + the
+    60 s watchdog fire timeout that sanlock assumes even with -w 0)."""
+    from stallfs import StallFs
+    from stallfs_fixture import stallfs_skip_reason
+
+    reason = stallfs_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    workdir = Path(tempfile.mkdtemp(prefix="vmlease-hosts-", dir="/var/tmp"))
+    leases = workdir / "shared/leases"
+    leases.mkdir(parents=True)
+    # The lockspace made before any libvirtd starts (libvirt initialises it only if missing),
+    # so that host 1 can be given its stallable view of it.
+    lockspace = leases / "__LIBVIRT__DISKS__"
+    with lockspace.open("wb") as f:
+        f.truncate(1 << 20)
+    init = ["sanlock", "direct", "init", "-o", "1", "-s", f"__LIBVIRT__DISKS__:0:{lockspace}:0"]
+    subprocess.run(init, check=True, capture_output=True)
+    mnt = tempfile.mkdtemp(prefix="vmlease-stallfs-")
+    fs = StallFs(mnt, backing=str(lockspace))  # mounted before the hosts' namespaces copy it
+
+    def prepare(host: Host) -> None:
+        if host.index == 1:
+            subprocess.run([*host.nsenter(), "mount", "--bind", fs.path, str(lockspace)],
+                           check=True, timeout=10)  # fmt: skip
+
+    cluster = Cluster(workdir, host_kit, n=2, lock_daemon=LOCK_DAEMON, prepare_host=prepare)
+    try:
+        cluster.start()
+        name = f"vmlh-{uuid.uuid4().hex[:8]}"
+        d1 = cluster[1].domain(name, extra="<on_lockfailure>poweroff</on_lockfailure>")
+        d1.define()
+        d1.start()
+        res = resource_of(d1.image("vda"))
+        pid1 = cluster[1].qemu_pid(name)
+        assert only_holder(cluster, res)[:2] == (1, pid1)
+        d2 = cluster[2].domain(name, uuid=d1.uuid)
+        d2.define()
+
+        t0 = time.monotonic()
+        fs.fail()
+        _wait(lambda: not d1.domain().isActive(), 60, "host 1 to fence its domain")
+        fenced = time.monotonic() - t0
+        assert d1.domain().state() == [libvirt.VIR_DOMAIN_SHUTOFF,
+                                       libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED]  # fmt: skip
+        assert not alive(pid1)
+        log = Path(cluster[1].daemon.run_dir, "daemon.log").read_text()
+        if LOCK_DAEMON is real_sanlock:
+            assert f"kill {pid1} sig 100" in log  # 100: run the killpath, not a signal
+        _wait(lambda: not cluster[1].lockspace_joined(), 30, "host 1 to drop the lockspace")
+
+        # Until host 1's delta lease is dead, host 2 is still refused.
+        while True:
+            try:
+                d2.start()
+                break
+            except libvirt.libvirtError as e:
+                assert BUSY in str(e)
+                assert time.monotonic() - t0 < 150, "host 2 never got the disk"
+                time.sleep(1)
+        failover = time.monotonic() - t0
+        assert only_holder(cluster, res)[:2] == (2, cluster[2].qemu_pid(name))
+        report("killpath fencing after the lockspace's storage fails (EIO)", f"{fenced:.1f} s")
+        report("disk usable on host 2 after host 1's storage failed", f"{failover:.1f} s")
+    finally:
+        cluster.stop()
+        fs.close()
+        os.rmdir(mnt)
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
