@@ -59,6 +59,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -123,12 +124,69 @@ def real_sanlock(host: Host) -> LockDaemon:
     return SanlockDaemon(prefix=host.nsenter())
 
 
+class VmleaseSanlockApi:
+    """``vmlease-agent --sanlock-api`` as a host's lock daemon (issue 12's drop-in), inside the
+    host's namespaces. The agent is ``$VMLEASE_AGENT`` or the one beside this interpreter; an
+    agent without ``--sanlock-api`` raises :class:`LockDaemonUnavailable` (tests skip)."""
+
+    def __init__(self, host: Host, fire_timeout: int = 10) -> None:
+        agent = os.environ.get("VMLEASE_AGENT") or str(
+            Path(sys.executable).parent / "vmlease-agent"
+        )
+        help_text = subprocess.run([agent, "--help"], capture_output=True, text=True,
+                                   timeout=60, check=False).stdout  # fmt: skip
+        if "--sanlock-api" not in help_text:
+            raise LockDaemonUnavailable(f"{agent} has no --sanlock-api (issue 12 not merged)")
+        base = Path(tempfile.mkdtemp(prefix="vmlease-hostagent-", dir="/var/tmp"))
+        self.base = base
+        self.run_dir = str(base / "sanlock")
+        (base / "agent").mkdir()
+        self.log = (base / "agent.log").open("w")
+        self.proc = subprocess.Popen(
+            [*host.nsenter(), agent, "--run-dir", str(base / "agent"), "--node-name", host.name,
+             "--watchdog", f"file:{base / 'watchdog'}", "--watchdog-fire-timeout",
+             str(fire_timeout), "--sanlock-api", "--sanlock-run-dir", self.run_dir],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            sock = Path(self.run_dir, "sanlock.sock")
+            _wait(lambda: sock.exists() or self.proc.poll() is not None, 30, "sanlock.sock")
+        except TimeoutError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError(f"vmlease-agent exited: {(base / 'agent.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class LockDaemonUnavailable(RuntimeError):
+    """The lock daemon asked for cannot run here (the tests skip, saying why)."""
+
+
+def vmlease_sanlock_api(host: Host) -> LockDaemon:
+    return VmleaseSanlockApi(host)
+
+
 def lock_daemon_from_env() -> LockDaemonFactory:
-    """``VMLEASE_HOSTS_LOCK_DAEMON``: unset or ``sanlock`` → :func:`real_sanlock`; otherwise
-    ``module:callable``, a factory importable from tests/ or the venv (for a drop-in daemon)."""
+    """``VMLEASE_HOSTS_LOCK_DAEMON``: unset or ``sanlock`` → :func:`real_sanlock`; ``vmlease``
+    → :func:`vmlease_sanlock_api`; otherwise ``module:callable``, a factory importable from
+    tests/ or the venv."""
     spec = os.environ.get("VMLEASE_HOSTS_LOCK_DAEMON", "sanlock")
     if spec == "sanlock":
         return real_sanlock
+    if spec == "vmlease":
+        return vmlease_sanlock_api
     module, _, attr = spec.partition(":")
     return getattr(importlib.import_module(module), attr)
 
