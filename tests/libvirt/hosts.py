@@ -77,6 +77,7 @@ from sanlockd import SanlockDaemon
 LS = "__LIBVIRT__DISKS__"
 NET = "10.213.7"  # host i is NET.i/24 (the hub's bridge has no address)
 PORT = 16509
+SANLOCK_PLUGIN = "/usr/lib/x86_64-linux-gnu/libvirt/lock-driver/sanlock.so"
 SYSTEM_CAPS = Path("/var/cache/libvirt/qemu/capabilities")
 
 WRAPPER = r"""#!/bin/bash
@@ -101,6 +102,22 @@ class SharedDomain(TinyDomain):
             with contextlib.suppress(FileNotFoundError):
                 os.chown(self.image(dev), qemu.pw_uid, qemu.pw_gid)
         return dom
+
+
+def hosts_skip_reason() -> str | None:
+    """Why the simulated hosts cannot run here (None: they can). Cheap checks only."""
+    if os.geteuid() != 0:
+        return "namespaces, bind mounts and libvirtd need root"
+    missing = [b for b in ("unshare", "nsenter", "ip", "tc", "sanlock") if not shutil.which(b)]
+    if missing:
+        return f"{', '.join(missing)} missing: run `bash scripts/install-libvirt.sh`"
+    if not Path(SANLOCK_PLUGIN).exists():
+        return f"no {SANLOCK_PLUGIN}: apt-get install libvirt-sanlock (scripts/install-libvirt.sh)"
+    r = subprocess.run(["unshare", "--mount", "--uts", "--net", "true"], capture_output=True,
+                       check=False)  # fmt: skip
+    if r.returncode != 0:
+        return f"cannot create mount/UTS/network namespaces: {r.stderr.decode().strip()}"
+    return None
 
 
 def resource_of(path: str | Path) -> str:
@@ -349,8 +366,11 @@ def _net_ns(pid: int) -> int | None:
 
 @dataclass
 class HostConfig:
-    """qemu-sanlock.conf of every host (host_id is the host's index)."""
+    """qemu-sanlock.conf of every host (host_id is the host's index), and its lock manager:
+    ``"nop"`` (libvirt's default: no leases at all) is the control for the safety tests and the
+    baseline for the benchmark."""
 
+    lock_manager: str = "sanlock"
     auto_disk_leases: bool = True
     require_lease_for_disks: bool | None = None  # None: libvirt's default (= not auto)
     io_timeout: int = 1
@@ -443,7 +463,8 @@ class Host:
         with (etc / "qemu.conf").open("a") as f:
             f.write(
                 "\n# tests/libvirt/hosts.py\n"
-                'lock_manager = "sanlock"\ncgroup_controllers = [ ]\ndynamic_ownership = 0\n'
+                "cgroup_controllers = [ ]\ndynamic_ownership = 0\n"
+                f'lock_manager = "{cfg.lock_manager}"\n'
                 f'migration_address = "{self.ip}"\nmigration_host = "{self.ip}"\n'
             )
         lines = [

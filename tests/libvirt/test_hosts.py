@@ -40,6 +40,7 @@ from hosts import (
     LockDaemonFactory,
     LockDaemonUnavailable,
     alive,
+    hosts_skip_reason,
     lock_daemon_from_env,
     real_sanlock,
     resource_of,
@@ -67,6 +68,9 @@ def report(what: str, value: str) -> None:
 
 @pytest.fixture(scope="session")
 def host_kit() -> Iterator[Kit]:
+    reason = hosts_skip_reason()
+    if reason:
+        pytest.skip(f"simulated hosts cannot run here: {reason}")
     kit = Kit.create(Path(tempfile.mkdtemp(prefix="vmlease-hostkit-", dir="/var/tmp")))
     try:
         yield kit
@@ -254,6 +258,33 @@ def test_pause_resume_destroy_handover_safety(cluster: Cluster, vm) -> None:
     d1.start()
     assert only_holder(cluster, res)[:2] == (1, cluster[1].qemu_pid(d1.name))
     assert_refused(d2)
+
+
+def test_without_lock_manager_second_start_is_not_refused_control(host_kit: Kit) -> None:
+    """The control: with libvirt's default ``nop`` lock manager the same second start on
+    another host succeeds (QEMU's image locking is off, as across real hosts), so the refusals
+    above come from the lease and nothing else. Also the baseline for the benchmark's start and
+    migration times."""
+    with cluster_of(host_kit, 2, lock_manager="nop") as c:
+        name = f"vmlh-{uuid.uuid4().hex[:8]}"
+        d1 = c[1].domain(name)
+        d1.define()
+        times = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            d1.start()
+            times.append(time.monotonic() - t0)
+            d1.destroy()
+        report("virsh start without a lock manager (nop)", fmt_times(times))
+        d1.start()
+        d2 = c[2].domain(name, uuid=d1.uuid)
+        d2.define()
+        d2.start()  # two running QEMUs on one disk: exactly what the lease prevents
+        assert d1.domain().isActive() and d2.domain().isActive()
+        d2.destroy()
+        t0 = time.monotonic()
+        direct(d1, c[2])
+        report("live migration (direct) without a lock manager", f"{time.monotonic() - t0:.2f} s")
 
 
 # ---- d: manual <lease> elements --------------------------------------------------------------
