@@ -13,6 +13,11 @@
 #   libvirt 9.0 (the generator only binds the API the installed libvirt declares).
 #   If the build fails (no PyPI, no compiler), Debian's python3-libvirt 9.0 is installed instead:
 #   the venv sees system site packages, as it already does for python3-sanlock.
+# * libvirt-sanlock is libvirt's sanlock lock plugin (lock-driver/sanlock.so): the multi-host
+#   tests (tests/libvirt/hosts.py) run libvirtd with lock_manager = "sanlock" against a lock
+#   daemon per simulated host. sanlock and python3-sanlock come from install-core.sh; they are
+#   named here too so this script alone is enough for that tier. iproute2 gives `ip netns`/veth
+#   for the migration tests; util-linux gives unshare/nsenter.
 # No daemon is started here (policy-rc.d refuses, and there is no systemd); the tests start them.
 # Idempotent: apt runs only for missing packages, pip only when `import libvirt` fails.
 set -euo pipefail
@@ -22,7 +27,8 @@ cd "$(dirname "$0")/.."
 LIBVIRT_PYTHON=12.8.0
 
 apt_ensure libvirt-daemon-system libvirt-daemon-system-sysv libvirt-clients \
-    qemu-system-x86 qemu-utils libvirt-dev pkg-config python3-dev gcc
+    qemu-system-x86 qemu-utils libvirt-dev pkg-config python3-dev gcc \
+    libvirt-sanlock sanlock python3-sanlock iproute2 util-linux
 
 [ -x .venv/bin/python ] || bash scripts/install-core.sh
 if ! .venv/bin/python -c 'import libvirt' 2>/dev/null; then

@@ -64,12 +64,15 @@ def build_shim() -> str:
 class SanlockDaemon:
     """One sanlock daemon with a private run directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: list[str] | tuple[str, ...] = ()) -> None:
+        """``prefix``: argv put before the daemon's own, e.g. ``nsenter -t PID -m -u -n --`` to
+        run it inside a simulated host's namespaces (tests/libvirt/hosts.py): the killpath
+        helpers it runs then see that host's /run/libvirt. It must exec, not fork, the daemon."""
         self.run_dir = tempfile.mkdtemp(prefix="vmlease-sanlockd-")
         self.log = open(os.path.join(self.run_dir, "daemon.log"), "w+")  # noqa: SIM115
         env = {**os.environ, "SANLOCK_RUN_DIR": self.run_dir, "LD_PRELOAD": build_shim()}
         self.proc = subprocess.Popen(
-            ["sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-U", "root", "-G", "root"],
+            [*prefix, "sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-U", "root", "-G", "root"],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -257,6 +257,8 @@ class TinyDomain:
     serial: str | None = None
     metadata: str = ""
     uuid: str = field(default_factory=lambda: str(uuid4()))
+    emulator: str = EMULATOR
+    extra: str = ""  # raw XML after <devices>, e.g. <on_lockfailure>poweroff</on_lockfailure>
 
     def image(self, dev: str) -> Path:
         return self.directory / f"{self.name}-{dev}.img"
@@ -288,13 +290,14 @@ class TinyDomain:
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
   <devices>
-    <emulator>{EMULATOR}</emulator>
+    <emulator>{escape(self.emulator)}</emulator>
     {"".join(disks)}
     {lease}
     <serial type='pty'/>
     <console type='pty'/>
     <memballoon model='none'/>
   </devices>
+  {self.extra}
 </domain>"""
 
     def _disk(self, dev: str, fmt: str, extra: str, cache: str | None = None) -> str:
