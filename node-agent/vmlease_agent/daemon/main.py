@@ -25,7 +25,8 @@ from vmlease_agent.core.lockspace import LockspaceConfig
 from vmlease_agent.core.watchdog import WatchdogError, open_watchdog
 from vmlease_agent.daemon import services
 from vmlease_agent.engine import errors, leasespec, timeouts
-from vmlease_agent.rpc.server import ApiServer, Handlers
+from vmlease_agent.rpc import sanlock_server
+from vmlease_agent.rpc.server import ApiServer, Handlers, UnixSocketServer
 from vmlease_agent.rpc.wire import DEFAULT_RUN_DIR, SOCKET_NAME
 from vmlease_agent.virt import watcher as libvirt_events
 
@@ -77,6 +78,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="LS:HOST_ID:PATH:OFFSET[:IO_TIMEOUT]",
         help="join at start",
+    )
+    p.add_argument(
+        "--sanlock-api",
+        action="store_true",
+        help="also serve sanlock 3.8's client protocol (the sanlock CLI, python-sanlock, "
+        "libvirt's lock driver) on sanlock.sock in --sanlock-run-dir, over the same leases",
+    )
+    p.add_argument(
+        "--sanlock-run-dir",
+        default=sanlock_server.default_run_dir(),
+        help="where sanlock clients look for sanlock.sock: $SANLOCK_RUN_DIR, or %(default)s",
     )
     p.add_argument("--log-level", default=os.environ.get("VMLEASE_LOG_LEVEL", "INFO"))
     services.add_arguments(p)
@@ -146,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         os.path.join(args.run_dir, SOCKET_NAME), Handlers(agent, shutdown), args.socket_group
     )
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+    servers: list[UnixSocketServer] = [server]
+    if args.sanlock_api:
+        sanlock = sanlock_server.SanlockApiServer(
+            args.sanlock_run_dir, agent, shutdown, args.socket_group
+        )
+        threading.Thread(target=sanlock.serve_forever, name="sanlock-api", daemon=True).start()
+        servers.append(sanlock)
     # The handler only flips a flag: taking the Event's lock inside a signal handler can
     # deadlock with the main thread holding it in wait(); the main thread polls instead.
     signalled: list[int] = []
@@ -161,16 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         extras = services.start(args, agent)
     except Exception as e:  # e.g. no kubeconfig: say so, and stop without harm
         print(f"vmlease-agent: cannot start: {e}", file=sys.stderr)
-        server.shutdown()
+        for s in servers:
+            s.shutdown()
         agent.stop(clean=False)
         return 1
     watcher = libvirt_events.start(args, agent)
-    log.info("vmlease-agent %s ready on %s", __version__, server.path)
+    log.info("vmlease-agent %s ready on %s", __version__, ", ".join(s.path for s in servers))
     while not signalled and not done.wait(0.2):
         pass
     if watcher is not None:
         watcher.stop()
-    server.shutdown()
+    for s in servers:
+        s.shutdown()  # the sanlock API's registered connections stay open: leases are kept
     left = agent.leave_idle()  # no new leases; lockspaces nothing holds leases in are left
     extras.stop(left)
     agent.stop(clean=outcome["clean"])

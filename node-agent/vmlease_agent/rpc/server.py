@@ -264,20 +264,33 @@ class _Handler(socketserver.StreamRequestHandler):
             self.wfile.write(json.dumps(obj, default=str).encode() + b"\n")
 
 
-class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class UnixSocketServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """A threaded unix socket server whose socket is mode 0660, owned by root and ``group``:
+    membership in that group is the right to ask (the agent's API and sanlock's alike)."""
+
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, path: str, handlers: Handlers, group: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        handler: type[socketserver.BaseRequestHandler],
+        group: str | None = None,
+    ) -> None:
         if os.path.exists(path):
             os.unlink(path)
         old = os.umask(0o117)
         try:
-            super().__init__(path, _Handler)
+            super().__init__(path, handler)
         finally:
             os.umask(old)
         gid = grp.getgrnam(group).gr_gid if group else -1
         os.chown(path, 0 if os.geteuid() == 0 else -1, gid)
         os.chmod(path, 0o660)
-        self.handlers = handlers
         self.path = path
+
+
+class ApiServer(UnixSocketServer):
+    def __init__(self, path: str, handlers: Handlers, group: str | None = None) -> None:
+        super().__init__(path, _Handler, group)
+        self.handlers = handlers

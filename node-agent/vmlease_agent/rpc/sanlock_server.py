@@ -1,0 +1,659 @@
+"""sanlock 3.8's client API on ``$SANLOCK_RUN_DIR/sanlock.sock``, served by the same agent.
+
+Unchanged sanlock clients (the ``sanlock client`` CLI, python-sanlock, libvirt's lock driver)
+talk to this socket as they would to the sanlock daemon; every request is carried out by the
+one :class:`~vmlease_agent.core.agent.Agent` behind the JSON API too, so there is one lease
+engine, one set of lockspaces and one holder registry (holders tracked by pid and pidfd).
+
+Connections work as sanlock's (wire format: ``sanlock_wire``):
+
+* transient: one request, one reply; the daemon-thread commands (STATUS, HOST_STATUS,
+  GET_LOCKSPACES, GET_HOSTS, SHUTDOWN) close the connection after replying, as sanlock does.
+* registered: REGISTER (no reply) ties the connection to the peer's pid (SO_PEERCRED at that
+  moment). Later commands on it with ``data2`` = -1 act for that pid, one at a time; others may
+  act on it with ``data2`` = pid. When the connection closes, the pid's leases are released,
+  as sanlock does: the registered fd is the holder's lifeline (a process that exits closes it;
+  the agent's pidfd sees the exit too). An agent restart keeps them: the connection is gone with
+  the old agent, but the holder is adopted by pid, and a pid the agent holds leases for is a
+  valid target of ``data2`` = pid even without a connection to this agent.
+
+Like sanlock, a request with a bad magic or a newer major version, or any request on a
+connection restricted with RESTRICT_ALL, gets no reply. A known command this server does not
+implement yet gets ``-EOPNOTSUPP`` instead of sanlock's silence, so a client fails, never hangs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vmlease_agent.core.agent import Agent, NotHeld
+from vmlease_agent.core.lockspace import JOINING, LIVE, LockspaceConfig
+from vmlease_agent.core.snapshot import HolderSnapshot, LockspaceSnapshot
+from vmlease_agent.engine import SANLK_ERROR, delta, errors, leasespec, timeouts
+from vmlease_agent.engine.paxos import Resource
+from vmlease_agent.rpc import sanlock_wire as w
+from vmlease_agent.rpc.server import UnixSocketServer, peer_credentials
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "sanlock.sock"
+DEFAULT_RUN_DIR = "/run/sanlock"
+RUN_DIR_ENV = "SANLOCK_RUN_DIR"
+#: how long a rem_lockspace or a forced shutdown waits for the holders it killed to be gone
+KILL_WAIT_SECONDS = 60.0
+RESTRICT_ALL = 0x1
+#: sanlock answers -1 (python: errno 1) for the release of a lease the client does not hold
+RELEASE_NOT_HELD = -1
+
+
+def default_run_dir() -> str:
+    return os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
+
+
+class SanlockApiError(errors.LeaseError):
+    """A request refused by the sanlock API itself (before the agent is asked)."""
+
+
+class InvalidRequest(SanlockApiError):
+    code = -errno.EINVAL
+    template = "sanlock {cmd}: {detail}"
+
+
+class NotRegistered(SanlockApiError):
+    code = -errno.ESRCH
+    template = (
+        "sanlock {cmd}: pid {pid} is not registered: the process must call sanlock_register "
+        "(python: sanlock.register()) before leases can be taken for it"
+    )
+
+
+class ConnectionNotRegistered(SanlockApiError):
+    code = -errno.EBUSY
+    template = (
+        "sanlock {cmd} for the caller itself needs a registered connection: call "
+        "sanlock_register first, or name the target pid"
+    )
+
+
+class ClientBusy(SanlockApiError):
+    code = -errno.EBUSY
+    template = "sanlock {cmd}: pid {pid} has another command in progress; retry when it ends"
+
+
+class TooManyResources(SanlockApiError):
+    code = -errno.E2BIG
+    template = "sanlock {cmd}: {count} resources, at most {limit} per call"
+
+
+class BadDiskCount(SanlockApiError):
+    code = -errno.ERANGE
+    template = "sanlock {cmd}: resource {lease} has {count} disks, sanlock allows 1..{limit}"
+
+
+class Unsupported(SanlockApiError):
+    code = -errno.EOPNOTSUPP
+    template = (
+        "sanlock {cmd}: {detail} is not supported by vmlease-agent's sanlock API yet; use "
+        "the sanlock daemon, or `vmlease client` for what it offers"
+    )
+
+
+class InProgress(SanlockApiError):
+    code = -errno.EINPROGRESS
+    template = "lockspace {lockspace} is being {doing}; retry when that ends"
+
+
+class LockspaceExists(SanlockApiError):
+    code = -errno.EEXIST
+    template = "lockspace {lockspace} is already joined as host_id {host_id}"
+
+
+class LockspaceUnknown(SanlockApiError):
+    code = -errno.ENOENT
+    template = "lockspace {lockspace} is not joined on this node"
+
+
+class LockspaceInUse(SanlockApiError):
+    code = -errno.EBUSY
+    template = "lockspace {lockspace}: {detail}"
+
+
+class HostsNotReady(SanlockApiError):
+    code = -errno.EAGAIN
+    template = "lockspace {lockspace}: the other hosts were not read yet; retry in a moment"
+
+
+class Disconnected(Exception):
+    """The peer closed the connection (or it failed) in the middle of a request."""
+
+
+@dataclass
+class Registration:
+    """A process known to this API: registered by a connection, or adopted (``conn`` None)."""
+
+    pid: int
+    owner: str
+    conn: socket.socket | None = None
+    restricted: int = 0
+    active: bool = False  # one command at a time per client, as sanlock (cmd_active)
+
+
+class Connection:
+    """Exact reads and writes on one client socket (clients send header and payload apart)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def read(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except OSError as e:
+                raise Disconnected(str(e)) from None
+            if not chunk:
+                raise Disconnected("end of stream")
+            buf += chunk
+        return bytes(buf)
+
+    def drain(self, h: w.Header, already: int = 0) -> None:
+        """Skip what is left of a request's payload, as ``length`` announces it."""
+        left = h.length - w.HEADER.size - already
+        if 0 < left <= 1 << 20:
+            self.read(left)
+
+    def send(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+
+class SanlockApi:
+    """The commands, over the agent; per-connection state is the caller's ``Registration``."""
+
+    def __init__(self, agent: Agent, on_shutdown: Callable[[bool], None]) -> None:
+        self.agent = agent
+        self.on_shutdown = on_shutdown
+        self._lock = threading.Lock()
+        self._registered: list[Registration] = []
+
+    # ---- registrations -----------------------------------------------------------------------
+
+    def register(self, sock: socket.socket) -> Registration:
+        pid, _uid, _gid = peer_credentials(sock)
+        reg = Registration(pid, str(pid), sock)
+        with self._lock:
+            self._registered.append(reg)
+        log.info("sanlock client pid %d registered", pid)
+        return reg
+
+    def unregister(self, reg: Registration) -> None:
+        """The registered connection closed: the pid's leases go, as with sanlock (unless
+        another connection of the same pid is still registered)."""
+        with self._lock:
+            self._registered.remove(reg)
+            if any(r.pid == reg.pid for r in self._registered):
+                return
+        try:
+            released = self.agent.release(reg.pid, None)
+        except errors.LeaseError:
+            return  # nothing held, or the process exited (its pidfd released them)
+        log.info("sanlock client pid %d closed its connection: released %s", reg.pid, released)
+
+    def registrations(self) -> list[Registration]:
+        with self._lock:
+            return list(self._registered)
+
+    def _target(self, cmd: str, h: w.Header, reg: Registration | None) -> Registration:
+        """Who a registered command acts for: the connection itself, or the pid in data2."""
+        if h.data2 == w.SELF:
+            if reg is None:
+                raise ConnectionNotRegistered(cmd=cmd)
+            return reg
+        pid = h.data2
+        with self._lock:
+            found = next((r for r in self._registered if r.pid == pid), None)
+        if found is not None:
+            return found
+        if any(x.holder.pid == pid for x in self.agent.snapshot().holders):
+            return Registration(pid, "")  # adopted by the agent after a restart
+        raise NotRegistered(cmd=cmd, pid=pid)
+
+    @contextlib.contextmanager
+    def _active(self, cmd: str, target: Registration):
+        with self._lock:
+            if target.active:
+                raise ClientBusy(cmd=cmd, pid=target.pid)
+            target.active = True
+        try:
+            yield
+        finally:
+            target.active = False
+
+    # ---- dispatch ----------------------------------------------------------------------------
+
+    def handle(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        """Carry out one request whose header was read; True when the connection must close."""
+        cmd = w.Cmd(h.cmd)
+        handler = getattr(self, f"cmd_{cmd.name.lower()}", None)
+        if handler is None:
+            conn.drain(h)
+            self._result(conn, h, Unsupported(cmd=cmd.name.lower(), detail="this command"))
+            return False
+        return bool(handler(conn, h, reg))
+
+    def _result(self, conn: Connection, h: w.Header, outcome: int | errors.LeaseError) -> None:
+        if isinstance(outcome, errors.LeaseError):
+            log.info("sanlock %s refused (%d): %s", h.name, outcome.code, outcome)
+            outcome = outcome.code
+        conn.send(h.reply(outcome))
+
+    def _run(self, conn: Connection, h: w.Header, fn: Callable[[], int | None]) -> None:
+        """Reply with ``fn``'s result: 0 (or what it returns), or the code of what it raised."""
+        try:
+            result: int | errors.LeaseError = fn() or 0
+        except errors.LeaseError as e:
+            result = e
+        except Exception:  # a bug must not take the daemon down, nor leave the client waiting
+            log.exception("sanlock %s failed", h.name)
+            result = SANLK_ERROR
+        self._result(conn, h, result)
+
+    # ---- lockspaces --------------------------------------------------------------------------
+
+    def _matching(self, ls: w.Lockspace) -> LockspaceSnapshot | None:
+        """The joined lockspace ``ls`` names: name, path and offset, and host_id unless 0."""
+        snap = self.agent.snapshot().lockspace(ls.name)
+        if snap is None or (snap.path, snap.offset) != (ls.path, ls.offset):
+            return None
+        if ls.host_id and ls.host_id != snap.host_id:
+            return None
+        return snap
+
+    def cmd_add_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+
+        def add() -> None:
+            if not ls.name or not ls.host_id or not ls.path:
+                raise InvalidRequest(cmd="add_lockspace", detail="name, host_id and path needed")
+            cur = self.agent.snapshot().lockspace(ls.name)
+            if cur is not None and cur.state in (LIVE, JOINING):
+                if self._matching(ls) is None:
+                    raise InvalidRequest(
+                        cmd="add_lockspace",
+                        detail=f"lockspace {ls.name} is joined as {cur.host_id}:{cur.path}:"
+                        f"{cur.offset}, not {ls.host_id}:{ls.path}:{ls.offset}",
+                    )
+                if cur.state == JOINING:
+                    raise InProgress(lockspace=ls.name, doing="added")
+                raise LockspaceExists(lockspace=ls.name, host_id=cur.host_id)
+            io = h.data or timeouts.DEFAULT_IO_TIMEOUT
+            cfg = LockspaceConfig(ls.name, ls.host_id, ls.path, ls.offset, io)
+            self.agent.add_lockspace(cfg, wait=not h.cmd_flags & w.ADD_ASYNC)
+
+        self._run(conn, h, add)
+
+    def _inq(self, ls: w.Lockspace) -> int:
+        snap = self._matching(ls)
+        if snap is None or snap.state not in (LIVE, JOINING):
+            return -errno.ENOENT
+        return 0 if snap.state == LIVE else -errno.EINPROGRESS
+
+    def cmd_inq_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+        result = self._inq(ls)
+        while result == -errno.EINPROGRESS and h.cmd_flags & w.INQ_WAIT:
+            time.sleep(1)
+            result = self._inq(ls)
+        self._result(conn, h, result)
+
+    def cmd_rem_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+
+        def remove() -> None:
+            snap = self._matching(ls)
+            if snap is None:
+                raise LockspaceUnknown(lockspace=ls.name)
+            if snap.state == JOINING:
+                raise InProgress(lockspace=ls.name, doing="added")
+            users = self._holders(ls.name)
+            if users and h.cmd_flags & w.REM_UNUSED:
+                raise LockspaceInUse(lockspace=ls.name, detail="leases are held in it")
+            if h.cmd_flags & w.REM_ASYNC:
+                threading.Thread(target=self._remove, args=(ls.name,), daemon=True).start()
+            else:
+                self._remove(ls.name)
+
+        self._run(conn, h, remove)
+
+    def _remove(self, name: str) -> None:
+        """sanlock's rem_lockspace: SIGKILL the holders of its leases, then leave it."""
+        self._kill_holders(lambda lockspace: lockspace == name, f"lockspace {name} is removed")
+        self.agent.rem_lockspace(name)
+
+    def _holders(self, name: str | None = None) -> list[HolderSnapshot]:
+        """Holders with leases (in lockspace ``name``, or in any)."""
+        return [
+            x
+            for x in self.agent.snapshot().holders
+            if any(name is None or lease.lockspace == name for lease in x.leases)
+        ]
+
+    def _kill_holders(self, in_lockspace: Callable[[str], bool], why: str) -> None:
+        """SIGKILL (SIGTERM when the client restricted SIGKILL) every process holding a lease
+        ``in_lockspace``, and wait until the agent has released their leases."""
+        restricted = {r.pid for r in self.registrations() if r.restricted & w.RESTRICT_SIGKILL}
+
+        def holders() -> list[HolderSnapshot]:
+            return [
+                x for x in self._holders() if any(in_lockspace(le.lockspace) for le in x.leases)
+            ]
+
+        for x in holders():
+            if not x.holder.pid:
+                raise LockspaceInUse(
+                    lockspace=", ".join(sorted({le.lockspace for le in x.leases})),
+                    detail=f"held by {x.holder.key}, which is no process yet: release it first",
+                )
+            sig = signal.SIGTERM if x.holder.pid in restricted else signal.SIGKILL
+            log.warning("%s: killing holder pid %d with %s", why, x.holder.pid, sig.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(x.holder.pid, sig)
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        while holders():
+            if time.monotonic() > deadline:
+                raise LockspaceInUse(
+                    lockspace=why, detail=f"holders still run {KILL_WAIT_SECONDS:.0f} s after kill"
+                )
+            time.sleep(0.1)
+
+    def cmd_get_lockspaces(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        spaces = [
+            w.Lockspace(s.name, s.host_id, s.path, s.offset, w.LSF_ADD if s.state == JOINING else 0)
+            for s in self.agent.snapshot().lockspaces
+            if s.state in (LIVE, JOINING)
+        ]
+        payload = b"".join(s.pack() for s in spaces)
+        conn.send(h.reply(0, len(payload), len(spaces)) + payload)
+        return True
+
+    def cmd_get_hosts(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+        try:
+            hosts = self._hosts(ls.name)
+        except errors.LeaseError as e:
+            self._result(conn, h, e)
+            return True
+        rows = [r for r in hosts if (r["host_id"] == ls.host_id if ls.host_id else r["timestamp"])]
+        payload = b"".join(
+            w.host(
+                r["host_id"],
+                r["generation"],
+                r["timestamp"],
+                r["io_timeout"],
+                delta.STATE_CODES[r["state"]],
+            )
+            for r in rows
+        )
+        conn.send(h.reply(0, len(payload), len(rows)) + payload)
+        return True
+
+    def _hosts(self, name: str) -> list[dict]:
+        snap = self.agent.snapshot().lockspace(name)
+        if snap is None or snap.state not in (LIVE, JOINING):
+            raise LockspaceUnknown(lockspace=name)
+        if snap.state != LIVE:
+            raise HostsNotReady(lockspace=name)
+        return self.agent.host_status(name)
+
+    # ---- leases ------------------------------------------------------------------------------
+
+    def _read_resources(self, conn: Connection, h: w.Header, with_disks: bool) -> list[w.Resource]:
+        count = h.data
+        if count > w.MAX_RESOURCES:
+            conn.drain(h)
+            raise TooManyResources(cmd=h.name, count=count, limit=w.MAX_RESOURCES)
+        read = 0
+        out = []
+        for _ in range(count):
+            res = w.Resource.unpack(conn.read(w.RESOURCE.size))
+            read += w.RESOURCE.size
+            if with_disks:
+                if not 1 <= res.num_disks <= w.MAX_DISKS:
+                    conn.drain(h, read)
+                    raise BadDiskCount(
+                        cmd=h.name,
+                        lease=res.label,
+                        count=res.num_disks,
+                        limit=w.MAX_DISKS,
+                    )
+                for _ in range(res.num_disks):
+                    res.disks.append(w.Disk.unpack(conn.read(w.DISK.size)))
+                    read += w.DISK.size
+            out.append(res)
+        return out
+
+    def cmd_acquire(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        try:
+            resources = self._read_resources(conn, h, with_disks=True)
+            owner = w.options_owner(conn.read(w.OPTIONS.size))
+        except errors.LeaseError as e:
+            self._result(conn, h, e)
+            return
+
+        def acquire() -> None:
+            wanted = []
+            for res in resources:
+                if len(res.disks) != 1:
+                    raise Unsupported(cmd="acquire", detail=f"{res.label} on several disks")
+                if res.flags & w.RES_LVER:
+                    raise Unsupported(cmd="acquire", detail=f"{res.label} at a given lver")
+                disk = res.disks[0]
+                lease = Resource(res.lockspace, res.name, disk.path, disk.offset)
+                wanted.append((lease, bool(res.flags & w.RES_SHARED)))
+            target = self._target("acquire", h, reg)
+            with self._active("acquire", target):
+                target.owner = owner  # sanlock replaces the client's name, even with ""
+                self.agent.acquire(
+                    target.pid,
+                    wanted,
+                    owner,
+                    wait=not h.cmd_flags & w.ACQUIRE_OWNER_NOWAIT,
+                )
+
+        self._run(conn, h, acquire)
+
+    def cmd_release(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        try:
+            resources = self._read_resources(conn, h, with_disks=False)
+        except errors.LeaseError as e:
+            self._result(conn, h, e)
+            return
+
+        def release() -> int:
+            target = self._target("release", h, reg)
+            labels = None if h.cmd_flags & w.REL_ALL else [r.label for r in resources]
+            with self._active("release", target):
+                try:
+                    self.agent.release(target.pid, labels)
+                except NotHeld as e:
+                    if labels is None:
+                        return 0
+                    log.info("sanlock release refused: %s", e)
+                    return RELEASE_NOT_HELD
+            return 0
+
+        self._run(conn, h, release)
+
+    def cmd_inquire(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        try:
+            target = self._target("inquire", h, reg)
+            with self._active("inquire", target):
+                leases = self.agent.inquire(target.pid)
+        except errors.LeaseError as e:
+            self._result(conn, h, e)
+            return
+        if not leases:
+            conn.send(h.reply(0))
+            return
+        text = " ".join(
+            leasespec.format_resource(
+                Resource(x["lockspace"], x["resource"], x["path"], x["offset"]),
+                x["lver"],
+                x["shared"],
+            )
+            for x in leases
+        )
+        body = text.encode("utf-8", "surrogateescape") + b"\0"
+        conn.send(h.reply(0, len(body), len(leases)) + body)
+
+    def cmd_restrict(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        def restrict() -> None:
+            target = self._target("restrict", h, reg)
+            target.restricted = h.cmd_flags  # replaced, not or-ed, as sanlock does
+
+        self._run(conn, h, restrict)
+
+    # ---- daemon ------------------------------------------------------------------------------
+
+    def cmd_version(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        conn.send(w.Header(w.Cmd.VERSION, data2=w.DAEMON_VERSION).pack())
+
+    def cmd_shutdown(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        """No reply. Without force, only an agent with no lockspace stops; with force, the
+        holders are killed first (as sanlock does), then the agent stops cleanly."""
+        force = bool(h.data)
+        if not force and self.agent.snapshot().lockspaces:
+            log.info("sanlock shutdown ignored: lockspaces are joined (use force)")
+            return True
+        try:
+            if force:
+                self._kill_holders(lambda _ls: True, "forced sanlock shutdown")
+            self.agent.check_clean_stop()
+        except errors.LeaseError as e:
+            log.error("sanlock shutdown refused: %s", e)
+            return True
+        threading.Thread(target=self.on_shutdown, args=(True,), daemon=True).start()
+        return True
+
+    def cmd_status(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        """Records until close: the daemon, clients, lockspaces, resources (``data`` stops
+        after the daemon (1), the clients (2) or the lockspaces (3); 0 sends everything)."""
+        snap = self.agent.snapshot()
+        stop = h.data or 4
+        out = [h.reply(0)]
+        out.append(w.state_record(w.STATE_DAEMON, snap.node, "version_str=3.8.5"))
+        if stop >= 2:
+            out += self._client_records(snap.holders)
+        if stop >= 3:
+            for s in snap.lockspaces:
+                flags = w.LSF_ADD if s.state == JOINING else 0
+                which = "add" if s.state == JOINING else "spaces"
+                tail = w.Lockspace(s.name, s.host_id, s.path, s.offset, flags).pack()
+                text = f"list={which} io_timeout={s.io_timeout} host_generation={s.generation}"
+                out.append(w.state_record(w.STATE_LOCKSPACE, s.name, text, 0, s.host_id, tail))
+        if stop >= 4:
+            for x in snap.holders:
+                for le in x.leases:
+                    res = w.Resource(
+                        le.lockspace,
+                        le.resource,
+                        le.lver,
+                        w.RES_SHARED if le.shared else 0,
+                        disks=[w.Disk(le.path, le.offset)],
+                    )
+                    text = f"list=held lver={le.lver}"
+                    out.append(
+                        w.state_record(
+                            w.STATE_RESOURCE, le.resource, text, x.holder.pid, le.lver, res.pack()
+                        )
+                    )
+        conn.send(b"".join(out))
+        return True
+
+    def _client_records(self, holders: tuple[HolderSnapshot, ...]) -> list[bytes]:
+        """sanlock lists its client slots: its helper and listener, every registered process,
+        and the status connection itself; holders the agent adopted are listed as clients."""
+        regs = self.registrations()
+        names = [(-1, "helper"), (-1, "listener")]
+        names += [(r.pid, r.owner) for r in regs]
+        seen = {r.pid for r in regs}
+        names += [
+            (x.holder.pid, x.holder.owner or str(x.holder.pid))
+            for x in holders
+            if x.holder.pid and x.holder.pid not in seen and x.leases
+        ]
+        names.append((-1, "status"))
+        return [w.state_record(w.STATE_CLIENT, name, f"pid={pid}", pid) for pid, name in names]
+
+    def cmd_host_status(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+        try:
+            hosts = self._hosts(ls.name)
+        except errors.LeaseError:
+            conn.send(h.reply(-errno.ENOSPC))  # what sanlock answers for a lockspace unknown
+            return True
+        now = time.monotonic()
+        out = [h.reply(0)]
+        for r in hosts:
+            last = int(now - r["renewed_ago"])
+            text = (
+                f"last_check={last} last_live={last} last_req=0 owner_id={r['host_id']} "
+                f"owner_generation={r['generation']} timestamp={r['timestamp']} "
+                f"io_timeout={r['io_timeout']} owner_name={r['name']}"
+            )
+            out.append(w.state_record(w.STATE_HOST, "", text, r["host_id"], r["timestamp"]))
+        conn.send(b"".join(out))
+        return True
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        api: SanlockApi = self.server.api  # type: ignore[attr-defined]
+        conn = Connection(self.request)
+        reg: Registration | None = None
+        try:
+            while True:
+                h = w.Header.unpack(conn.read(w.HEADER.size))
+                if reg is not None and reg.restricted & RESTRICT_ALL:
+                    conn.drain(h)  # sanlock ignores a restricted connection: no reply
+                    continue
+                if not h.acceptable or h.cmd not in w.Cmd.__members__.values():
+                    log.warning("sanlock request ignored (magic %#x, cmd %d)", h.magic, h.cmd)
+                    conn.drain(h)
+                    continue
+                if h.cmd == w.Cmd.REGISTER:
+                    if reg is None:
+                        reg = api.register(self.request)
+                    continue
+                if api.handle(conn, h, reg):
+                    return
+        except Disconnected:
+            pass
+        finally:
+            if reg is not None:
+                api.unregister(reg)
+
+
+class SanlockApiServer(UnixSocketServer):
+    """``sanlock.sock`` in ``run_dir`` (created if missing), served over ``agent``."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        agent: Agent,
+        on_shutdown: Callable[[bool], None],
+        group: str | None = None,
+    ) -> None:
+        os.makedirs(run_dir, mode=0o775, exist_ok=True)
+        super().__init__(os.path.join(run_dir, SOCKET_NAME), _Handler, group)
+        self.api = SanlockApi(agent, on_shutdown)
