@@ -169,6 +169,13 @@ def _client_main() -> None:
     def disks(req):
         return [(req["path"], req.get("offset", 0))]
 
+    def target(req):
+        """Act for another process (``pid``), or for ourselves through the registered fd."""
+        return {"pid": req["pid"]} if "pid" in req else {"slkfd": fd}
+
+    def op_pid(req):
+        return os.getpid()
+
     def op_add_lockspace(req):
         t0 = time.monotonic()
         sanlock.add_lockspace(
@@ -177,30 +184,71 @@ def _client_main() -> None:
             req["path"],
             req.get("offset", 0),
             iotimeout=req.get("io_timeout", 0),
+            wait=req.get("wait", True),
         )
         return time.monotonic() - t0
 
+    def op_inq_lockspace(req):
+        return sanlock.inq_lockspace(
+            req["lockspace"].encode(),
+            req["host_id"],
+            req["path"],
+            req.get("offset", 0),
+            wait=req.get("wait", False),
+        )
+
     def op_rem_lockspace(req):
         sanlock.rem_lockspace(
-            req["lockspace"].encode(), req["host_id"], req["path"], req.get("offset", 0)
+            req["lockspace"].encode(),
+            req["host_id"],
+            req["path"],
+            req.get("offset", 0),
+            wait=req.get("wait", True),
+            unused=req.get("unused", False),
         )
+
+    def op_get_lockspaces(req):
+        return [
+            {k: v.decode() if isinstance(v, bytes) else v for k, v in ls.items()}
+            for ls in sanlock.get_lockspaces()
+        ]
 
     def op_register(req):
         nonlocal fd
         fd = sanlock.register()
         return fd
 
+    def op_unregister(req):
+        """Close the registered connection while this process lives on."""
+        nonlocal fd
+        os.close(fd)
+        fd = None
+
     def op_acquire(req):
         sanlock.acquire(
             req["lockspace"].encode(),
             req["resource"].encode(),
             disks(req),
-            slkfd=fd,
             shared=req.get("shared", False),
+            **target(req),
         )
 
     def op_release(req):
-        sanlock.release(req["lockspace"].encode(), req["resource"].encode(), disks(req), slkfd=fd)
+        sanlock.release(
+            req["lockspace"].encode(), req["resource"].encode(), disks(req), **target(req)
+        )
+
+    def op_inquire(req):
+        return [
+            {
+                "lockspace": r["lockspace"].decode(),
+                "resource": r["resource"].decode(),
+                "flags": r["flags"],
+                "version": r["version"],
+                "disks": [list(d) for d in r["disks"]],
+            }
+            for r in sanlock.inquire(**target(req))
+        ]
 
     def op_request(req):
         action = {"force": sanlock.REQ_FORCE, "graceful": sanlock.REQ_GRACEFUL}[req["action"]]

@@ -562,21 +562,20 @@ class SanlockApi:
                 text = f"list={which} io_timeout={s.io_timeout} host_generation={s.generation}"
                 out.append(w.state_record(w.STATE_LOCKSPACE, s.name, text, 0, s.host_id, tail))
         if stop >= 4:
-            for x in snap.holders:
-                for le in x.leases:
-                    res = w.Resource(
-                        le.lockspace,
-                        le.resource,
-                        le.lver,
-                        w.RES_SHARED if le.shared else 0,
-                        disks=[w.Disk(le.path, le.offset)],
-                    )
-                    text = f"list=held lver={le.lver}"
-                    out.append(
-                        w.state_record(
-                            w.STATE_RESOURCE, le.resource, text, x.holder.pid, le.lver, res.pack()
-                        )
-                    )
+            # one list for the whole daemon, newest first, as sanlock's resources_held
+            held = [(le, x.holder.pid) for x in snap.holders for le in x.leases]
+            for le, pid in sorted(held, key=lambda item: item[0].since, reverse=True):
+                res = w.Resource(
+                    le.lockspace,
+                    le.resource,
+                    le.lver,
+                    w.RES_SHARED if le.shared else 0,
+                    disks=[w.Disk(le.path, le.offset)],
+                )
+                text = f"list=held lver={le.lver}"
+                out.append(
+                    w.state_record(w.STATE_RESOURCE, le.resource, text, pid, le.lver, res.pack())
+                )
         conn.send(b"".join(out))
         return True
 

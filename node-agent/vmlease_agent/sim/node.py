@@ -36,6 +36,8 @@ class SimNode:
     fire_timeout: int = 10
     kill_grace: int | None = None
     lockspaces: list[str] = field(default_factory=list)  # LS:HOST_ID:PATH:OFFSET[:IO]
+    #: serve sanlock's client API (``--sanlock-api``) with sanlock.sock in this directory
+    sanlock_run_dir: str | None = None
     agent: subprocess.Popen | None = None
     harness: subprocess.Popen | None = None
     pgids: list[int] = field(default_factory=list)
@@ -79,6 +81,8 @@ class SimNode:
             cmd += ["--kill-grace", str(self.kill_grace)]
         for ls in self.lockspaces:
             cmd += ["--lockspace", ls]
+        if self.sanlock_run_dir:
+            cmd += ["--sanlock-api", "--sanlock-run-dir", self.sanlock_run_dir]
         log = open(self.log_file, "a")  # noqa: SIM115 - owned by the child
         self.agent = subprocess.Popen(cmd, stdout=log, stderr=log, process_group=0)
         log.close()

@@ -1,0 +1,406 @@
+"""vmlease-agent --sanlock-api against the real sanlock 3.8.5 daemon, with unchanged clients.
+
+The comparison tests run the same requests (the ``sanlock client`` CLI with SANLOCK_RUN_DIR
+pointing at each daemon, and python-sanlock in child processes) against a real sanlock daemon
+and against vmlease-agent, each with lease files of its own, and assert the same replies, result
+codes and CLI lines once pids, paths, timestamps and the daemon's name are normalised.
+
+The safety tests put both in one lockspace (sanlock at host_id 1, the agent at host_id 2, each
+joined through its own sanlock socket): a lease taken through the sanlock API is refused to the
+other host, and freed when its registered client dies or closes its connection, not before;
+and an agent restart keeps it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from sanlockd import SanlockClient, SanlockDaemon, SanlockError, sanlock_skip_reason
+from vmlease_agent.sim.node import SimNode
+from waiting import wait_for
+
+pytestmark = pytest.mark.interop
+
+N = 1  # io_timeout: keeps joins and liveness quick
+LS = "LS"
+
+
+@dataclass
+class Side:
+    """One daemon speaking sanlock's protocol: the real one, or vmlease-agent --sanlock-api."""
+
+    kind: str
+    work: str  # its lease files
+    run_dir: str  # its SANLOCK_RUN_DIR
+    stop: Callable[[], None]
+    node: SimNode | None = None
+
+    @property
+    def ls(self) -> str:
+        return os.path.join(self.work, "ls")
+
+    def res(self, name: str = "res") -> str:
+        return os.path.join(self.work, name)
+
+    def cli(self, *args: str) -> str:
+        """``sanlock client ARGS``: its output and exit status, as people read them."""
+        env = {**os.environ, "SANLOCK_RUN_DIR": self.run_dir}
+        env.pop("LD_PRELOAD", None)
+        p = subprocess.run(
+            ["sanlock", "client", *args], env=env, capture_output=True, text=True, timeout=90
+        )
+        return f"{p.stdout}rc={p.returncode}\n"
+
+    def python(self, register: bool = False) -> SanlockClient:
+        c = SanlockClient(self.run_dir)
+        if register:
+            c.call("register")
+        return c
+
+    def spec(self, host_id: int = 1) -> str:
+        return f"{LS}:{host_id}:{self.ls}:0"
+
+    def hosts_ready(self, host_id: int = 1) -> bool:
+        return bool(re.search(rf"^h {host_id} gen .* LIVE$", self.cli("gets", "-h", "1"), re.M))
+
+
+def init_files(work: str, ls: str = "ls") -> None:
+    """A lockspace and two resources, initialised by sanlock itself."""
+    for name in (ls, "res", "res2"):
+        with open(os.path.join(work, name), "wb") as f:
+            f.truncate(1 << 20)
+    for args in (
+        ["-s", f"{LS}:0:{work}/{ls}:0", "-o", str(N)],
+        ["-r", f"{LS}:RES:{work}/res:0"],
+        ["-r", f"{LS}:RES2:{work}/res2:0"],
+    ):
+        subprocess.run(["sanlock", "direct", "init", *args], check=True, capture_output=True)
+
+
+def start_sanlock(work: str) -> Side:
+    daemon = SanlockDaemon()
+    return Side("sanlock", work, daemon.run_dir, daemon.stop)
+
+
+def start_vmlease(work: str, name: str = "vmlease-node") -> Side:
+    run_dir = os.path.join(work, "sanlock-run")
+    node = SimNode(name, work, io_timeout=N, fire_timeout=10, sanlock_run_dir=run_dir)
+    node.start()
+    sock = os.path.join(run_dir, "sanlock.sock")
+    wait_for(lambda: os.path.exists(sock), 10, f"{sock} to appear")
+    return Side("vmlease", work, run_dir, node.stop, node)
+
+
+@pytest.fixture
+def both() -> Iterator[dict[str, Side]]:
+    """The real sanlock daemon and vmlease-agent, each with its own lease files."""
+    reason = sanlock_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    top = tempfile.mkdtemp(prefix="vmlease-slapi-", dir="/var/tmp")
+    sides: dict[str, Side] = {}
+    try:
+        for kind, start in (("sanlock", start_sanlock), ("vmlease", start_vmlease)):
+            work = os.path.join(top, kind)
+            os.makedirs(work)
+            init_files(work)
+            sides[kind] = start(work)
+        yield sides
+    finally:
+        for side in sides.values():
+            side.stop()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def normalise(text: str, side: Side, pids: dict[int, str]) -> str:
+    text = text.replace(side.work, "WORK")
+    for pid, name in pids.items():
+        text = re.sub(rf"\b{pid}\b", name, text)
+    text = re.sub(r"^daemon .*$", "daemon NAME", text, flags=re.M)
+    return re.sub(r"timestamp \d+", "timestamp T", text)
+
+
+def cli_transcript(side: Side) -> str:
+    """The CLI session an admin would type, lease holder included (``client command``)."""
+    out = []
+    c = side.cli
+    out += [c("add_lockspace", "-o", str(N), "-s", side.spec())]
+    out += [c("add_lockspace", "-o", str(N), "-s", side.spec())]  # -17
+    out += [c("add_lockspace", "-o", str(N), "-s", side.spec(2))]  # -22: other host_id
+    out += [c("inq_lockspace", "-s", side.spec()), c("inq_lockspace", "-s", side.spec(0))]
+    out += [c("inq_lockspace", "-s", f"NOPE:1:{side.ls}:0")]
+    wait_for(side.hosts_ready, 20 * N, f"{side.kind} to read its own host LIVE")
+    out += [c("status"), c("host_status", "-s", LS), c("host_status"), c("gets", "-h", "1")]
+    out += [c("host_status", "-s", "NOPE")]
+    env = {**os.environ, "SANLOCK_RUN_DIR": side.run_dir}
+    env.pop("LD_PRELOAD", None)
+    holder = subprocess.Popen(
+        [
+            "sanlock",
+            "client",
+            "command",
+            "-r",
+            f"{LS}:RES:{side.res()}:0",
+            "-c",
+            "/bin/sleep",
+            "60",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    pid = str(holder.pid)  # exec'd: the holder's pid is the registered one
+    try:
+        wait_for(
+            lambda: re.search(r"^r LS:RES:.* p \d+$", c("status"), re.M),  # held, not ADD
+            10,
+            f"{side.kind}: the command's lease",
+        )
+        out += [c("status"), c("inquire", "-p", pid)]
+        out += [c("release", "-r", f"{LS}:RES", "-p", pid)]
+        out += [c("release", "-r", f"{LS}:RES", "-p", pid)]  # -1: not held
+        out += [c("inquire", "-p", pid)]  # "(null)"
+        out += [c("acquire", "-r", f"{LS}:RES:{side.res()}:0", "-p", pid)]
+        out += [c("acquire", "-r", f"{LS}:RES:{side.res()}:0", "-p", pid)]  # -17
+        out += [c("acquire", "-r", f"{LS}:RES2:{side.res()}:0", "-p", pid)]  # -227: not RES2
+        out += [c("acquire", "-r", f"NOPE:RES:{side.res()}:0", "-p", pid)]  # -28
+        out += [c("acquire", "-r", f"{LS}:RES2:{side.res('res2')}:0:SH", "-p", pid)]
+        out += [c("inquire", "-p", pid), c("status")]
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_for(lambda: "r LS:" not in c("status"), 10, f"{side.kind}: leases gone with the holder")
+    out += [c("status"), c("inquire", "-p", pid)]  # -3: no such registered pid
+    out += [c("rem_lockspace", "-s", f"NOPE:1:{side.ls}:0")]  # -2
+    out += [c("rem_lockspace", "-s", side.spec()), c("status")]
+    out += [c("shutdown")]  # nothing joined: the daemon exits
+    return normalise("".join(out), side, {holder.pid: "PID"})
+
+
+def test_sanlock_cli_session_reads_the_same_as_against_the_sanlock_daemon(both):
+    ours, theirs = cli_transcript(both["vmlease"]), cli_transcript(both["sanlock"])
+    assert ours.splitlines() == theirs.splitlines(), "\n".join(
+        difflib.unified_diff(
+            theirs.splitlines(), ours.splitlines(), "sanlock", "vmlease", lineterm=""
+        )
+    )
+    assert "acquire done -17" in ours and "release done -1" in ours  # the session did run
+
+
+def python_transcript(side: Side) -> list:
+    """python-sanlock calls (VDSM's way): an admin process, and a registered holder."""
+    admin, holder = side.python(), side.python(register=True)
+    hp = holder.call("pid")
+    ls = {"lockspace": LS, "host_id": 1, "path": side.ls}
+    res = {"lockspace": LS, "resource": "RES", "path": side.res()}
+    res2 = {"lockspace": LS, "resource": "RES2", "path": side.res("res2")}
+    out: list = []
+
+    def call(c: SanlockClient, op: str, **kw) -> None:
+        try:
+            result = c.call(op, **kw)
+            if op == "add_lockspace":
+                result = None  # the child reports how long it took
+        except SanlockError as e:
+            result = {"errno": e.errno}
+        out.append([op, normalise(repr(result), side, {hp: "HOLDER", admin.call("pid"): "ADMIN"})])
+
+    try:
+        call(admin, "add_lockspace", io_timeout=N, wait=False, **ls)
+        call(admin, "inq_lockspace", wait=True, **ls)
+        call(admin, "add_lockspace", io_timeout=N, **ls)  # EEXIST
+        call(admin, "inq_lockspace", **{**ls, "lockspace": "NOPE"})
+        call(admin, "get_lockspaces")
+        call(holder, "acquire", **res)
+        call(holder, "inquire")
+        call(admin, "inquire", pid=hp)
+        call(admin, "acquire", pid=hp, **res)  # EEXIST
+        call(holder, "release", **res)
+        call(holder, "release", **res)  # 1: not held
+        call(admin, "acquire", pid=hp, **res)  # for the holder's registration
+        call(admin, "acquire", pid=hp, shared=True, **res2)
+        call(admin, "inquire", pid=hp)
+        call(holder, "inquire")
+        call(admin, "acquire", pid=admin.call("pid"), **res2)  # ESRCH: not registered
+        call(admin, "release", pid=hp, **res2)
+        call(admin, "inquire", pid=hp)
+        wait_for(lambda: _live(admin, LS), 20 * N, f"{side.kind} to read its own host LIVE")
+        hosts = admin.call("get_hosts", lockspace=LS)
+        out.append(["get_hosts", [(h["host_id"], h["generation"], h["flags"]) for h in hosts]])
+        holder.close()
+        wait_for(lambda: _gone(admin, hp), 10, f"{side.kind}: the holder's leases released")
+        call(admin, "rem_lockspace", **{**ls, "lockspace": "NOPE"})  # ENOENT
+        call(admin, "rem_lockspace", **ls)
+        call(admin, "inq_lockspace", **ls)
+    finally:
+        holder.close()
+        admin.close()
+    return out
+
+
+def _live(admin: SanlockClient, lockspace: str) -> bool:
+    try:
+        return any(h["flags"] == 3 for h in admin.call("get_hosts", lockspace=lockspace))
+    except SanlockError:  # EAGAIN until the first read of the other hosts
+        return False
+
+
+def _gone(admin: SanlockClient, pid: int) -> bool:
+    try:
+        admin.call("inquire", pid=pid)
+    except SanlockError as e:
+        return e.errno == 3  # ESRCH: the registration is gone, its leases with it
+    return False
+
+
+def test_python_sanlock_calls_get_the_same_replies_as_from_the_sanlock_daemon(both):
+    ours, theirs = python_transcript(both["vmlease"]), python_transcript(both["sanlock"])
+    assert ours == theirs, "\n".join(
+        difflib.unified_diff(
+            [repr(x) for x in theirs], [repr(x) for x in ours], "sanlock", "vmlease", lineterm=""
+        )
+    )
+    assert ["acquire", "{'errno': 17}"] in ours and ["release", "{'errno': 1}"] in ours
+
+
+def test_rem_lockspace_kills_the_holders_like_the_sanlock_daemon(both):
+    """sanlock's rem_lockspace SIGKILLs every holder of a lease in it, then leaves it."""
+    for side in both.values():
+        admin, holder = side.python(), side.python(register=True)
+        try:
+            admin.call("add_lockspace", lockspace=LS, host_id=1, path=side.ls, io_timeout=N)
+            holder.call("acquire", lockspace=LS, resource="RES", path=side.res())
+            admin.call("rem_lockspace", lockspace=LS, host_id=1, path=side.ls)
+            assert holder.proc.wait(timeout=10) == -signal.SIGKILL, side.kind
+            assert admin.call("inq_lockspace", lockspace=LS, host_id=1, path=side.ls) is False
+        finally:
+            holder.close()
+            admin.close()
+
+
+# ---- one lockspace, two hosts: the real sanlock daemon at host_id 1, the agent at 2 -------------
+
+
+@dataclass
+class Mixed:
+    sanlock: Side
+    agent: Side
+
+    def holder(self, side: Side) -> SanlockClient:
+        return side.python(register=True)
+
+
+@pytest.fixture
+def mixed() -> Iterator[Mixed]:
+    reason = sanlock_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    work = tempfile.mkdtemp(prefix="vmlease-slapi-mixed-", dir="/var/tmp")
+    init_files(work)
+    sides: list[Side] = []
+    admins: list[SanlockClient] = []
+    try:
+        sides += [start_sanlock(work), start_vmlease(work)]
+        for host_id, side in enumerate(sides, start=1):
+            admin = side.python()
+            admins.append(admin)
+            admin.call("add_lockspace", lockspace=LS, host_id=host_id, path=side.ls, io_timeout=N)
+        time.sleep(2 * N + 0.5)  # each has read the other's delta lease renewed since
+        yield Mixed(*sides)
+    finally:
+        for admin in admins:
+            admin.close()
+        for side in sides:
+            side.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _acquire(c: SanlockClient, path: str, resource: str = "RES") -> int:
+    try:
+        c.call("acquire", lockspace=LS, resource=resource, path=path)
+    except SanlockError as e:
+        return e.errno
+    return 0
+
+
+def test_sanlock_api_lease_is_refused_to_the_other_host_both_ways_safety(mixed):
+    ours, theirs = mixed.holder(mixed.agent), mixed.holder(mixed.sanlock)
+    try:
+        assert _acquire(ours, mixed.agent.res()) == 0
+        assert _acquire(theirs, mixed.agent.res()) == -243  # held by host 2, which is alive
+        assert _acquire(theirs, mixed.agent.res("res2"), "RES2") == 0
+        assert _acquire(ours, mixed.agent.res("res2"), "RES2") == -243
+        assert ours.call("inquire")[0]["resource"] == "RES"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def _taken_over(theirs: SanlockClient, path: str) -> bool:
+    rc = _acquire(theirs, path)
+    assert rc in (0, -243), rc
+    return rc == 0
+
+
+def test_sanlock_api_lease_dies_with_registered_client_safety(mixed):
+    ours, theirs = mixed.holder(mixed.agent), mixed.holder(mixed.sanlock)
+    try:
+        assert _acquire(ours, mixed.agent.res()) == 0
+        assert _acquire(theirs, mixed.agent.res()) == -243
+        ours.proc.kill()  # the VM dies: its registered fd closes with it
+        ours.proc.wait()
+        wait_for(lambda: _taken_over(theirs, mixed.agent.res()), 10, "the lease to be free")
+        assert mixed.agent.node is not None
+        assert not mixed.agent.node.client.call("status")["leases"]
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_sanlock_api_lease_released_when_registered_connection_closes(mixed):
+    """As with sanlock: the registered connection, not the process, is the lifeline."""
+    ours, theirs = mixed.holder(mixed.agent), mixed.holder(mixed.sanlock)
+    try:
+        assert _acquire(ours, mixed.agent.res()) == 0
+        assert _acquire(theirs, mixed.agent.res()) == -243
+        ours.call("unregister")
+        wait_for(lambda: _taken_over(theirs, mixed.agent.res()), 10, "the lease to be free")
+        assert ours.proc.poll() is None
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_sanlock_api_leases_survive_an_agent_restart_safety(mixed):
+    """The registered connection goes with the old agent; the holder is adopted by pid, keeps
+    its lease (refused to the other host throughout) and loses it only when it exits."""
+    node = mixed.agent.node
+    assert node is not None and node.agent is not None
+    ours, theirs = mixed.holder(mixed.agent), mixed.holder(mixed.sanlock)
+    try:
+        hp = ours.call("pid")
+        assert _acquire(ours, mixed.agent.res()) == 0
+        node.signal_agent(signal.SIGTERM)
+        node.agent.wait(timeout=30)
+        assert _acquire(theirs, mixed.agent.res()) == -243
+        node.start()
+        admin = mixed.agent.python()
+        try:
+            assert admin.call("inquire", pid=hp)[0]["resource"] == "RES"
+        finally:
+            admin.close()
+        assert _acquire(theirs, mixed.agent.res()) == -243
+        ours.close()
+        wait_for(lambda: _taken_over(theirs, mixed.agent.res()), 10, "the lease to be free")
+    finally:
+        ours.close()
+        theirs.close()
