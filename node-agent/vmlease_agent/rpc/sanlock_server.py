@@ -518,8 +518,9 @@ class SanlockApi:
 
     def cmd_restrict(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         def restrict() -> None:
-            target = self._target("restrict", h, reg)
-            target.restricted = h.cmd_flags  # replaced, not or-ed, as sanlock does
+            if reg is None:  # data2 is not read: only the registered connection restricts
+                raise ConnectionNotRegistered(cmd="restrict")
+            reg.restricted = h.cmd_flags  # replaced, not or-ed, as sanlock does
 
         self._run(conn, h, restrict)
 

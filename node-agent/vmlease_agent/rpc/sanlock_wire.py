@@ -106,7 +106,7 @@ RESTRICT_SIGKILL = 0x2
 # sanlk_state.type of the STATUS and HOST_STATUS records
 STATE_DAEMON, STATE_CLIENT, STATE_LOCKSPACE, STATE_RESOURCE, STATE_HOST = 1, 2, 3, 4, 5
 
-HEADER = struct.Struct("<8I")
+HEADER = struct.Struct("<6IiI")  # data: a signed result in replies
 DISK = struct.Struct(f"<{PATH_LEN}sQII")
 LOCKSPACE = struct.Struct(f"<{NAME_LEN}sQII{PATH_LEN}sQII")
 RESOURCE = struct.Struct(f"<{NAME_LEN}s{NAME_LEN}sQQIIII")
@@ -149,7 +149,7 @@ class Header:
             self.cmd_flags,
             self.length,
             self.seq,
-            self.data & 0xFFFFFFFF,
+            self.data,
             self.data2 & 0xFFFFFFFF,
         )
 
