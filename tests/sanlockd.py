@@ -255,6 +255,11 @@ def _client_main() -> None:
         sanlock.request(req["lockspace"].encode(), req["resource"].encode(), disks(req),
                         action=action, version=req.get("version"))  # fmt: skip
 
+    def op_read_resource_owners(req):
+        return sanlock.read_resource_owners(
+            req["lockspace"].encode(), req["resource"].encode(), disks(req)
+        )
+
     def op_get_hosts(req):
         return sanlock.get_hosts(req["lockspace"].encode(), req.get("host_id", 0))
 

@@ -43,6 +43,7 @@ class Side:
     work: str  # its lease files
     run_dir: str  # its SANLOCK_RUN_DIR
     stop: Callable[[], None]
+    proc: subprocess.Popen  # the daemon process
     node: SimNode | None = None
 
     @property
@@ -89,7 +90,7 @@ def init_files(work: str, ls: str = "ls") -> None:
 
 def start_sanlock(work: str) -> Side:
     daemon = SanlockDaemon()
-    return Side("sanlock", work, daemon.run_dir, daemon.stop)
+    return Side("sanlock", work, daemon.run_dir, daemon.stop, daemon.proc)
 
 
 def start_vmlease(work: str, name: str = "vmlease-node") -> Side:
@@ -98,7 +99,8 @@ def start_vmlease(work: str, name: str = "vmlease-node") -> Side:
     node.start()
     sock = os.path.join(run_dir, "sanlock.sock")
     wait_for(lambda: os.path.exists(sock), 10, f"{sock} to appear")
-    return Side("vmlease", work, run_dir, node.stop, node)
+    assert node.agent is not None
+    return Side("vmlease", work, run_dir, node.stop, node.agent, node)
 
 
 @pytest.fixture
@@ -194,6 +196,8 @@ def test_sanlock_cli_session_reads_the_same_as_against_the_sanlock_daemon(both):
         )
     )
     assert "acquire done -17" in ours and "release done -1" in ours  # the session did run
+    for side in both.values():  # `shutdown` with nothing joined stops the daemon
+        assert side.proc.wait(timeout=10) == 0, side.kind
 
 
 def python_transcript(side: Side) -> list:
@@ -230,6 +234,11 @@ def python_transcript(side: Side) -> list:
         call(admin, "acquire", pid=hp, shared=True, **res2)
         call(admin, "inquire", pid=hp)
         call(holder, "inquire")
+        for r in (res, res2):  # held exclusive: with its timestamp; shared: without
+            owners = admin.call("read_resource_owners", **r)
+            out.append([[o["host_id"], o["generation"], bool(o["timestamp"])] for o in owners])
+            out.append([[o["io_timeout"], o["flags"]] for o in owners])
+        call(admin, "read_resource_owners", **{**res, "resource": "RES2"})  # -227
         call(admin, "acquire", pid=admin.call("pid"), **res2)  # ESRCH: not registered
         call(admin, "release", pid=hp, **res2)
         call(admin, "inquire", pid=hp)

@@ -1025,6 +1025,11 @@ class Agent:
                 return []
             return [self._lease_snapshot(client, h).to_wire() for h in client.leases.values()]
 
+    def read_owners(self, res: Resource) -> tuple[ondisk.Leader, list[paxos.Owner]]:
+        """Who owns ``res`` on disk, as any host reads it (sanlock ``read_resource_owners``):
+        its exclusive owner and shared holders, live or not; nothing is written."""
+        return paxos.read_owners(self._storage(res.path), res, timeouts.DEFAULT_IO_TIMEOUT)
+
     # ---- status -----------------------------------------------------------------------------
 
     def snapshot(self) -> AgentSnapshot:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from vmlease_agent.core.agent import Agent, NotHeld
 from vmlease_agent.core.lockspace import JOINING, LIVE, LockspaceConfig
 from vmlease_agent.core.snapshot import HolderSnapshot, LockspaceSnapshot
-from vmlease_agent.engine import SANLK_ERROR, delta, errors, leasespec, timeouts
+from vmlease_agent.engine import SANLK_ERROR, delta, errors, leasespec, ondisk, timeouts
 from vmlease_agent.engine.paxos import Resource
 from vmlease_agent.rpc import sanlock_wire as w
 from vmlease_agent.rpc.server import UnixSocketServer, peer_credentials
@@ -417,8 +417,9 @@ class SanlockApi:
 
     # ---- leases ------------------------------------------------------------------------------
 
-    def _read_resources(self, conn: Connection, h: w.Header, with_disks: bool) -> list[w.Resource]:
-        count = h.data
+    def _read_resources(
+        self, conn: Connection, h: w.Header, count: int, with_disks: bool
+    ) -> list[w.Resource]:
         if count > w.MAX_RESOURCES:
             conn.drain(h)
             raise TooManyResources(cmd=h.name, count=count, limit=w.MAX_RESOURCES)
@@ -444,7 +445,7 @@ class SanlockApi:
 
     def cmd_acquire(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         try:
-            resources = self._read_resources(conn, h, with_disks=True)
+            resources = self._read_resources(conn, h, h.data, with_disks=True)
             owner = w.options_owner(conn.read(w.OPTIONS.size))
         except errors.LeaseError as e:
             self._result(conn, h, e)
@@ -474,7 +475,7 @@ class SanlockApi:
 
     def cmd_release(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         try:
-            resources = self._read_resources(conn, h, with_disks=False)
+            resources = self._read_resources(conn, h, h.data, with_disks=False)
         except errors.LeaseError as e:
             self._result(conn, h, e)
             return
@@ -515,6 +516,28 @@ class SanlockApi:
         )
         body = text.encode("utf-8", "surrogateescape") + b"\0"
         conn.send(h.reply(0, len(body), len(leases)) + body)
+
+    def cmd_read_resource_owners(
+        self, conn: Connection, h: w.Header, reg: Registration | None
+    ) -> None:
+        """The resource as read (lver, size flags), then one sanlk_host per owner."""
+        try:
+            res = self._read_resources(conn, h, 1, with_disks=True)[0]
+            disk = res.disks[0]
+            leader, owners = self.agent.read_owners(
+                Resource(res.lockspace, res.name, disk.path, disk.offset)
+            )
+        except errors.LeaseError as e:
+            self._result(conn, h, e)
+            return
+        sizes = leader.sizes
+        sector = w.RES_SECTOR512 if sizes.sector_size == 512 else w.RES_SECTOR4K
+        align = ondisk.SIZE_CLASSES[(sizes.sector_size, sizes.align_size)][1]
+        found = w.Resource(res.lockspace, res.name, leader.lver, sector | align)
+        payload = found.pack() + b"".join(
+            w.host(o.host_id, o.generation, o.timestamp, 0, 0) for o in owners
+        )
+        conn.send(h.reply(0, len(payload), len(owners)) + payload)
 
     def cmd_restrict(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         def restrict() -> None:
