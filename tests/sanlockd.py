@@ -230,6 +230,7 @@ def _client_main() -> None:
             req["resource"].encode(),
             disks(req),
             shared=req.get("shared", False),
+            version=req.get("version"),
             **target(req),
         )
 

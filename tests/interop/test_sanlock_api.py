@@ -230,7 +230,8 @@ def python_transcript(side: Side) -> list:
         call(admin, "acquire", pid=hp, **res)  # EEXIST
         call(holder, "release", **res)
         call(holder, "release", **res)  # 1: not held
-        call(admin, "acquire", pid=hp, **res)  # for the holder's registration
+        call(admin, "acquire", pid=hp, version=99, **res)  # -240: the lver on disk is 1
+        call(admin, "acquire", pid=hp, version=1, **res)  # for the holder's registration
         call(admin, "acquire", pid=hp, shared=True, **res2)
         call(admin, "inquire", pid=hp)
         call(holder, "inquire")

@@ -735,14 +735,18 @@ class Agent:
         owner: str = "",
         wait: bool = True,
         disks: Mapping[str, str] | None = None,
+        lvers: Mapping[str, int] | None = None,
     ) -> list[dict]:
         """Acquire every resource for ``holder``, all or nothing (taken ones released on error).
-        ``disks``: lease label -> the disk an automatic disk lease protects (shown, not used)."""
+        ``disks``: lease label -> the disk an automatic disk lease protects (shown, not used).
+        ``lvers``: label -> the lease version the lease must be at on disk (sanlock's
+        SANLK_RES_LVER; otherwise -240 and nothing is written)."""
         client = self._client(holder, owner, create=True)
         taken: list[HeldLease] = []
         try:
             for res, shared in resources:
-                taken.append(self._acquire_one(client, res, shared, wait))
+                lver = (lvers or {}).get(res.label)
+                taken.append(self._acquire_one(client, res, shared, wait, lver))
                 taken[-1].disk_path = (disks or {}).get(res.label)
         except BaseException:
             for held in reversed(taken):
@@ -767,7 +771,9 @@ class Agent:
             )
         return [self._lease_snapshot(client, h).to_wire() for h in taken]
 
-    def _acquire_one(self, client: Client, res: Resource, shared: bool, wait: bool) -> HeldLease:
+    def _acquire_one(
+        self, client: Client, res: Resource, shared: bool, wait: bool, lver: int | None = None
+    ) -> HeldLease:
         ls = self._joined(res.lockspace)
         with self._lock:
             self._reserve(res.label, f"being acquired by {client.pid or client.key}", wait)
@@ -795,7 +801,9 @@ class Agent:
             raise
         try:
             try:
-                token = self._acquirer(ls, res).acquire(shared=shared, nowait=not wait)
+                token = self._acquirer(ls, res).acquire(
+                    shared=shared, nowait=not wait, acquire_lver=lver
+                )
             except Aborted:
                 raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})") from None
             h = HeldLease(res, token, shared)

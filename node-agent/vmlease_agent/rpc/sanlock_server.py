@@ -453,11 +453,10 @@ class SanlockApi:
 
         def acquire() -> None:
             wanted = []
+            lvers = {r.label: r.lver for r in resources if r.flags & w.RES_LVER}
             for res in resources:
                 if len(res.disks) != 1:
                     raise Unsupported(cmd="acquire", detail=f"{res.label} on several disks")
-                if res.flags & w.RES_LVER:
-                    raise Unsupported(cmd="acquire", detail=f"{res.label} at a given lver")
                 disk = res.disks[0]
                 lease = Resource(res.lockspace, res.name, disk.path, disk.offset)
                 wanted.append((lease, bool(res.flags & w.RES_SHARED)))
@@ -469,6 +468,7 @@ class SanlockApi:
                     wanted,
                     owner,
                     wait=not h.cmd_flags & w.ACQUIRE_OWNER_NOWAIT,
+                    lvers=lvers,
                 )
 
         self._run(conn, h, acquire)

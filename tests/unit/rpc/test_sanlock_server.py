@@ -80,7 +80,7 @@ class StubAgent:
     def snapshot(self):
         return SimpleNamespace(holders=(), lockspaces=(), node="n", lockspace=lambda name: None)
 
-    def acquire(self, holder, resources, owner="", wait=True):
+    def acquire(self, holder, resources, owner="", wait=True, lvers=None):
         self.calls.append(("acquire", holder, resources, owner, wait))
         return []
 
@@ -176,15 +176,15 @@ def test_release_of_a_lease_not_held_is_minus_one_as_with_sanlock(server):
 
 
 def test_bad_requests_keep_the_stream_in_step(server):
-    """Too many resources, a disk count out of range, an lver check we cannot do yet: each
-    refused with its code, and the next request on the connection is read correctly."""
+    """Too many resources, a disk count out of range, several disks (one per lease in our
+    engine): each refused with its code, and the next request is read correctly."""
     with connect(server) as s:
         s.sendall(w.Header(w.Cmd.REGISTER).pack())
         s.sendall(acquire_request(w.SELF, count=9))
         assert result(s).data == -errno.E2BIG
         s.sendall(acquire_request(w.SELF, num_disks=5))
         assert result(s).data == -errno.ERANGE
-        s.sendall(acquire_request(w.SELF, flags=w.RES_LVER))
+        s.sendall(acquire_request(w.SELF, num_disks=2))
         assert result(s).data == -errno.EOPNOTSUPP
         s.sendall(w.Header(w.Cmd.INQUIRE, data2=w.SELF).pack())
         h = result(s)
