@@ -14,6 +14,7 @@ and an agent restart keeps it.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 import shutil
@@ -289,9 +290,30 @@ def test_rem_lockspace_kills_the_holders_like_the_sanlock_daemon(both):
         try:
             admin.call("add_lockspace", lockspace=LS, host_id=1, path=side.ls, io_timeout=N)
             holder.call("acquire", lockspace=LS, resource="RES", path=side.res())
+            with pytest.raises(SanlockError) as busy:
+                admin.call("rem_lockspace", lockspace=LS, host_id=1, path=side.ls, unused=True)
+            assert busy.value.errno == errno.EBUSY, side.kind
+            assert holder.proc.poll() is None
             admin.call("rem_lockspace", lockspace=LS, host_id=1, path=side.ls)
             assert holder.proc.wait(timeout=10) == -signal.SIGKILL, side.kind
             assert admin.call("inq_lockspace", lockspace=LS, host_id=1, path=side.ls) is False
+        finally:
+            holder.close()
+            admin.close()
+
+
+def test_forced_shutdown_kills_the_holders_and_stops_like_the_sanlock_daemon(both):
+    for side in both.values():
+        admin, holder = side.python(), side.python(register=True)
+        try:
+            admin.call("add_lockspace", lockspace=LS, host_id=1, path=side.ls, io_timeout=N)
+            holder.call("acquire", lockspace=LS, resource="RES", path=side.res())
+            assert side.cli("shutdown") == "shutdown force 0 wait 0\nshutdown done 0\nrc=0\n"
+            time.sleep(1)
+            assert side.proc.poll() is None and holder.proc.poll() is None, side.kind
+            side.cli("shutdown", "-f", "1")
+            assert holder.proc.wait(timeout=10) == -signal.SIGKILL, side.kind
+            assert side.proc.wait(timeout=30) == 0, side.kind
         finally:
             holder.close()
             admin.close()
