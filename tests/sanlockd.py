@@ -224,6 +224,9 @@ def _client_main() -> None:
         os.close(fd)
         fd = None
 
+    def op_killpath(req):
+        sanlock.killpath(req["path"], req["args"], slkfd=fd)
+
     def op_acquire(req):
         sanlock.acquire(
             req["lockspace"].encode(),

@@ -225,6 +225,7 @@ def python_transcript(side: Side) -> list:
         call(admin, "add_lockspace", io_timeout=N, **ls)  # EEXIST
         call(admin, "inq_lockspace", **{**ls, "lockspace": "NOPE"})
         call(admin, "get_lockspaces")
+        call(holder, "killpath", path="/bin/echo", args=["arg one", "x"])
         call(holder, "acquire", **res)
         call(holder, "inquire")
         call(admin, "inquire", pid=hp)

@@ -263,6 +263,7 @@ class Agent:
                 self._release_on_disk(held)
             return
         client.kill_command = saved.kill_command
+        client.kill_appends_pid = saved.kill_appends_pid
         if lost:  # an unbound placeholder: no process runs, nothing of its leases is ours now
             log.error("holder %s not adopted: lockspace(s) %s not resumed", saved.key, lost)
             return
@@ -916,10 +917,14 @@ class Agent:
                     self._unreserve(label)
         self.save()
 
-    def set_kill_command(self, holder: HolderRef, command: list[str]) -> None:
-        """Run ``command`` (plus the holder's pid) instead of SIGTERM when fencing this holder."""
+    def set_kill_command(
+        self, holder: HolderRef, command: list[str], append_pid: bool = True
+    ) -> None:
+        """Run ``command`` (plus the holder's pid, if ``append_pid``) instead of SIGTERM when
+        fencing this holder."""
         client = self._client(holder, create=True)
         client.kill_command = command or None
+        client.kill_appends_pid = append_pid
         self.save()
 
     def bind(self, key: str, pid: int) -> None:

@@ -76,7 +76,9 @@ def apply(action: Action, client: Client, now: float, state: dict) -> None:
         return
     record(action, now, state)
     if action.kind == COMMAND and client.kill_command:
-        cmd = [*client.kill_command, str(client.pid or client.key)]
+        cmd = list(client.kill_command)
+        if client.kill_appends_pid:
+            cmd.append(str(client.pid or client.key))
         log.warning("fencing %s (%s): %s", client.key, client.owner or client.name, cmd)
         try:
             subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -98,6 +98,9 @@ class Client:
     name: str
     owner: str = ""  # what the process is for people: a VM name, a command
     kill_command: list[str] | None = None
+    #: the kill command gets the pid as its last argument (sanlock's killpath only with
+    #: SANLK_KILLPATH_PID: libvirt's helper takes exactly its own arguments)
+    kill_appends_pid: bool = True
     leases: dict[str, HeldLease] = field(default_factory=dict)
     pidfd: int = -1
     dead: bool = False

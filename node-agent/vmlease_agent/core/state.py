@@ -54,6 +54,7 @@ class SavedClient:
     owner: str
     kill_command: list[str] | None
     leases: list[HeldLease] = field(default_factory=list)
+    kill_appends_pid: bool = True
 
 
 @dataclass
@@ -119,6 +120,7 @@ def save(
                 "start_time": c.start_time,
                 "owner": c.owner,
                 "kill_command": c.kill_command,
+                "kill_appends_pid": c.kill_appends_pid,
                 "leases": [_lease_json(h) for h in c.leases.values()],
             }
             for c in clients.values()
@@ -174,6 +176,7 @@ def load(run_dir: str, node: str) -> Saved:
                 d["owner"],
                 current_kill_command(d["kill_command"]),
                 [_lease_from(x) for x in d["leases"]],
+                d.get("kill_appends_pid", True),  # absent: saved before sanlock's killpath
             )
         )
     return saved

@@ -539,6 +539,20 @@ class SanlockApi:
         )
         conn.send(h.reply(0, len(payload), len(owners)) + payload)
 
+    def cmd_killpath(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """What the agent runs instead of SIGTERM when it must fence this client (its lockspace
+        failed): the path and args, and the pid only with KILLPATH_PID, as sanlock does."""
+        command = w.killpath_command(conn.read(w.KILLPATH.size))
+
+        def killpath() -> None:
+            if reg is None:  # registered connection only: data2 is not read
+                raise ConnectionNotRegistered(cmd="killpath")
+            self.agent.set_kill_command(
+                reg.pid, command, append_pid=bool(h.cmd_flags & w.KILLPATH_PID)
+            )
+
+        self._run(conn, h, killpath)
+
     def cmd_restrict(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         def restrict() -> None:
             if reg is None:  # data2 is not read: only the registered connection restricts

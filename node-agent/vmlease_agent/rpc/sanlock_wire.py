@@ -104,6 +104,7 @@ RES_SECTOR4K = 0x200
 LSF_ADD = 0x1  # sanlk_lockspace.flags in GET_LOCKSPACES
 LSF_REM = 0x2
 RESTRICT_SIGKILL = 0x2
+KILLPATH_PID = 0x1  # KILLPATH: append the pid to the arguments
 
 # sanlk_state.type of the STATUS and HOST_STATUS records
 STATE_DAEMON, STATE_CLIENT, STATE_LOCKSPACE, STATE_RESOURCE, STATE_HOST = 1, 2, 3, 4, 5
@@ -257,9 +258,25 @@ def options_owner(raw: bytes) -> str:
     return _text(owner)
 
 
-def killpath_args(raw: bytes) -> tuple[str, str]:
-    path, args = KILLPATH.unpack(raw)
-    return _text(path), _text(args)
+def killpath_command(raw: bytes) -> list[str]:
+    """KILLPATH's ``path[128]`` and ``args[128]`` as an argv: the args split on whitespace not
+    escaped with a backslash, a backslash taking the next character as it is (libsanlock
+    escapes spaces and backslashes in each argument; sanlock's helper splits them so)."""
+    path, args = (_text(x) for x in KILLPATH.unpack(raw))
+    argv: list[str] = []
+    cur: list[str] = []
+    chars = iter(args)
+    for c in chars:
+        if c == "\\":
+            cur.append(next(chars, ""))
+        elif not c.isspace():
+            cur.append(c)
+        elif cur:
+            argv.append("".join(cur))
+            cur = []
+    if cur:
+        argv.append("".join(cur))
+    return [path, *argv] if path else []
 
 
 def host(host_id: int, generation: int, timestamp: int, io_timeout: int, state: int) -> bytes:

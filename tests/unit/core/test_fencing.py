@@ -29,6 +29,28 @@ def test_kill_command_runs_once_then_sigkill():
     assert kinds == ["command", "wait", "wait", "SIGKILL"]
 
 
+def test_kill_command_gets_the_pid_unless_told_not_to(tmp_path):
+    """sanlock's killpath appends the pid only with SANLK_KILLPATH_PID (libvirt's helper takes
+    exactly its own arguments); the agent's own kill commands always get it."""
+    import sys
+    import time
+
+    from vmlease_agent.core.holders import Client
+
+    seen = []
+    for appends in (True, False):
+        out = tmp_path / f"argv-{appends}"
+        script = f"import sys; open({str(out)!r}, 'w').write(repr(sys.argv[1:]))"
+        client = Client("pid:42", 42, 1, "qemu", kill_command=[sys.executable, "-c", script, "a"])
+        client.kill_appends_pid = appends
+        fencing.apply(fencing.Action(fencing.COMMAND, "test"), client, 0.0, {})
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen.append(out.read_text())
+    assert seen == ["['a', '42']", "['a']"]
+
+
 def test_sigkill_comes_before_the_watchdog_could_fire_safety():
     # grace is always shorter than the watchdog fire timeout, so the kill is attempted in time
     from vmlease_agent.engine import timeouts

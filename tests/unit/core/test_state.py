@@ -35,6 +35,7 @@ def held():
 def test_round_trip(tmp_path):
     cfg = LockspaceConfig("LS", 3, "/shared/ls", 0, 2)
     c = Client("pid:42", 42, 777, "qemu", owner="vm1", kill_command=["/bin/true"])
+    c.kill_appends_pid = False  # sanlock's killpath without SANLK_KILLPATH_PID
     c.leases["LS:R1"] = held()
     state.save(str(tmp_path), "node-a", {"LS": FakeLockspace(cfg, record())}, {c.key: c})
     saved = state.load(str(tmp_path), "node-a")
@@ -48,6 +49,7 @@ def test_round_trip(tmp_path):
         "vm1",
         ["/bin/true"],
     )
+    assert sc.kill_appends_pid is False
     h = sc.leases[0]
     assert h.token.leader.pack() == held().token.leader.pack()
     assert h.token.dblock.pack() == held().token.dblock.pack()

@@ -91,6 +91,9 @@ class StubAgent:
             raise NotHeld(pid=holder, lease=", ".join(labels))
         return []
 
+    def set_kill_command(self, holder, command, append_pid=True):
+        self.calls.append(("set_kill_command", holder, command, append_pid))
+
     def inquire(self, holder):
         self.calls.append(("inquire", holder))
         return []
@@ -212,3 +215,20 @@ def test_a_command_not_implemented_is_refused_not_left_hanging(server):
         payload = bytes(w.DISK.size)
         s.sendall(w.Header(w.Cmd.ALIGN, length=32 + len(payload)).pack() + payload)
         assert result(s).data == -errno.EOPNOTSUPP
+
+
+def test_killpath_sets_the_registered_pids_kill_command_with_the_pid_only_if_asked(server):
+    raw = w.KILLPATH.pack(b"/usr/libexec/libvirt_sanlock_helper", rb"qemu:///system u\ 1 pause")
+    with connect(server) as s:
+        s.sendall(w.Header(w.Cmd.KILLPATH, length=288, data2=w.SELF).pack() + raw)
+        assert result(s).data == -errno.EBUSY  # not registered
+        s.sendall(w.Header(w.Cmd.REGISTER).pack())
+        for flags in (0, w.KILLPATH_PID):
+            header = w.Header(w.Cmd.KILLPATH, flags, length=288, data2=w.SELF)
+            s.sendall(header.pack() + raw)
+            assert result(s).data == 0
+    argv = ["/usr/libexec/libvirt_sanlock_helper", "qemu:///system", "u 1", "pause"]
+    assert server.agent.calls == [
+        ("set_kill_command", os.getpid(), argv, False),
+        ("set_kill_command", os.getpid(), argv, True),
+    ]
