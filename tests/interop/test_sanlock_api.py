@@ -137,6 +137,8 @@ def cli_transcript(side: Side) -> str:
     """The CLI session an admin would type, lease holder included (``client command``)."""
     out = []
     c = side.cli
+    rq = f"{LS}:RES:{side.res()}:0"
+    out += [c("request", "-r", f"{rq}:5", "-f", "2")]  # -28: the lockspace is not joined
     out += [c("add_lockspace", "-o", str(N), "-s", side.spec())]
     out += [c("add_lockspace", "-o", str(N), "-s", side.spec())]  # -17
     out += [c("add_lockspace", "-o", str(N), "-s", side.spec(2))]  # -22: other host_id
@@ -169,6 +171,13 @@ def cli_transcript(side: Side) -> str:
             f"{side.kind}: the command's lease",
         )
         out += [c("status"), c("inquire", "-p", pid)]
+        # requests refused on a lease held here (lver 1); one that succeeds reaches a holder
+        # on this node with vmlease, never with sanlock (README), so it is not compared here
+        out += [c("request", "-r", f"{rq}:1", "-f", "2")]  # -272: not newer than lver 1
+        out += [c("request", "-r", rq, "-f", "1")]  # -272: no lver is version 0
+        out += [c("request", "-r", f"{LS}:RES2:{side.res('res2')}:0:5", "-f", "1")]  # free: 0
+        out += [c("request", "-r", f"NOPE:RES:{side.res()}:0:5", "-f", "1")]  # -28
+        out += [c("status")]  # the holder is still there
         out += [c("release", "-r", f"{LS}:RES", "-p", pid)]
         out += [c("release", "-r", f"{LS}:RES", "-p", pid)]  # -1: not held
         out += [c("inquire", "-p", pid)]  # "(null)"
@@ -437,3 +446,23 @@ def test_sanlock_api_leases_survive_an_agent_restart_safety(mixed):
     finally:
         ours.close()
         theirs.close()
+
+
+@pytest.mark.parametrize("action, sig", [("force", signal.SIGKILL), ("graceful", signal.SIGTERM)])
+def test_a_request_from_the_agent_reaches_a_holder_of_the_sanlock_daemon(mixed, action, sig):
+    """python request() through the agent writes the request record and sets the owner's bit
+    in the agent's delta lease; the sanlock daemon then applies the force mode to its holder
+    (1 force: SIGKILL; 2 graceful without a killpath: SIGTERM), and the lease is free."""
+    res = {"lockspace": LS, "resource": "RES", "path": mixed.agent.res()}
+    theirs, ours = mixed.holder(mixed.sanlock), mixed.holder(mixed.agent)
+    admin = mixed.agent.python()
+    try:
+        theirs.call("acquire", **res)
+        assert _acquire(ours, res["path"]) == -243
+        admin.call("request", action=action, **res)
+        assert theirs.proc.wait(timeout=20 * N) == -sig
+        wait_for(lambda: _acquire(ours, res["path"]) == 0, 10, "the lease to be free")
+    finally:
+        admin.close()
+        theirs.close()
+        ours.close()

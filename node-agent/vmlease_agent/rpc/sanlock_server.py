@@ -553,6 +553,30 @@ class SanlockApi:
 
         self._run(conn, h, killpath)
 
+    def cmd_request(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """Ask a lease's owner to give it up: ``data`` is the force mode (1 force, 2 graceful,
+        0 clears the request), the lver wanted is the resource's unless NEXT_LVER."""
+        try:
+            res = self._read_resources(conn, h, 1, with_disks=True)[0]
+        except errors.LeaseError as e:
+            self._result(conn, h, e)
+            return
+        disk = res.disks[0]
+        lease = Resource(res.lockspace, res.name, disk.path, disk.offset)
+        next_lver = bool(h.cmd_flags & w.REQUEST_NEXT_LVER)
+
+        def request() -> None:
+            if not next_lver and not res.lver and h.data:
+                # version 0 asked for explicitly: older than any held lease (sanlock: -272);
+                # the agent's request takes 0 as "the next version", so it is checked here
+                leader, _owners = self.agent.read_owners(lease)
+                if leader.timestamp:
+                    raise errors.RequestOld(lease=lease.label, requested=0, current=leader.lver)
+                return
+            self.agent.request(lease, h.data, None if next_lver else res.lver)
+
+        self._run(conn, h, request)
+
     def cmd_restrict(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         def restrict() -> None:
             if reg is None:  # data2 is not read: only the registered connection restricts

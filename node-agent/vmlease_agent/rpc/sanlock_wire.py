@@ -105,6 +105,7 @@ LSF_ADD = 0x1  # sanlk_lockspace.flags in GET_LOCKSPACES
 LSF_REM = 0x2
 RESTRICT_SIGKILL = 0x2
 KILLPATH_PID = 0x1  # KILLPATH: append the pid to the arguments
+REQUEST_NEXT_LVER = 0x1  # REQUEST: the lease's next version, whatever lver says
 
 # sanlk_state.type of the STATUS and HOST_STATUS records
 STATE_DAEMON, STATE_CLIENT, STATE_LOCKSPACE, STATE_RESOURCE, STATE_HOST = 1, 2, 3, 4, 5
