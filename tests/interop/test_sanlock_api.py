@@ -466,3 +466,57 @@ def test_a_request_from_the_agent_reaches_a_holder_of_the_sanlock_daemon(mixed, 
         admin.close()
         theirs.close()
         ours.close()
+
+
+@pytest.mark.parametrize("action, sig", [("force", signal.SIGKILL), ("graceful", signal.SIGTERM)])
+def test_a_request_from_the_sanlock_daemon_reaches_a_holder_of_the_agent(mixed, action, sig):
+    """The other way: the sanlock daemon's request sets our bit; the agent reads the request
+    record of the lease its holder has and applies the force mode once (1: SIGKILL;
+    2: SIGTERM, there being no killpath); the holder's exit frees the lease."""
+    res = {"lockspace": LS, "resource": "RES", "path": mixed.agent.res()}
+    ours, theirs = mixed.holder(mixed.agent), mixed.holder(mixed.sanlock)
+    admin = mixed.sanlock.python()
+    try:
+        ours.call("acquire", **res)
+        assert _acquire(theirs, res["path"]) == -243
+        admin.call("request", action=action, **res)
+        assert ours.proc.wait(timeout=20 * N) == -sig
+        wait_for(lambda: _acquire(theirs, res["path"]) == 0, 10, "the lease to be free")
+    finally:
+        admin.close()
+        theirs.close()
+        ours.close()
+
+
+def test_a_graceful_request_runs_the_killpath_as_given_and_keeps_the_lease(mixed):
+    """With a killpath (set before acquire, as libvirt does), a graceful request runs it with
+    its own arguments (no pid: no SANLK_KILLPATH_PID) instead of SIGTERM; giving the lease up
+    is then the killpath's job, so the holder keeps it meanwhile."""
+    out = os.path.join(mixed.agent.work, "killpath.out")
+    script = os.path.join(mixed.agent.work, "killpath.sh")
+    with open(script, "w") as f:
+        f.write(f'#!/bin/sh\necho "$#:$*" > {out}\n')
+    os.chmod(script, 0o755)
+    res = {"lockspace": LS, "resource": "RES", "path": mixed.agent.res()}
+    ours, theirs = mixed.holder(mixed.agent), mixed.holder(mixed.sanlock)
+    admin = mixed.sanlock.python()
+    try:
+        ours.call("killpath", path=script, args=["arg one", "x"])
+        ours.call("acquire", **res)
+        admin.call("request", action="graceful", **res)
+        written = wait_for(lambda: _read(out), 20 * N, "the killpath to run")
+        assert written == "2:arg one x\n"
+        assert ours.proc.poll() is None
+        assert _acquire(theirs, res["path"]) == -243
+    finally:
+        admin.close()
+        theirs.close()
+        ours.close()
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
