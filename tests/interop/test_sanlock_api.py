@@ -147,6 +147,8 @@ def cli_transcript(side: Side) -> str:
     wait_for(side.hosts_ready, 20 * N, f"{side.kind} to read its own host LIVE")
     out += [c("status"), c("host_status", "-s", LS), c("host_status"), c("gets", "-h", "1")]
     out += [c("host_status", "-s", "NOPE")]
+    out += [c("read", "-r", f"{LS}:RES:{side.res()}:0")]  # lver 0, free
+    out += [c("shutdown", "-w", "1")]  # -16: a lockspace is joined
     env = {**os.environ, "SANLOCK_RUN_DIR": side.run_dir}
     env.pop("LD_PRELOAD", None)
     holder = subprocess.Popen(
@@ -170,7 +172,7 @@ def cli_transcript(side: Side) -> str:
             10,
             f"{side.kind}: the command's lease",
         )
-        out += [c("status"), c("inquire", "-p", pid)]
+        out += [c("status"), c("inquire", "-p", pid), c("read", "-r", rq)]
         # requests refused on a lease held here (lver 1); one that succeeds reaches a holder
         # on this node with vmlease, never with sanlock (README), so it is not compared here
         out += [c("request", "-r", f"{rq}:1", "-f", "2")]  # -272: not newer than lver 1
@@ -194,7 +196,7 @@ def cli_transcript(side: Side) -> str:
     out += [c("status"), c("inquire", "-p", pid)]  # -3: no such registered pid
     out += [c("rem_lockspace", "-s", f"NOPE:1:{side.ls}:0")]  # -2
     out += [c("rem_lockspace", "-s", side.spec()), c("status")]
-    out += [c("shutdown")]  # nothing joined: the daemon exits
+    out += [c("shutdown", "-w", "1")]  # nothing joined: the daemon exits
     return normalise("".join(out), side, {holder.pid: "PID"})
 
 
@@ -206,7 +208,7 @@ def test_sanlock_cli_session_reads_the_same_as_against_the_sanlock_daemon(both):
         )
     )
     assert "acquire done -17" in ours and "release done -1" in ours  # the session did run
-    for side in both.values():  # `shutdown` with nothing joined stops the daemon
+    for side in both.values():  # `shutdown -w 1` with nothing joined stops the daemon
         assert side.proc.wait(timeout=10) == 0, side.kind
 
 

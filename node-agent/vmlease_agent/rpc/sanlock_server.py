@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from vmlease_agent.core.agent import Agent, NotHeld
 from vmlease_agent.core.lockspace import JOINING, LIVE, LockspaceConfig
 from vmlease_agent.core.snapshot import HolderSnapshot, LockspaceSnapshot
-from vmlease_agent.engine import SANLK_ERROR, delta, errors, leasespec, ondisk, timeouts
+from vmlease_agent.engine import SANLK_ERROR, delta, errors, leasespec, ondisk, paxos, timeouts
 from vmlease_agent.engine.paxos import Resource
 from vmlease_agent.rpc import sanlock_wire as w
 from vmlease_agent.rpc.server import UnixSocketServer, peer_credentials
@@ -248,7 +248,9 @@ class SanlockApi:
         if handler is None:
             conn.drain(h)
             self._result(conn, h, Unsupported(cmd=cmd.name.lower(), detail="this command"))
-            return False
+            # A client may expect more than a header (a stream, a struct): a close ends its
+            # wait. Not a registered connection's: its close releases the pid's leases.
+            return reg is None
         return bool(handler(conn, h, reg))
 
     def _result(self, conn: Connection, h: w.Header, outcome: int | errors.LeaseError) -> None:
@@ -517,24 +519,44 @@ class SanlockApi:
         body = text.encode("utf-8", "surrogateescape") + b"\0"
         conn.send(h.reply(0, len(body), len(leases)) + body)
 
+    def _read_leader(
+        self, conn: Connection, h: w.Header
+    ) -> tuple[w.Resource, ondisk.Leader, list[paxos.Owner]]:
+        """READ_RESOURCE(_OWNERS): the resource named, its leader and owners as on disk."""
+        res = self._read_resources(conn, h, 1, with_disks=True)[0]
+        disk = res.disks[0]
+        leader, owners = self.agent.read_owners(
+            Resource(res.lockspace, res.name, disk.path, disk.offset)
+        )
+        sizes = leader.sizes
+        sector = w.RES_SECTOR512 if sizes.sector_size == 512 else w.RES_SECTOR4K
+        align = ondisk.SIZE_CLASSES[(sizes.sector_size, sizes.align_size)][1]
+        found = w.Resource(res.lockspace, res.name, leader.lver, sector | align, disks=res.disks)
+        return found, leader, owners
+
+    def cmd_read_resource(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        """The resource as read (lver, size flags) with its disks; the struct follows even
+        after an error, as with sanlock (the client always reads it)."""
+        try:
+            found, _leader, _owners = self._read_leader(conn, h)
+        except errors.LeaseError as e:
+            log.info("sanlock read_resource refused (%d): %s", e.code, e)
+            conn.send(h.reply(e.code, w.RESOURCE.size) + bytes(w.RESOURCE.size))
+            return True
+        payload = found.pack()
+        conn.send(h.reply(0, len(payload)) + payload)
+        return True
+
     def cmd_read_resource_owners(
         self, conn: Connection, h: w.Header, reg: Registration | None
     ) -> None:
         """The resource as read (lver, size flags), then one sanlk_host per owner."""
         try:
-            res = self._read_resources(conn, h, 1, with_disks=True)[0]
-            disk = res.disks[0]
-            leader, owners = self.agent.read_owners(
-                Resource(res.lockspace, res.name, disk.path, disk.offset)
-            )
+            found, _leader, owners = self._read_leader(conn, h)
         except errors.LeaseError as e:
             self._result(conn, h, e)
             return
-        sizes = leader.sizes
-        sector = w.RES_SECTOR512 if sizes.sector_size == 512 else w.RES_SECTOR4K
-        align = ondisk.SIZE_CLASSES[(sizes.sector_size, sizes.align_size)][1]
-        found = w.Resource(res.lockspace, res.name, leader.lver, sector | align)
-        payload = found.pack() + b"".join(
+        payload = found.pack(with_disks=False) + b"".join(
             w.host(o.host_id, o.generation, o.timestamp, 0, 0) for o in owners
         )
         conn.send(h.reply(0, len(payload), len(owners)) + payload)
@@ -605,6 +627,17 @@ class SanlockApi:
             log.error("sanlock shutdown refused: %s", e)
             return True
         threading.Thread(target=self.on_shutdown, args=(True,), daemon=True).start()
+        return True
+
+    def cmd_shutdown_wait(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        """``shutdown -w 1``: -EBUSY at once while a lockspace is joined; otherwise the agent
+        stops cleanly and the reply is sanlock's exit header (cmd 0). It comes as the stop
+        begins, not at the exit: with nothing joined there is nothing left to wait for."""
+        if self.agent.snapshot().lockspaces:
+            self._result(conn, h, LockspaceInUse(lockspace="(any)", detail="still joined"))
+            return True
+        threading.Thread(target=self.on_shutdown, args=(True,), daemon=True).start()
+        conn.send(w.Header(0).pack())
         return True
 
     def cmd_status(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:

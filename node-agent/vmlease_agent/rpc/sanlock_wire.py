@@ -234,8 +234,9 @@ class Resource:
         ls, name, lver, data64, data32, _unused, flags, num_disks = RESOURCE.unpack(raw)
         return cls(_text(ls), _text(name), lver, flags, num_disks, data64, data32)
 
-    def pack(self) -> bytes:
-        """The struct and its disks (``num_disks`` = how many are attached)."""
+    def pack(self, with_disks: bool = True) -> bytes:
+        """The struct and its disks (``num_disks`` = how many are attached), or the struct
+        alone, as some replies carry it."""
         head = RESOURCE.pack(
             _field(self.lockspace, NAME_LEN),
             _field(self.name, NAME_LEN),
@@ -246,7 +247,7 @@ class Resource:
             self.flags,
             len(self.disks),
         )
-        return head + b"".join(d.pack() for d in self.disks)
+        return head + b"".join(d.pack() for d in self.disks) if with_disks else head
 
     @property
     def label(self) -> str:
