@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -95,7 +96,7 @@ def start_sanlock(work: str) -> Side:
 
 
 def start_vmlease(work: str, name: str = "vmlease-node") -> Side:
-    run_dir = os.path.join(work, "sanlock-run")
+    run_dir = os.path.join(work, f"{name}-sanlock")
     node = SimNode(name, work, io_timeout=N, fire_timeout=10, sanlock_run_dir=run_dir)
     node.start()
     sock = os.path.join(run_dir, "sanlock.sock")
@@ -366,6 +367,32 @@ def mixed() -> Iterator[Mixed]:
         for side in sides:
             side.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_host_id_in_use_is_refused_with_sanlocks_code_both_ways(mixed):
+    """A second daemon of each kind asks for the host_id the other kind holds: -262
+    (SANLK_HOSTID_BUSY) from both, not a generic error. Both watch the host_id for 8N + 60 s
+    (a sanlock host advertises no W) before answering, so the two run side by side."""
+    second = [start_vmlease(mixed.agent.work, "vmlease-node-2"), start_sanlock(mixed.agent.work)]
+
+    def join(side: Side, host_id: int) -> int:
+        admin = side.python()
+        try:
+            admin.call("add_lockspace", lockspace=LS, host_id=host_id, path=side.ls, io_timeout=N)
+        except SanlockError as e:
+            return e.errno
+        finally:
+            admin.close()
+        return 0
+
+    try:
+        with ThreadPoolExecutor(2) as pool:  # sanlock holds host_id 1, the agent 2
+            codes = list(pool.map(join, second, (1, 2)))
+        assert codes == [-262, -262]
+    finally:
+        for side in second:
+            side.stop()
 
 
 def _acquire(c: SanlockClient, path: str, resource: str = "RES") -> int:

@@ -622,7 +622,9 @@ class Agent:
             with self._lock:
                 self._retire(ls)
                 self._lockspaces.pop(cfg.name, None)
-            raise AgentError(detail=f"joining lockspace {cfg.name} failed: {ls.error}")
+            raise AgentError(
+                detail=f"joining lockspace {cfg.name} failed: {ls.error}", cause=ls.error_code
+            )
         if ls.state == LIVE:
             self.event("joined", lockspace=cfg.name, host_id=cfg.host_id, generation=ls.generation)
         return ls.snapshot().to_wire()

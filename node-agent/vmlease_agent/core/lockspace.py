@@ -130,6 +130,7 @@ class JoinedLockspace:
         self.before_claim = before_claim
         self.state = JOINING
         self.error: str = ""
+        self.error_code = 0  # sanlock's code of the error that ended a join (0: none)
         self.last_success = 0.0  # T, local monotonic seconds (0: never)
         self.last_error_at = 0.0
         self.renewal_ms = 0.0
@@ -223,6 +224,7 @@ class JoinedLockspace:
             return
         except errors.LeaseError as e:
             log.error("lockspace %s: join failed: %s", self.name, e)
+            self.error_code = e.code
             # a lease we had before a restart and cannot take back: its holders must be fenced
             self._set(FAILED if resume is not None else STOPPED, str(e))
             self._joined.set()

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vmlease_agent.core.agent import Agent, NotHeld
+from vmlease_agent.core.agent import Agent, AgentError, NotHeld
 from vmlease_agent.core.lockspace import JOINING, LIVE, LockspaceConfig
 from vmlease_agent.core.snapshot import HolderSnapshot, LockspaceSnapshot
 from vmlease_agent.engine import SANLK_ERROR, delta, errors, leasespec, ondisk, paxos, timeouts
@@ -284,7 +284,7 @@ class SanlockApi:
     def cmd_add_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
 
-        def add() -> None:
+        def add() -> int:
             if not ls.name or not ls.host_id or not ls.path:
                 raise InvalidRequest(cmd="add_lockspace", detail="name, host_id and path needed")
             cur = self.agent.snapshot().lockspace(ls.name)
@@ -300,7 +300,14 @@ class SanlockApi:
                 raise LockspaceExists(lockspace=ls.name, host_id=cur.host_id)
             io = h.data or timeouts.DEFAULT_IO_TIMEOUT
             cfg = LockspaceConfig(ls.name, ls.host_id, ls.path, ls.offset, io)
-            self.agent.add_lockspace(cfg, wait=not h.cmd_flags & w.ADD_ASYNC)
+            try:
+                self.agent.add_lockspace(cfg, wait=not h.cmd_flags & w.ADD_ASYNC)
+            except AgentError as e:
+                if not e.fields.get("cause"):
+                    raise
+                log.info("sanlock add_lockspace refused (%d): %s", e.fields["cause"], e)
+                return int(e.fields["cause"])  # the delta lease's code, as sanlock answers
+            return 0
 
         self._run(conn, h, add)
 
