@@ -70,7 +70,7 @@ from vmlease_agent.core.snapshot import (
     WatchdogSnapshot,
 )
 from vmlease_agent.core.watchdog import NullWatchdog, Watchdog, WatchdogError
-from vmlease_agent.engine import errors, ondisk, paxos, timeouts
+from vmlease_agent.engine import delta, errors, ondisk, paxos, timeouts
 from vmlease_agent.engine.clock import REAL_CLOCK, Aborted, Clock
 from vmlease_agent.engine.directio import Storage
 from vmlease_agent.engine.paxos import Resource
@@ -1039,6 +1039,35 @@ class Agent:
             except NotHeld:
                 return []
             return [self._lease_snapshot(client, h).to_wire() for h in client.leases.values()]
+
+    # ---- formatting lease areas (sanlock's align, write_lockspace, write_resource) -----------
+
+    def lease_sizes(self, path: str) -> ondisk.Sizes:
+        """The size class sanlock gives a new lease area on ``path``: its sector size, and
+        1 MiB (512) or 8 MiB (4K) alignment."""
+        return ondisk.Sizes.default_for(self._storage(path).sector_size)
+
+    def write_lockspace(
+        self, loc: delta.Location, io_timeout: int, sizes: ondisk.Sizes | None = None
+    ) -> None:
+        """Format a lockspace area (libvirt does it for its automatic lease directory); never
+        over live leases or foreign data (``delta.init_lockspace``)."""
+        st = self._storage(loc.path)
+        sizes = sizes or ondisk.Sizes.default_for(st.sector_size)
+        delta.init_lockspace(st, loc, sizes, io_timeout)
+
+    def write_resource(
+        self,
+        res: Resource,
+        sizes: ondisk.Sizes | None = None,
+        num_hosts: int = 0,
+        clear: bool = False,
+    ) -> None:
+        """Format a resource lease (libvirt does it for each automatic disk lease); never over
+        a held lease or foreign data (``paxos.init_resource``)."""
+        st = self._storage(res.path)
+        sizes = sizes or ondisk.Sizes.default_for(st.sector_size)
+        paxos.init_resource(st, res, sizes, num_hosts=num_hosts, clear=clear)
 
     def read_owners(self, res: Resource) -> tuple[ondisk.Leader, list[paxos.Owner]]:
         """Who owns ``res`` on disk, as any host reads it (sanlock ``read_resource_owners``):

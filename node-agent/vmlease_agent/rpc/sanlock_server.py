@@ -606,6 +606,51 @@ class SanlockApi:
 
         self._run(conn, h, request)
 
+    # ---- formatting (what libvirt does for its automatic disk leases) ----------------------
+
+    def _sizes(self, flags: int, path: str) -> ondisk.Sizes | None:
+        """The size class the ALIGN/SECTOR bits of a struct's flags ask for (None: none, the
+        storage's default); the sector size from the storage when only the align is given."""
+        sector = 512 if flags & w.RES_SECTOR512 else 4096 if flags & w.RES_SECTOR4K else 0
+        if not sector and not flags & ondisk.LFL_ALIGN_MASK:
+            return None
+        sector = sector or self.agent.lease_sizes(path).sector_size
+        return ondisk.Sizes.from_leader(sector, flags & ondisk.LFL_ALIGN_MASK)
+
+    def cmd_align(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """The alignment of a new lease area on a disk: ``data`` = bytes (1 MiB for 512-byte
+        sectors and files, 8 MiB for 4K), or a negative error."""
+        disk = w.Disk.unpack(conn.read(w.DISK.size))
+        self._run(conn, h, lambda: self.agent.lease_sizes(disk.path).align_size)
+
+    def cmd_write_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """Format a lockspace area: ``data2`` = io_timeout (0: the default); ``data`` (max
+        hosts) is ignored, as by sanlock."""
+        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+        io = h.data2 or timeouts.DEFAULT_IO_TIMEOUT
+        loc = delta.Location(ls.name, ls.path, ls.offset)
+        self._run(
+            conn, h, lambda: self.agent.write_lockspace(loc, io, self._sizes(ls.flags, ls.path))
+        )
+
+    def cmd_write_resource(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """Format a resource lease; sanlock reads ``data`` as num_hosts (the client puts
+        max_hosts there: libvirt sends 0)."""
+        try:
+            res = self._read_resources(conn, h, 1, with_disks=True)[0]
+        except errors.LeaseError as e:
+            self._result(conn, h, e)
+            return
+        disk = res.disks[0]
+        lease = Resource(res.lockspace, res.name, disk.path, disk.offset)
+
+        def write() -> None:
+            sizes = self._sizes(res.flags, disk.path)
+            clear = bool(h.cmd_flags & w.WRITE_CLEAR)
+            self.agent.write_resource(lease, sizes, num_hosts=h.data, clear=clear)
+
+        self._run(conn, h, write)
+
     def cmd_restrict(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         def restrict() -> None:
             if reg is None:  # data2 is not read: only the registered connection restricts

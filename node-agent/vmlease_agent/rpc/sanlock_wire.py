@@ -101,6 +101,7 @@ RES_LVER = 0x1  # sanlk_resource.flags
 RES_SHARED = 0x4
 RES_SECTOR512 = 0x100  # (RES_ALIGN1M..8M are the on-disk leader's LFL_ALIGN_* bits)
 RES_SECTOR4K = 0x200
+WRITE_CLEAR = 0x1  # WRITE_RESOURCE: a cleared lease (sanlock direct init -r ... with clear)
 LSF_ADD = 0x1  # sanlk_lockspace.flags in GET_LOCKSPACES
 LSF_REM = 0x2
 RESTRICT_SIGKILL = 0x2
