@@ -78,8 +78,8 @@ class Side:
 
 
 def init_files(work: str, ls: str = "ls") -> None:
-    """A lockspace and two resources, initialised by sanlock itself."""
-    for name in (ls, "res", "res2"):
+    """A lockspace and two resources, initialised by sanlock itself; ``new`` left blank."""
+    for name in (ls, "res", "res2", "new"):
         with open(os.path.join(work, name), "wb") as f:
             f.truncate(1 << 20)
     for args in (
@@ -140,6 +140,10 @@ def cli_transcript(side: Side) -> str:
     c = side.cli
     rq = f"{LS}:RES:{side.res()}:0"
     out += [c("request", "-r", f"{rq}:5", "-f", "2")]  # -28: the lockspace is not joined
+    # what libvirt does for its automatic leases: the alignment, then format through the daemon
+    new = side.res("new")
+    out += [c("align", "-s", f"{LS}:0:{new}:0"), c("init", "-r", f"{LS}:NEW:{new}:0")]
+    out += [c("read", "-r", f"{LS}:NEW:{new}:0")]
     out += [c("add_lockspace", "-o", str(N), "-s", side.spec())]
     out += [c("add_lockspace", "-o", str(N), "-s", side.spec())]  # -17
     out += [c("add_lockspace", "-o", str(N), "-s", side.spec(2))]  # -22: other host_id
@@ -202,6 +206,10 @@ def cli_transcript(side: Side) -> str:
 
 
 def test_sanlock_cli_session_reads_the_same_as_against_the_sanlock_daemon(both):
+    # where the agent differs on purpose: it formats no lease area over another lease
+    side = both["vmlease"]
+    new2 = f"{LS}:NEW2:{side.res('res2')}:0"
+    assert side.cli("init", "-r", new2) == "init\ninit done -17\nrc=1\n"  # sanlock: 0
     ours, theirs = cli_transcript(both["vmlease"]), cli_transcript(both["sanlock"])
     assert ours.splitlines() == theirs.splitlines(), "\n".join(
         difflib.unified_diff(
