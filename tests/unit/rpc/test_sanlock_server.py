@@ -212,9 +212,10 @@ def test_bad_magic_and_restricted_connections_get_no_reply_like_sanlock(server):
 
 def test_a_command_not_implemented_is_refused_not_left_hanging(server):
     with connect(server) as s:
-        payload = bytes(w.DISK.size)
-        s.sendall(w.Header(w.Cmd.ALIGN, length=32 + len(payload)).pack() + payload)
+        payload = bytes(w.LOCKSPACE.size)
+        s.sendall(w.Header(w.Cmd.READ_LOCKSPACE, length=32 + len(payload)).pack() + payload)
         assert result(s).data == -errno.EOPNOTSUPP
+        assert s.recv(1) == b""  # closed: a client expecting more gets EOF, not a wait
 
 
 def test_killpath_sets_the_registered_pids_kill_command_with_the_pid_only_if_asked(server):
