@@ -159,12 +159,18 @@ class VmleaseSanlockApi:
         self.run_dir = str(base / "sanlock")
         (base / "agent").mkdir()
         self.log = (base / "agent.log").open("w")
+        self.argv = [
+            *host.nsenter(), agent, "--run-dir", str(base / "agent"), "--node-name", host.name,
+            "--watchdog", f"file:{base / 'watchdog'}", "--watchdog-fire-timeout",
+            str(fire_timeout), "--sanlock-api", "--sanlock-run-dir", self.run_dir,
+        ]  # fmt: skip
+        self._spawn()
+
+    def _spawn(self) -> None:
+        base = self.base
         self.proc = subprocess.Popen(
-            [*host.nsenter(), agent, "--run-dir", str(base / "agent"), "--node-name", host.name,
-             "--watchdog", f"file:{base / 'watchdog'}", "--watchdog-fire-timeout",
-             str(fire_timeout), "--sanlock-api", "--sanlock-run-dir", self.run_dir],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            self.argv, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             sock = Path(self.run_dir, "sanlock.sock")
             _wait(lambda: sock.exists() or self.proc.poll() is not None, 30, "sanlock.sock")
@@ -175,6 +181,15 @@ class VmleaseSanlockApi:
             self.stop()
             raise RuntimeError(f"vmlease-agent exited: {(base / 'agent.log').read_text()[-2000:]}")
 
+    def restart(self) -> None:
+        """Stop the agent (SIGTERM: holders keep running, their leases stay on disk) and start
+        another with the same run directories, which adopts them: the upgrade or crash that,
+        with the sanlock daemon, would kill every VM."""
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        Path(self.run_dir, "sanlock.sock").unlink(missing_ok=True)
+        self._spawn()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -184,6 +199,9 @@ class VmleaseSanlockApi:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        if os.environ.get("VMLEASE_KEEP_AGENT_LOGS"):  # for a failure to be read afterwards
+            print(f"vmlease-agent log kept: {self.base / 'agent.log'}")
+            return
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -195,11 +213,16 @@ def vmlease_sanlock_api(host: Host) -> LockDaemon:
     return VmleaseSanlockApi(host)
 
 
-def lock_daemon_from_env() -> LockDaemonFactory:
-    """``VMLEASE_HOSTS_LOCK_DAEMON``: unset or ``sanlock`` → :func:`real_sanlock`; ``vmlease``
-    → :func:`vmlease_sanlock_api`; otherwise ``module:callable``, a factory importable from
-    tests/ or the venv."""
-    spec = os.environ.get("VMLEASE_HOSTS_LOCK_DAEMON", "sanlock")
+def lock_daemons_from_env() -> list[str]:
+    """The lock daemons the hosts tests run against: ``VMLEASE_HOSTS_LOCK_DAEMON`` (one name for
+    :func:`lock_daemon_named`), or by default both the reference and the drop-in."""
+    spec = os.environ.get("VMLEASE_HOSTS_LOCK_DAEMON")
+    return [spec] if spec else ["sanlock", "vmlease"]
+
+
+def lock_daemon_named(spec: str) -> LockDaemonFactory:
+    """``sanlock`` → :func:`real_sanlock`; ``vmlease`` → :func:`vmlease_sanlock_api`; otherwise
+    ``module:callable``, a factory importable from tests/ or the venv."""
     if spec == "sanlock":
         return real_sanlock
     if spec == "vmlease":

@@ -1,10 +1,10 @@
 """libvirt's own lock driver (``lock_manager = "sanlock"``) across simulated hosts, against the
-reference lock daemon: the real sanlock 3.8 (one per host, see hosts.py).
+reference lock daemon, the real sanlock 3.8, and against ``vmlease-agent --sanlock-api`` in its
+place (one per host, see hosts.py): every test runs once with each (the ``lock_daemon``
+fixture; ``VMLEASE_HOSTS_LOCK_DAEMON=sanlock|vmlease|module:callable`` runs one only), and
+``test_mixed_hosts_*`` puts the two side by side under one libvirt lockspace.
 
-These tests define what a drop-in lock daemon must do under an unchanged libvirt 9.0: they run
-against whatever ``LOCK_DAEMON`` builds (by default :func:`hosts.real_sanlock`); swapping in
-``vmlease-agent --sanlock-api`` is a change of that one factory
-(``VMLEASE_HOSTS_LOCK_DAEMON=module:callable``).
+These tests define what a drop-in lock daemon must do under an unchanged libvirt 9.0.
 
 Observed with the real sanlock (and asserted below): the disk lease is
 ``__LIBVIRT__DISKS__:<md5(image path)>`` held by the QEMU pid from CPU resume on; a start on a
@@ -37,21 +37,24 @@ from hosts import (
     Host,
     HostConfig,
     Kit,
+    LockDaemon,
     LockDaemonFactory,
     LockDaemonUnavailable,
+    VmleaseSanlockApi,
     alive,
     hosts_skip_reason,
-    lock_daemon_from_env,
+    lock_daemon_named,
+    lock_daemons_from_env,
     real_sanlock,
     resource_of,
+    vmlease_sanlock_api,
 )
 from lab import LeaseSpec, TinyDomain
 
 pytestmark = pytest.mark.libvirt
 
-#: The lock daemon behind every simulated host: the real sanlock unless
-#: VMLEASE_HOSTS_LOCK_DAEMON=module:callable names another factory (hosts.lock_daemon_from_env).
-LOCK_DAEMON: LockDaemonFactory = lock_daemon_from_env()
+#: The lock daemons behind the simulated hosts: both, unless VMLEASE_HOSTS_LOCK_DAEMON names one.
+LOCK_DAEMONS = lock_daemons_from_env()
 
 BUSY = "Lease is held by another host"
 MIGRATE = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
@@ -78,9 +81,15 @@ def host_kit() -> Iterator[Kit]:
         kit.close()
 
 
-def make_cluster(kit: Kit, n: int, **config: object) -> Cluster:
+@pytest.fixture(scope="module", params=LOCK_DAEMONS)
+def lock_daemon(request: pytest.FixtureRequest) -> LockDaemonFactory:
+    """The lock daemon behind every host of the test: the real sanlock, then vmlease-agent."""
+    return lock_daemon_named(request.param)
+
+
+def make_cluster(kit: Kit, n: int, lock_daemon: LockDaemonFactory, **config: object) -> Cluster:
     workdir = Path(tempfile.mkdtemp(prefix="vmlease-hosts-", dir="/var/tmp"))
-    cluster = Cluster(workdir, kit, n=n, lock_daemon=LOCK_DAEMON, config=HostConfig(**config))
+    cluster = Cluster(workdir, kit, n=n, lock_daemon=lock_daemon, config=HostConfig(**config))
     t0 = time.monotonic()
     start(cluster)
     report(
@@ -102,8 +111,10 @@ def start(cluster: Cluster) -> None:
 
 
 @contextlib.contextmanager
-def cluster_of(kit: Kit, n: int, **config: object) -> Iterator[Cluster]:
-    cluster = make_cluster(kit, n, **config)
+def cluster_of(
+    kit: Kit, n: int, lock_daemon: LockDaemonFactory = real_sanlock, **config: object
+) -> Iterator[Cluster]:
+    cluster = make_cluster(kit, n, lock_daemon, **config)
     try:
         yield cluster
     finally:
@@ -112,9 +123,9 @@ def cluster_of(kit: Kit, n: int, **config: object) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def cluster(host_kit: Kit) -> Iterator[Cluster]:
+def cluster(host_kit: Kit, lock_daemon: LockDaemonFactory) -> Iterator[Cluster]:
     """Three hosts, automatic disk leases (host_id = index), io_timeout 1 s."""
-    with cluster_of(host_kit, 3) as c:
+    with cluster_of(host_kit, 3, lock_daemon) as c:
         yield c
 
 
@@ -315,11 +326,11 @@ def test_manual_lease_beside_auto_disk_leases_safety(cluster: Cluster, vm, manua
     assert cluster.holders(key) == {} and cluster.holders(disk) == {}
 
 
-def test_manual_leases_only_safety(host_kit: Kit) -> None:
+def test_manual_leases_only_safety(host_kit: Kit, lock_daemon: LockDaemonFactory) -> None:
     """auto_disk_leases = 0: libvirt joins no lockspace and (require_lease_for_disks defaults to
     1 then) refuses a read/write disk without a <lease>; with one, the <lease> alone guards the
     domain across hosts, through a start elsewhere and a live migration."""
-    with cluster_of(host_kit, 2, auto_disk_leases=False) as c:
+    with cluster_of(host_kit, 2, lock_daemon, auto_disk_leases=False) as c:
         assert not any(line.startswith("s ") for line in c[1].sanlock("status").stdout.split("\n"))
         ls = "vmlh_manual"
         c.add_lockspace(ls)
@@ -563,7 +574,9 @@ def test_start_elsewhere_at_migration_switchover_safety(cluster: Cluster, vm) ->
 # ---- f: killpath fencing when the lockspace fails ----------------------------------------------
 
 
-def test_lockspace_failure_fences_through_killpath_safety(host_kit: Kit) -> None:
+def test_lockspace_failure_fences_through_killpath_safety(
+    host_kit: Kit, lock_daemon: LockDaemonFactory
+) -> None:
     """``<on_lockfailure>poweroff</on_lockfailure>``: libvirt registers
     ``/usr/lib/libvirt/libvirt_sanlock_helper qemu:///system UUID poweroff`` as the QEMU's
     killpath. Host 1 alone sees the lockspace through a file whose I/O then fails (EIO, stallfs
@@ -596,7 +609,7 @@ def test_lockspace_failure_fences_through_killpath_safety(host_kit: Kit) -> None
             subprocess.run([*host.nsenter(), "mount", "--bind", fs.path, str(lockspace)],
                            check=True, timeout=10)  # fmt: skip
 
-    cluster = Cluster(workdir, host_kit, n=2, lock_daemon=LOCK_DAEMON, prepare_host=prepare)
+    cluster = Cluster(workdir, host_kit, n=2, lock_daemon=lock_daemon, prepare_host=prepare)
     try:
         start(cluster)
         name = f"vmlh-{uuid.uuid4().hex[:8]}"
@@ -616,7 +629,7 @@ def test_lockspace_failure_fences_through_killpath_safety(host_kit: Kit) -> None
         assert d1.domain().state() == [libvirt.VIR_DOMAIN_SHUTOFF,
                                        libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED]  # fmt: skip
         assert not alive(pid1)
-        if LOCK_DAEMON is real_sanlock:  # only the real daemon writes daemon.log there
+        if lock_daemon is real_sanlock:  # only the real daemon writes daemon.log there
             log = Path(cluster[1].daemon.run_dir, "daemon.log").read_text()
             assert f"kill {pid1} sig 100" in log  # 100: run the killpath, not a signal
         _wait(lambda: not cluster[1].lockspace_joined(), 30, "host 1 to drop the lockspace")
@@ -639,3 +652,130 @@ def test_lockspace_failure_fences_through_killpath_safety(host_kit: Kit) -> None
         fs.close()
         os.rmdir(mnt)
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+# ---- mixed: a real sanlock host and a vmlease-agent host under one libvirt lockspace -----------
+
+
+def mixed(host: Host) -> LockDaemon:
+    """Host 1 runs the real sanlock daemon; the others vmlease-agent --sanlock-api."""
+    return real_sanlock(host) if host.index == 1 else vmlease_sanlock_api(host)
+
+
+def test_mixed_hosts_contend_for_a_domains_disk_both_ways_safety(host_kit: Kit) -> None:
+    """A host with the real sanlock and a host with vmlease-agent, both under libvirt's driver
+    and one ``__LIBVIRT__DISKS__`` lockspace on the shared directory: whichever runs the domain,
+    the other's start is refused (-243); the lease moves with a live migration either way."""
+    with cluster_of(host_kit, 2, mixed) as c:
+        name, dom_uuid = f"vmlh-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+        on = {i: c[i].domain(name, uuid=dom_uuid) for i in (1, 2)}
+        try:
+            for d in on.values():
+                d.define()
+            res = resource_of(on[1].image("vda"))
+            for here, there in ((1, 2), (2, 1)):
+                on[here].start()
+                assert only_holder(c, res)[:2] == (here, c[here].qemu_pid(name))
+                assert_refused(on[there])
+                on[here].destroy()
+            on[1].start()
+            _, _, lver = only_holder(c, res)
+            for src, dst in ((1, 2), (2, 1)):
+                t0 = time.monotonic()
+                p2p(c[src].domain(name), c[dst])
+                report(f"live migration host {src} -> {dst} (mixed daemons)",
+                       f"{time.monotonic() - t0:.2f} s")  # fmt: skip
+                lver += 1
+                assert only_holder(c, res) == (dst, c[dst].qemu_pid(name), lver)
+                c[src].domain(name, uuid=dom_uuid).define()
+                assert_refused(c[src].domain(name))
+        finally:
+            for host in c.hosts:
+                with contextlib.suppress(libvirt.libvirtError):
+                    host.domain(name).destroy()
+                with contextlib.suppress(libvirt.libvirtError):
+                    host.domain(name).undefine()
+
+
+# ---- the seed's walkthrough, and what vmlease adds ---------------------------------------------
+
+
+def test_the_seed_walkthrough_typed_as_written_works_with_vmlease_agent(host_kit: Kit) -> None:
+    """The manual configuration of the seed's walkthrough, its commands as written (the lease
+    directory stands for /var/lib/libvirt/sanlock on NFS), with vmlease-agent in place of the
+    sanlock daemon and wdmd on each host: truncate and ``sanlock direct init -s``, ``sanlock
+    client add_lockspace`` with the walkthrough's relative path on every host, ``host_status``,
+    ``sanlock direct init -r`` of the disk's resource lease, the ``<lease>`` in the domain,
+    ``virsh start`` on one host, refused on the other. (Its automatic disk lease half is the
+    tests above, run with vmlease-agent too.)"""
+    with cluster_of(host_kit, 2, vmlease_sanlock_api, auto_disk_leases=False) as c:
+        lockspace = c.leases / "TEST_LS"
+        subprocess.run(["truncate", "-s", "1M", str(lockspace)], check=True)
+        subprocess.run(["sanlock", "direct", "init", "-o", "1", "-s",
+                        f"TEST_LS:0:{lockspace}:0"], check=True, capture_output=True)  # fmt: skip
+        for host in c.hosts:
+            as_typed = f"TEST_LS:{host.index}:{str(lockspace).lstrip('/')}:0"
+            added = host.sanlock("add_lockspace", "-s", as_typed)
+            assert added.returncode == 0 and "done 0" in added.stdout, added.stdout
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = c[1].sanlock("host_status", "-s", "TEST_LS").stdout
+            if all(f"{i} timestamp" in status for i in (1, 2)):
+                break
+            time.sleep(0.5)
+        assert all(f"{i} timestamp" in status for i in (1, 2)), status
+        key = "sles11sp2-disk-resource-lock"
+        resource = c.leases / key
+        subprocess.run(["truncate", "-s", "1M", str(resource)], check=True)
+        subprocess.run(["sanlock", "direct", "init", "-r", f"TEST_LS:{key}:{resource}:0"],
+                       check=True, capture_output=True)  # fmt: skip
+        name, dom_uuid = f"vmlh-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+        lease = LeaseSpec("TEST_LS", key, resource)
+        here = c[1].domain(name, uuid=dom_uuid, lease=lease)
+        there = c[2].domain(name, uuid=dom_uuid, lease=lease)
+        try:
+            here.define()
+            there.define()
+            here.start()
+            assert [(x.lockspace, x.resource) for x in c[1].leases()] == [("TEST_LS", key)]
+            assert_refused(there)
+        finally:
+            for d in (here, there):
+                with contextlib.suppress(libvirt.libvirtError):
+                    d.undefine()
+
+
+def test_restarting_the_lock_daemon_keeps_the_domains_and_their_leases_safety(
+    host_kit: Kit,
+) -> None:
+    """The walkthrough's warning: "restarting the sanlock daemon will terminate your virtual
+    machines". Restarting vmlease-agent (an upgrade, a crash) does not: the domain keeps
+    running, the new agent adopts its lease by pid, another host is still refused, and the
+    lease goes when the domain stops."""
+    with cluster_of(host_kit, 2, vmlease_sanlock_api) as c:
+        name, dom_uuid = f"vmlh-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+        here, there = c[1].domain(name, uuid=dom_uuid), c[2].domain(name, uuid=dom_uuid)
+        try:
+            here.define()
+            there.define()
+            here.start()
+            res = resource_of(here.image("vda"))
+            pid = c[1].qemu_pid(name)
+            held = only_holder(c, res)
+            daemon = c[1].daemon
+            assert isinstance(daemon, VmleaseSanlockApi)
+            daemon.restart()
+            assert alive(pid) and here.domain().isActive()
+            assert only_holder(c, res) == held
+            assert_refused(there)
+            here.destroy()
+            deadline = time.monotonic() + 10
+            while c.holders(res) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not c.holders(res)
+            there.start()
+            assert only_holder(c, res)[:2] == (2, c[2].qemu_pid(name))
+        finally:
+            for d in (here, there):
+                with contextlib.suppress(libvirt.libvirtError):
+                    d.undefine()

@@ -148,6 +148,14 @@ class Registration:
     active: bool = False  # one command at a time per client, as sanlock (cmd_active)
 
 
+def _from_root(path: str) -> str:
+    """A relative lease path is relative to ``/``, where sanlock's daemon runs (``daemon(3)``
+    changes to it), not to wherever the agent was started: ``add_lockspace -s
+    LS:1:var/lib/libvirt/sanlock/LS:0``, typed as the seed's walkthrough types it, names
+    ``/var/lib/libvirt/sanlock/LS`` for both."""
+    return path if not path or path.startswith("/") else "/" + path
+
+
 class Connection:
     """Exact reads and writes on one client socket (clients send header and payload apart)."""
 
@@ -165,6 +173,16 @@ class Connection:
                 raise Disconnected("end of stream")
             buf += chunk
         return bytes(buf)
+
+    def lockspace(self) -> w.Lockspace:
+        ls = w.Lockspace.unpack(self.read(w.LOCKSPACE.size))
+        ls.path = _from_root(ls.path)
+        return ls
+
+    def disk(self) -> w.Disk:
+        disk = w.Disk.unpack(self.read(w.DISK.size))
+        disk.path = _from_root(disk.path)
+        return disk
 
     def drain(self, h: w.Header, already: int = 0) -> None:
         """Skip what is left of a request's payload, as ``length`` announces it."""
@@ -282,7 +300,7 @@ class SanlockApi:
         return snap
 
     def cmd_add_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
-        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+        ls = conn.lockspace()
 
         def add() -> int:
             if not ls.name or not ls.host_id or not ls.path:
@@ -318,7 +336,7 @@ class SanlockApi:
         return 0 if snap.state == LIVE else -errno.EINPROGRESS
 
     def cmd_inq_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
-        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+        ls = conn.lockspace()
         result = self._inq(ls)
         while result == -errno.EINPROGRESS and h.cmd_flags & w.INQ_WAIT:
             time.sleep(1)
@@ -326,7 +344,7 @@ class SanlockApi:
         self._result(conn, h, result)
 
     def cmd_rem_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
-        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+        ls = conn.lockspace()
 
         def remove() -> None:
             snap = self._matching(ls)
@@ -396,7 +414,7 @@ class SanlockApi:
         return True
 
     def cmd_get_hosts(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
-        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+        ls = conn.lockspace()
         try:
             hosts = self._hosts(ls.name)
         except errors.LeaseError as e:
@@ -447,7 +465,7 @@ class SanlockApi:
                         limit=w.MAX_DISKS,
                     )
                 for _ in range(res.num_disks):
-                    res.disks.append(w.Disk.unpack(conn.read(w.DISK.size)))
+                    res.disks.append(conn.disk())
                     read += w.DISK.size
             out.append(res)
         return out
@@ -620,13 +638,13 @@ class SanlockApi:
     def cmd_align(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         """The alignment of a new lease area on a disk: ``data`` = bytes (1 MiB for 512-byte
         sectors and files, 8 MiB for 4K), or a negative error."""
-        disk = w.Disk.unpack(conn.read(w.DISK.size))
+        disk = conn.disk()
         self._run(conn, h, lambda: self.agent.lease_sizes(disk.path).align_size)
 
     def cmd_write_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         """Format a lockspace area: ``data2`` = io_timeout (0: the default); ``data`` (max
         hosts) is ignored, as by sanlock."""
-        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+        ls = conn.lockspace()
         io = h.data2 or timeouts.DEFAULT_IO_TIMEOUT
         loc = delta.Location(ls.name, ls.path, ls.offset)
         self._run(
@@ -742,7 +760,7 @@ class SanlockApi:
         return [w.state_record(w.STATE_CLIENT, name, f"pid={pid}", pid) for pid, name in names]
 
     def cmd_host_status(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
-        ls = w.Lockspace.unpack(conn.read(w.LOCKSPACE.size))
+        ls = conn.lockspace()
         try:
             hosts = self._hosts(ls.name)
         except errors.LeaseError:

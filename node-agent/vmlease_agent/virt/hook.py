@@ -150,7 +150,7 @@ class MigrationRefused(HookError):
         "domain {domain!r}: live migration is refused on this host: vmlease's qemu hook cannot "
         "hand over {leases} (libvirt calls no hook when the source pauses, so this host would "
         "need them while the source still holds them); fix: migrate under libvirt's sanlock "
-        "lock driver with vmlease-agent --sanlock-api (README: libvirt, Live migration), or "
+        "lock driver with vmlease-agent --sanlock-api (README: sanlock's client API), or "
         "shut the domain down and start it here"
     )
 

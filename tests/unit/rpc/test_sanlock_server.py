@@ -229,7 +229,9 @@ def test_killpath_sets_the_registered_pids_kill_command_with_the_pid_only_if_ask
             s.sendall(header.pack() + raw)
             assert result(s).data == 0
     argv = ["/usr/libexec/libvirt_sanlock_helper", "qemu:///system", "u 1", "pause"]
-    assert server.agent.calls == [
+    # (the closed registered connection may already have released the pid's leases: a race
+    # with this check that the killpath calls need not care about)
+    assert [c for c in server.agent.calls if c[0] == "set_kill_command"] == [
         ("set_kill_command", os.getpid(), argv, False),
         ("set_kill_command", os.getpid(), argv, True),
     ]
