@@ -17,7 +17,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: In the order they run. kind_failover.py (about 15 min, builds a kind cluster) runs only when
 #: named: ``bench/run.py kind_failover``.
-BENCHES = ["engine_latency.py", "agent_failover.py", "agent_footprint.py", "libvirt_start.py"]
+BENCHES = [
+    "engine_latency.py",
+    "agent_failover.py",
+    "agent_footprint.py",
+    "libvirt_start.py",
+    "sanlock_api.py",
+]
 
 
 def main(argv: list[str]) -> int:
