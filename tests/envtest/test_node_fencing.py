@@ -58,6 +58,26 @@ def _events(server: APIServer, reason: str) -> list[str]:
     return [e["message"] for e in json.loads(out)["items"]]
 
 
+def _both_live(api: client.ApiClient, name: str, nodes: list[str], generation: int = 1) -> dict:
+    """Node -> its HostId, once allocated, each written Live by its own agent with an armed
+    watchdog for node fencing (what agents would write)."""
+    ids = wait_for(
+        lambda: (
+            (h := {i["spec"]["nodeName"]: i["metadata"]["name"] for i in hostids(api, name)})
+            and len(h) == len(nodes)
+            and h
+        ),
+        30,
+        "a HostId per node",
+    )
+    for node in nodes:
+        _status(
+            api, ids[node], state="Live", observedBy=node, stateSince=_stamp(),
+            lastRenewal=_stamp(), nodeFencing=True, generation=generation,
+        )  # fmt: skip
+    return ids
+
+
 def test_a_node_is_put_out_of_service_only_on_the_whole_proof_safety(server):
     name = f"ls-{secrets.token_hex(3)}"
     victim, observer = f"{name}-a", f"{name}-b"
@@ -65,20 +85,7 @@ def test_a_node_is_put_out_of_service_only_on_the_whole_proof_safety(server):
         lockspace_with_nodes(server, name, [victim, observer], **FAST) as api,
         Operator(server, "--standalone") as operator,
     ):
-        ids = wait_for(
-            lambda: (
-                (h := {i["spec"]["nodeName"]: i["metadata"]["name"] for i in hostids(api, name)})
-                and len(h) == 2
-                and h
-            ),
-            30,
-            "a HostId per node",
-        )
-        for node in (victim, observer):
-            _status(
-                api, ids[node], state="Live", observedBy=node, stateSince=_stamp(),
-                lastRenewal=_stamp(), nodeFencing=True, generation=1,
-            )  # fmt: skip
+        ids = _both_live(api, name, [victim, observer])
 
         # Failing on its own agent's view: no new pods, but never out of service
         _status(api, ids[victim], state="Failing", stateSince=_stamp())
@@ -212,20 +219,7 @@ def test_nhc_remediation_succeeds_only_on_the_proof_and_fails_fast_without_one_s
         Operator(server, "--standalone", "--remediation-namespace", ns) as operator,
     ):
         client.CoreV1Api(api).create_node({"metadata": {"name": outsider}})
-        ids = wait_for(
-            lambda: (
-                (h := {i["spec"]["nodeName"]: i["metadata"]["name"] for i in hostids(api, name)})
-                and len(h) == 2
-                and h
-            ),
-            30,
-            "a HostId per node",
-        )
-        for node in (victim, observer):
-            _status(
-                api, ids[node], state="Live", observedBy=node, stateSince=_stamp(),
-                lastRenewal=_stamp(), nodeFencing=True, generation=1,
-            )  # fmt: skip
+        ids = _both_live(api, name, [victim, observer])
         _remediation(api, ns, victim)
         _remediation(api, ns, "nhc-x7k2p", node=outsider)
         _remediation(api, ns, observer, **{"remediation.medik8s.io/nhc-timed-out": _stamp()})
@@ -273,20 +267,7 @@ def test_self_fence_asks_a_renewing_nodes_agent_once_and_lifts_the_request(serve
         lockspace_with_nodes(server, name, [victim, observer], **FAST) as api,
         Operator(server, "--standalone", "--remediation-namespace", ns) as operator,
     ):
-        ids = wait_for(
-            lambda: (
-                (h := {i["spec"]["nodeName"]: i["metadata"]["name"] for i in hostids(api, name)})
-                and len(h) == 2
-                and h
-            ),
-            30,
-            "a HostId per node",
-        )
-        for node in (victim, observer):
-            _status(
-                api, ids[node], state="Live", observedBy=node, stateSince=_stamp(),
-                lastRenewal=_stamp(), nodeFencing=True, generation=5,
-            )  # fmt: skip
+        ids = _both_live(api, name, [victim, observer], generation=5)
         body = {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "VmleaseRemediation",
             "metadata": {"name": victim, "namespace": ns}, "spec": {"selfFence": True},
