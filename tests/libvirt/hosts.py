@@ -48,7 +48,6 @@ libvirtd's start blocks ~3 s on ``add_lockspace``; hosts start in parallel.
 from __future__ import annotations
 
 import contextlib
-import grp
 import hashlib
 import importlib
 import os
@@ -69,7 +68,7 @@ from pathlib import Path
 from typing import Protocol
 
 import libvirt
-from lab import EMULATOR, KVM_DEVICE, TinyDomain
+from lab import EMULATOR, TinyDomain, apply_udev_kvm_mode, restore_kvm_mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: sanlockd
 from sanlockd import SanlockDaemon
@@ -277,7 +276,7 @@ class Kit:
         emu.write_text(WRAPPER.replace("__EMULATOR__", EMULATOR))
         emu.chmod(0o755)
         kit = cls(dir)
-        kit._apply_udev_kvm_mode()
+        kit._kvm_restore = apply_udev_kvm_mode()
         return kit
 
     @property
@@ -288,24 +287,9 @@ class Kit:
     def caps(self) -> Path:
         return self.dir / "caps"
 
-    def _apply_udev_kvm_mode(self) -> None:
-        try:
-            st = KVM_DEVICE.stat()
-            kvm_gid = grp.getgrnam("kvm").gr_gid
-        except (OSError, KeyError):
-            return
-        if st.st_gid == kvm_gid and st.st_mode & 0o660 == 0o660:
-            return
-        self._kvm_restore = (st.st_gid, stat.S_IMODE(st.st_mode))
-        os.chown(KVM_DEVICE, -1, kvm_gid)
-        os.chmod(KVM_DEVICE, 0o660)
-
     def close(self) -> None:
-        if self._kvm_restore is not None:
-            gid, mode = self._kvm_restore
-            os.chown(KVM_DEVICE, -1, gid)
-            os.chmod(KVM_DEVICE, mode)
-            self._kvm_restore = None
+        restore_kvm_mode(self._kvm_restore)
+        self._kvm_restore = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -693,12 +677,16 @@ class Cluster:
         try:
             self.hub = Hub()
             self.hosts = [Host(self, i) for i in range(1, self.n + 1)]
+            # Host 1 alone first: its libvirtd creates and initialises the __LIBVIRT__DISKS__
+            # lockspace file (O_EXCL create, then write_lockspace); a libvirtd started beside it
+            # finds the file created but not yet written and its add_lockspace fails (-223),
+            # which libvirt 9.0 only logs: that host then refuses every start with -ENOSPC.
+            # (Real hosts started at the same moment on a fresh lease directory race the same
+            # way; the window is wider when the lock daemon's write_lockspace is slower.)
+            self.hosts[0].start()
             if not any(self.kit.caps.iterdir()):
-                self.hosts[0].start()  # probes the wrapper once; the others copy the result
-                self._save_caps(self.hosts[0])
-                rest = self.hosts[1:]
-            else:
-                rest = self.hosts
+                self._save_caps(self.hosts[0])  # probed the wrapper once: the others copy it
+            rest = self.hosts[1:]
             errors: list[BaseException] = []
 
             def run(host: Host) -> None:

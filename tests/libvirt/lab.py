@@ -54,6 +54,27 @@ VIRTLOGD = Daemon("virtlogd", Path("/run/virtlogd.pid"))  # the qemu driver logs
 LIBVIRTD = Daemon("libvirtd", Path("/run/libvirtd.pid"))
 
 
+def apply_udev_kvm_mode() -> tuple[int, int] | None:
+    """Give /dev/kvm the ``root:kvm 0660`` Debian's udev rule sets (module docstring: without
+    it libvirt re-probes QEMU on every start); returns the (gid, mode) to restore, if changed."""
+    try:
+        st = KVM_DEVICE.stat()
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return None
+    if st.st_gid == kvm_gid and st.st_mode & 0o660 == 0o660:
+        return None
+    os.chown(KVM_DEVICE, -1, kvm_gid)
+    os.chmod(KVM_DEVICE, 0o660)
+    return st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def restore_kvm_mode(saved: tuple[int, int] | None) -> None:
+    if saved is not None:
+        os.chown(KVM_DEVICE, -1, saved[0])
+        os.chmod(KVM_DEVICE, saved[1])
+
+
 def _comm_and_state(pid: int) -> tuple[str, str] | None:
     try:
         status = Path(f"/proc/{pid}/stat").read_text()
@@ -159,23 +180,11 @@ class Lab:
             if not _wait_gone(pid, timeout):
                 os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, timeout)
-        if self._kvm_restore is not None:
-            gid, mode = self._kvm_restore
-            os.chown(KVM_DEVICE, -1, gid)
-            os.chmod(KVM_DEVICE, mode)
-            self._kvm_restore = None
+        restore_kvm_mode(self._kvm_restore)
+        self._kvm_restore = None
 
     def _apply_udev_kvm_mode(self) -> None:
-        try:
-            st = KVM_DEVICE.stat()
-            kvm_gid = grp.getgrnam("kvm").gr_gid
-        except (OSError, KeyError):
-            return
-        if st.st_gid == kvm_gid and st.st_mode & 0o660 == 0o660:
-            return
-        self._kvm_restore = (st.st_gid, stat.S_IMODE(st.st_mode))
-        os.chown(KVM_DEVICE, -1, kvm_gid)
-        os.chmod(KVM_DEVICE, 0o660)
+        self._kvm_restore = apply_udev_kvm_mode()
 
     # ---- hooks ----
 
