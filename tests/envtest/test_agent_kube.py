@@ -10,6 +10,8 @@ processes. What must hold:
 * ``kubectl get disklease`` names the holder (node, host_id, pid) while a process holds the
   lease, shows it Free once the holder is killed, and names the new node once another takes it;
 * a lease in the Lockspace's automatic directory gets a DiskLease created by the agent;
+* every agent also serves sanlock's client API (``--sanlock-api``): a python-sanlock holder's
+  lease shows on its DiskLease like any other, and a refused client's node names the holder;
 * deleting the Lockspace makes every agent leave (HostIds Free), and the operator lets it go
   after the safe time.
 
@@ -38,6 +40,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from vmlease_agent.rpc.client import AgentClient
 from vmlease_api import GROUP, VERSION
 from vmlease_api.naming import disk_resource_name
 
@@ -78,6 +81,11 @@ class AgentProc:
     def log_path(self) -> Path:
         return self.run_dir / "agent.log"
 
+    @property
+    def sanlock_run_dir(self) -> Path:
+        """Where this node's sanlock clients find ``sanlock.sock`` (``$SANLOCK_RUN_DIR``)."""
+        return self.run_dir / "sanlock"
+
     def start(self) -> AgentProc:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -86,6 +94,7 @@ class AgentProc:
             "--watchdog", "none", "--watchdog-fire-timeout", str(W),
             "--shared-dir", str(self.shared), "--status-interval", "5",
             "--health-port", str(self.health_port),
+            "--sanlock-api", "--sanlock-run-dir", str(self.sanlock_run_dir),
         ]  # fmt: skip
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -132,6 +141,36 @@ class AgentProc:
         ]  # fmt: skip
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
 
+    def sanlock_hold(self, lockspace: str, resource: str, path: Path) -> subprocess.Popen[str]:
+        """A VDSM-like holder: python-sanlock registers with this node's ``sanlock.sock`` and
+        acquires ``resource`` (slkfd); it prints ``held`` or the SanlockException's errno,
+        then keeps its lease until killed."""
+        return subprocess.Popen(
+            [sys.executable, "-c", SANLOCK_HOLDER, lockspace, resource, str(path)],
+            env={"SANLOCK_RUN_DIR": str(self.sanlock_run_dir), "PATH": "/usr/bin:/bin"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        return AgentClient(str(self.run_dir), timeout=10).call("events")
+
+
+SANLOCK_HOLDER = """
+import sys, time, sanlock
+lockspace, resource, path = sys.argv[1:]
+fd = sanlock.register()
+try:
+    sanlock.acquire(lockspace.encode(), resource.encode(), [(path, 0)], slkfd=fd)
+except sanlock.SanlockException as e:
+    print(e.errno, flush=True)
+    sys.exit(1)
+print("held", flush=True)
+time.sleep(600)
+"""
+
 
 @dataclass
 class Cluster:
@@ -141,7 +180,7 @@ class Cluster:
     shared: Path
     agents: list[AgentProc]
     all_live_seconds: float = 0.0
-    holders: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    holders: list[subprocess.Popen[Any]] = field(default_factory=list)
 
     def objects(self, plural: str, label_selector: str = "") -> list[dict[str, Any]]:
         return client.CustomObjectsApi(self.api).list_cluster_custom_object(
@@ -170,7 +209,24 @@ class Cluster:
         self.vmlease("direct", "init", "-r", spec)
         return spec
 
-    def kill(self, holder: subprocess.Popen[bytes]) -> None:
+    def disklease(self, resource: str, relative: str) -> str:
+        """Create the DiskLease of ``resource`` (lease file ``relative`` to the shared
+        volume); returns its name."""
+        name = f"{self.name}.{resource}"
+        client.CustomObjectsApi(self.api).create_cluster_custom_object(
+            GROUP,
+            VERSION,
+            "diskleases",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "DiskLease",
+                "metadata": {"name": name},
+                "spec": {"lockspace": self.name, "resource": resource, "lease": {"path": relative}},
+            },
+        )
+        return name
+
+    def kill(self, holder: subprocess.Popen[Any]) -> None:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
 
@@ -283,22 +339,7 @@ def test_disklease_shows_the_holder_and_follows_the_lease(cluster: Cluster):
     a, b = cluster.agents[0], cluster.agents[1]
     ids = {node: obj["spec"]["hostId"] for node, obj in cluster.hostids().items()}
     spec = cluster.resource_lease("vm1-disk", "vm1-disk.lease")
-    lease = f"{cluster.name}.vm1-disk"
-    client.CustomObjectsApi(cluster.api).create_cluster_custom_object(
-        GROUP,
-        VERSION,
-        "diskleases",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "DiskLease",
-            "metadata": {"name": lease},
-            "spec": {
-                "lockspace": cluster.name,
-                "resource": "vm1-disk",
-                "lease": {"path": "vm1-disk.lease"},
-            },
-        },
-    )
+    lease = cluster.disklease("vm1-disk", "vm1-disk.lease")
 
     t = time.monotonic()
     first = a.hold(spec, "vm1")
@@ -347,6 +388,46 @@ def test_disklease_shows_the_holder_and_follows_the_lease(cluster: Cluster):
     print(f"\n{table}")
     assert b.node in table and a.node not in table
     cluster.kill(second)
+
+
+def test_a_sanlock_client_lease_is_shown_and_a_refusal_names_its_holder(cluster: Cluster):
+    """Leases taken through ``--sanlock-api`` (python-sanlock, as VDSM or libvirt's lock driver
+    take them) are the agent's leases like any other: the DiskLease names node, host_id and
+    the client's pid, and goes Free when the client exits. A client on another node gets only
+    sanlock's -243; that node's agent says who holds the lease (events and log)."""
+    a, c = cluster.agents[0], cluster.agents[2]
+    ids = {node: obj["spec"]["hostId"] for node, obj in cluster.hostids().items()}
+    cluster.resource_lease("vdsm-disk", "vdsm-disk.lease")
+    path = cluster.shared / "vdsm-disk.lease"
+    lease = cluster.disklease("vdsm-disk", "vdsm-disk.lease")
+
+    first = a.sanlock_hold(cluster.name, "vdsm-disk", path)
+    cluster.holders.append(first)
+    assert first.stdout is not None and first.stdout.readline().strip() == "held"
+    held = wait_for(
+        lambda: (s := _holder(cluster, lease)()) and s.get("phase") == "Held" and s,
+        LEASE_TIMEOUT,
+        f"{lease} held by {a.node} through its sanlock API",
+        describe=lambda: cluster.get("diskleases", lease).get("status"),
+    )
+    assert held["holder"]["node"] == a.node and held["holder"]["hostId"] == ids[a.node]
+    assert held["holder"]["pid"] == first.pid
+
+    second = c.sanlock_hold(cluster.name, "vdsm-disk", path)
+    cluster.holders.append(second)
+    out, _ = second.communicate(timeout=60)
+    assert out.strip() == "-243"  # SANLK_ACQUIRE_IDLIVE (python-sanlock keeps the sign)
+    [refused] = [e for e in c.events() if e["event"] == "refused"]
+    assert refused["lease"] == f"{cluster.name}:vdsm-disk" and refused["code"] == -243
+    assert f"held by host {ids[a.node]}" in refused["reason"]
+    assert f"held by host {ids[a.node]}" in c.log()
+
+    cluster.kill(first)
+    wait_for(
+        lambda: (s := _holder(cluster, lease)()) and s.get("phase") == "Free",
+        LEASE_TIMEOUT,
+        f"{lease} Free after its sanlock client was killed",
+    )
 
 
 def test_an_automatic_disk_lease_gets_its_disklease(cluster: Cluster):

@@ -749,7 +749,20 @@ class Agent:
         try:
             for res, shared in resources:
                 lver = (lvers or {}).get(res.label)
-                taken.append(self._acquire_one(client, res, shared, wait, lver))
+                try:
+                    taken.append(self._acquire_one(client, res, shared, wait, lver))
+                except errors.LeaseError as e:
+                    # libvirt shows only sanlock's code (-243): the reason, with the holder
+                    # the refusal names, is kept here for `vmlease client events` and the log
+                    self.event(
+                        "refused",
+                        lease=res.label,
+                        holder=client.key,
+                        owner=client.owner,
+                        code=e.code,
+                        reason=str(e),
+                    )
+                    raise
                 taken[-1].disk_path = (disks or {}).get(res.label)
         except BaseException:
             for held in reversed(taken):

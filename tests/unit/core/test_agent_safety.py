@@ -719,3 +719,17 @@ def test_a_plain_lockspace_failing_with_nothing_held_resets_nobody(world):
         every=0.5,
     )
     assert not a.watchdog.ops() and not a.status()["watchdog"]["condemned"]
+
+
+def test_a_refused_acquire_is_an_event_naming_the_holder(world):
+    """A sanlock client (libvirt) shows only the code (-243, -17): the agent's events keep the
+    reason, which names who holds the lease."""
+    a = world.agent()
+    world.join(a)
+    vm1, vm2 = world.holder(), world.holder()
+    a.acquire(vm1.pid, [(world.res, False)], owner="vm1")
+    with pytest.raises(errors.LeaseError):
+        a.acquire(vm2.pid, [(world.res, False)], owner="vm2")
+    [refused] = [e for e in a.recent_events() if e["event"] == "refused"]
+    assert refused["lease"] == "LS:RES" and refused["owner"] == "vm2"
+    assert f"by pid {vm1.pid} (vm1)" in refused["reason"] and refused["code"] < 0
