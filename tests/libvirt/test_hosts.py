@@ -445,12 +445,13 @@ def test_start_elsewhere_during_live_migration_safety(cluster: Cluster, vm) -> N
     try:
         _wait(lambda: _job(dom).get("memory_processed", 0) > 0, 30, "the migration to start")
         refusals = 0
-        while thread.is_alive() and running(dom):
+        while thread.is_alive() and _job(dom).get("memory_remaining", 0) > FAR_FROM_SWITCHOVER:
             attempt = time.monotonic()
             assert_refused(d3)
-            if running(dom):
-                refusals += 1  # the source still ran after this refusal: it was "during"
-                assert only_holder(cluster, res) == (1, pid1, lver)
+            holders = cluster.holders(res)
+            if running(dom):  # the source ran after this read, so during the refusal and read
+                refusals += 1
+                assert {i: (x.pid, x.lver) for i, x in holders.items()} == {1: (pid1, lver)}
             report("refusal during migration", f"{(time.monotonic() - attempt) * 1000:.0f} ms")
         report("starts refused on host 3 while host 1 still ran", str(refusals))
     finally:
@@ -462,6 +463,13 @@ def test_start_elsewhere_during_live_migration_safety(cluster: Cluster, vm) -> N
     pid2 = cluster[2].qemu_pid(d1.name)
     assert only_holder(cluster, res) == (2, pid2, lver + 1)
     assert_refused(d3)
+
+
+#: Starts elsewhere are tried only while this much RAM is still to send: at 512 kbit/s that is
+#: 4 s of transfer, far more than a start takes (~0.3 s), so QEMU cannot reach its switch-over
+#: (source paused, lease released, destination not yet holding it) during an attempt. A start
+#: in that window may succeed with libvirt's driver, by its design (README, libvirt tier).
+FAR_FROM_SWITCHOVER = 256 * 1024
 
 
 def throttle(host: Host, rate: str = "512kbit") -> None:
