@@ -13,6 +13,7 @@ and an agent restart keeps it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import os
@@ -20,6 +21,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -557,3 +559,55 @@ def _read(path: str) -> str:
             return f.read()
     except FileNotFoundError:
         return ""
+
+
+#: registers, acquires RES through its registered fd, forks a child that inherits that fd and
+#: sleeps, prints the child's pid and exits: only the child keeps the connection open
+FORKING_HOLDER = """
+import os, sys, time, sanlock
+fd = sanlock.register()
+sanlock.acquire(b"LS", b"RES", [(sys.argv[1], 0)], slkfd=fd)
+child = os.fork()
+if child == 0:
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for std in (0, 1, 2):  # the test reads the parent's output to its end
+        os.dup2(null, std)
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+"""
+
+
+@pytest.mark.parametrize("holder_side", ["agent", "sanlock"])
+def test_a_lease_outlives_its_registered_pid_while_a_forked_child_keeps_the_fd_safety(
+    mixed, holder_side
+):
+    """sanlock's lifeline is the registered connection: a process that acquires, forks a child
+    (which may write the disk) and exits keeps its leases until the child's copy of the fd is
+    closed too. The agent must not release at the pid's exit; the real daemon shows the same."""
+    side = getattr(mixed, holder_side)
+    other = mixed.sanlock if holder_side == "agent" else mixed.agent
+    env = {**os.environ, "SANLOCK_RUN_DIR": side.run_dir}
+    env.pop("LD_PRELOAD", None)
+    parent = subprocess.run(
+        [sys.executable, "-c", FORKING_HOLDER, side.res()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    child = int(parent.stdout)
+    theirs = mixed.holder(other)
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # the pid is gone; the child still holds the fd
+            assert _acquire(theirs, side.res()) == -243
+            time.sleep(0.3)
+        os.kill(child, signal.SIGKILL)
+        wait_for(lambda: _taken_over(theirs, side.res()), 15, "the lease to be free")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        theirs.close()

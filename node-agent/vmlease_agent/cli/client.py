@@ -109,7 +109,8 @@ def cmd(args: argparse.Namespace) -> int:
         for lease in got:
             print(f"acquire done: {lease['lease']} lver {lease['lver']} for pid {lease['pid']}")
     elif a == "release":
-        done = c.call("release", pid=args.pid, resources=args.resource)
+        who = {"key": args.key} if args.key else {"pid": args.pid}
+        done = c.call("release", **who, resources=args.resource)
         print("release done: " + " ".join(done))
     elif a == "inquire":
         leases = c.call("inquire", pid=args.pid)
@@ -203,9 +204,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             required=name == "acquire",
             metavar="LS:RES:PATH:OFFSET[:SH]",
         )
-        p.add_argument("-p", dest="pid", type=int, required=True)
         if name == "acquire":
+            p.add_argument("-p", dest="pid", type=int, required=True)
             p.add_argument("--owner", help="what the process is, shown to other hosts' users")
+        else:
+            who = p.add_mutually_exclusive_group(required=True)
+            who.add_argument("-p", dest="pid", type=int)
+            who.add_argument(
+                "--key",
+                help="a holder known by key, not pid (libvirt:<uuid>, exited:<pid>; root only)",
+            )
     p = csub.add_parser(
         "request", help="ask the holder of a lease to give it up (sanlock client request)"
     )

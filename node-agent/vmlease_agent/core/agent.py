@@ -121,6 +121,16 @@ class Busy(AgentError):
     template = "{detail}"
 
 
+class ExitedHolderUnadoptable(AgentError):
+    code = -errno.EBUSY
+    template = (
+        "holder {holder} (pid {pid}, exited) left leases in lockspace(s) {lockspaces}, which "
+        "this agent could not resume, while processes that shared its sanlock connection may "
+        "still write: the agent will not join them afresh; stop those processes and remove "
+        "the agent's state file, or reboot the node"
+    )
+
+
 class HolderSurvivedKill(AgentError):
     code = -errno.EBUSY
     template = (
@@ -247,6 +257,9 @@ class Agent:
 
     def _adopt_client(self, saved: state.SavedClient, resumed: set[str]) -> None:
         lost = sorted({h.res.lockspace for h in saved.leases} - resumed)
+        if saved.exited:
+            self._adopt_exited(saved, lost)
+            return
         if lost and saved.pid:
             self._kill_unadoptable(saved, lost)
             return
@@ -270,6 +283,33 @@ class Agent:
         for held in saved.leases:
             client.leases[held.label] = held
         self.event("adopted", holder=client.key, leases=sorted(client.leases))
+
+    def _adopt_exited(self, saved: state.SavedClient, lost: list[str]) -> None:
+        """A holder whose pid had exited while its lifeline (a sanlock connection a forked
+        child shares) was open: that connection closed with the old agent, but the processes
+        holding it may still run and write, and no pid names them. Its leases stay held by a
+        placeholder that is never presumed dead (free them with ``vmlease client release
+        --key KEY`` once those processes are known to be gone); a lockspace of theirs not
+        resumed stops the agent, as a holder that survives SIGKILL does."""
+        if lost:
+            raise ExitedHolderUnadoptable(
+                holder=saved.key, pid=saved.pid, lockspaces=", ".join(lost)
+            )
+        key = f"exited:{saved.pid}" if saved.pid else saved.key  # adopted before: no pid
+        client = self._registry.placeholder(key, saved.owner or key)
+        client.exited = True
+        client.kill_command = saved.kill_command
+        client.kill_appends_pid = saved.kill_appends_pid
+        for held in saved.leases:
+            client.leases[held.label] = held
+        log.error(
+            "holder %s had exited with its sanlock connection held by other processes: its "
+            "leases %s stay held by %s until released by hand",
+            saved.key,
+            sorted(client.leases),
+            key,
+        )
+        self.event("adopted", holder=key, leases=sorted(client.leases), reason="pid had exited")
 
     def stop(self, clean: bool) -> None:
         """Stop the agent.
@@ -931,6 +971,11 @@ class Agent:
                 for label in reserved:
                     self._unreserve(label)
         self.save()
+
+    def set_lifeline(self, pid: int, check: Callable[[], bool]) -> None:
+        """Keep ``pid``'s leases past its exit while ``check()`` says so (sanlock's registered
+        connection, which forked children may hold: ``core.holders``)."""
+        self._client(pid, create=True).lifeline = check
 
     def set_kill_command(
         self, holder: HolderRef, command: list[str], append_pid: bool = True

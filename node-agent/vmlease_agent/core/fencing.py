@@ -85,8 +85,10 @@ def apply(action: Action, client: Client, now: float, state: dict) -> None:
         except OSError as e:
             log.error("fencing %s: kill command failed to start: %s", client.key, e)
         return
-    if client.pid == 0:
-        return  # a placeholder without a process: only its kill command or the watchdog can act
+    if client.pid == 0 or client.exited:
+        # a placeholder without a process, or an exited pid (it may be reused) whose lifeline
+        # lives on in processes we cannot name: only its kill command or the watchdog can act
+        return
     sig = signal.SIGKILL if action.kind == KILL else signal.SIGTERM
     log.warning(
         "fencing pid %d (%s): %s (%s)",

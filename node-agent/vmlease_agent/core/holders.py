@@ -11,6 +11,14 @@ A lease may also be taken before its process exists (libvirt's ``prepare`` runs 
 starts): it is held by a *placeholder* client named by a key (``libvirt:<domain uuid>``) and bound
 to the pid later. A placeholder without a pid is never assumed dead: fencing cannot confirm it
 stopped, so only the watchdog can end it — safe, never guessed.
+
+A holder may also have a *lifeline* besides its pid: sanlock's registered connection
+(``rpc.sanlock_server``), whose fd a forked child inherits. sanlock keeps the leases until the
+last copy of that fd is closed, so a process that registers, acquires, forks a writer and exits
+keeps them. So do we: when such a pid exits while its lifeline is open, the holder stays (marked
+``exited``) and counts as alive until the lifeline closes (the API then releases its leases).
+Nothing can be signalled for it (the pid is gone and may be reused; the fd's other owners are
+not known): fencing can only run its kill command or let the watchdog reset the node.
 """
 
 from __future__ import annotations
@@ -104,6 +112,11 @@ class Client:
     leases: dict[str, HeldLease] = field(default_factory=dict)
     pidfd: int = -1
     dead: bool = False
+    #: is another handle on this holder still open (see the module docstring)? Not saved.
+    lifeline: Callable[[], bool] | None = None
+    #: the pid exited while the lifeline was open: the holder lives on in processes unknown
+    #: (without a lifeline, i.e. adopted by a restarted agent: until released by hand)
+    exited: bool = False
     kill_state: dict = field(default_factory=dict)  # fencing progress
 
     def identity(self) -> LeaseHolder:
@@ -201,7 +214,10 @@ class ClientRegistry:
             c.pidfd = -1
 
     def alive(self, c: Client) -> bool:
-        """Could this holder still write? A placeholder without a process counts as alive."""
+        """Could this holder still write? A placeholder without a process counts as alive, an
+        exited pid as long as its lifeline is open."""
+        if c.exited:  # adopted after a restart, its lifeline is gone with the old agent
+            return c.lifeline is None or c.lifeline()
         if c.pid == 0:
             return not c.dead
         return not c.dead and process_start_time(c.pid) == c.start_time
@@ -218,11 +234,20 @@ class ClientRegistry:
                     continue
                 with self.lock:
                     key = self._by_fd.get(fd)
-                    c = self.clients.pop(key, None) if key is not None else None
+                    c = self.clients.get(key) if key is not None else None
                     if c is None:
                         continue
-                    c.dead = True
                     self._close(c)
+                    if c.lifeline is not None and c.lifeline():
+                        c.exited = True
+                        log.warning(
+                            "pid %d exited but its registered connection is still open (a "
+                            "forked child has it): its leases stay until that closes",
+                            c.pid,
+                        )
+                        continue
+                    del self.clients[c.key]
+                    c.dead = True
                     self.exiting[c.key] = c
                 try:
                     self.on_exit(c)

@@ -55,6 +55,8 @@ class SavedClient:
     kill_command: list[str] | None
     leases: list[HeldLease] = field(default_factory=list)
     kill_appends_pid: bool = True
+    #: the pid had exited with its lifeline open (``core.holders``): unknown processes hold it
+    exited: bool = False
 
 
 @dataclass
@@ -121,6 +123,7 @@ def save(
                 "owner": c.owner,
                 "kill_command": c.kill_command,
                 "kill_appends_pid": c.kill_appends_pid,
+                "exited": c.exited,
                 "leases": [_lease_json(h) for h in c.leases.values()],
             }
             for c in clients.values()
@@ -177,6 +180,7 @@ def load(run_dir: str, node: str) -> Saved:
                 current_kill_command(d["kill_command"]),
                 [_lease_from(x) for x in d["leases"]],
                 d.get("kill_appends_pid", True),  # absent: saved before sanlock's killpath
+                d.get("exited", False),
             )
         )
     return saved

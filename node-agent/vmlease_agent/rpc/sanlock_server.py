@@ -28,6 +28,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -156,6 +157,19 @@ def _from_root(path: str) -> str:
     return path if not path or path.startswith("/") else "/" + path
 
 
+def _peer_open(sock: socket.socket) -> bool:
+    """No process holds the other end any more once it hangs up: the kernel reports that
+    (POLLHUP, POLLRDHUP) as soon as the last copy of the peer's fd is closed, before a pidfd
+    of the exiting process fires, whether or not unread requests are pending."""
+    poller = select.poll()
+    try:
+        poller.register(sock, select.POLLRDHUP)
+    except (ValueError, OSError):
+        return False  # closed on our side: the connection is gone
+    gone = select.POLLHUP | select.POLLRDHUP | select.POLLERR | select.POLLNVAL
+    return not any(events & gone for _fd, events in poller.poll(0))
+
+
 class Connection:
     """Exact reads and writes on one client socket (clients send header and payload apart)."""
 
@@ -226,6 +240,14 @@ class SanlockApi:
         except errors.LeaseError:
             return  # nothing held, or the process exited (its pidfd released them)
         log.info("sanlock client pid %d closed its connection: released %s", reg.pid, released)
+
+    def _connected(self, pid: int) -> bool:
+        """Is a registered connection of ``pid`` still open at the other end? sanlock keeps a
+        client's leases until then, even after the pid exited: a forked child that inherited
+        the fd holds them (the agent's holder lifeline, ``core.holders``)."""
+        with self._lock:
+            conns = [r.conn for r in self._registered if r.pid == pid and r.conn is not None]
+        return any(_peer_open(c) for c in conns)
 
     def registrations(self) -> list[Registration]:
         with self._lock:
@@ -490,6 +512,8 @@ class SanlockApi:
             target = self._target("acquire", h, reg)
             with self._active("acquire", target):
                 target.owner = owner  # sanlock replaces the client's name, even with ""
+                if target.conn is not None:
+                    self.agent.set_lifeline(target.pid, lambda: self._connected(target.pid))
                 self.agent.acquire(
                     target.pid,
                     wanted,

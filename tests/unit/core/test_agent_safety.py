@@ -28,7 +28,7 @@ from leasekit import (
     read_bytes,
 )
 from vmlease_agent.core import state
-from vmlease_agent.core.agent import Agent, AgentConfig, Busy
+from vmlease_agent.core.agent import Agent, AgentConfig, Busy, ExitedHolderUnadoptable
 from vmlease_agent.core.lockspace import FireTimeoutTooLong, LockspaceConfig
 from vmlease_agent.engine import delta, errors, ondisk, paxos
 from vmlease_agent.engine.clock import boottime
@@ -733,3 +733,42 @@ def test_a_refused_acquire_is_an_event_naming_the_holder(world):
     [refused] = [e for e in a.recent_events() if e["event"] == "refused"]
     assert refused["lease"] == "LS:RES" and refused["owner"] == "vm2"
     assert f"by pid {vm1.pid} (vm1)" in refused["reason"] and refused["code"] < 0
+
+
+def test_an_exited_holder_whose_lifeline_was_open_stays_held_across_a_restart_safety(world):
+    """Its connection closed with the old agent, but the processes that shared it may still
+    write and no pid names them: the new agent keeps the lease (by key) instead of releasing
+    it, and a lockspace of theirs it cannot resume keeps it from starting."""
+    import json
+
+    a = world.agent()
+    world.join(a)
+    vm = world.holder()
+    a.acquire(vm.pid, [(world.res, False)])
+    a.set_lifeline(vm.pid, lambda: True)
+    vm.kill()
+    vm.wait()
+    wait_for(lambda: a.snapshot().holders[0].holder.pid == vm.pid and _exited(a), 5, "exit")
+    assert leader_of(world.res.path).timestamp != 0  # not released on disk
+    a.stop(clean=False)
+    b = world.agent()
+    [held] = b.status()["leases"]
+    assert held["holder"] == f"exited:{vm.pid}"
+    assert leader_of(world.res.path).timestamp != 0
+    b.stop(clean=False)
+    c = world.agent()  # adopted again: still held
+    assert [x["holder"] for x in c.status()["leases"]] == [f"exited:{vm.pid}"]
+    c.stop(clean=False)
+    doc_path = os.path.join(c.cfg.run_dir, state.STATE_FILE)
+    with open(doc_path) as f:
+        doc = json.load(f)
+    assert doc["clients"][0]["exited"] and doc["clients"][0]["key"] == f"exited:{vm.pid}"
+    doc["lockspaces"] = []  # not resumable
+    with open(doc_path, "w") as f:
+        json.dump(doc, f)
+    with pytest.raises(ExitedHolderUnadoptable, match="may still write"):
+        world.agent()
+
+
+def _exited(a: Agent) -> bool:
+    return any(c.exited for c in a._registry.clients.values())

@@ -60,3 +60,19 @@ def test_placeholder_is_alive_until_bound_and_dies_with_its_process(registry):
 def test_missing_process_is_refused(registry):
     with pytest.raises(ProcessLookupError):
         registry.get(2**22 + 12345)
+
+
+def test_a_holder_whose_lifeline_is_open_outlives_its_pid_safety(registry):
+    """sanlock's registered connection shared with a forked child: the pid's exit must not end
+    the holder (its child may write) until the lifeline closes; its pid is never signalled."""
+    open_ = [True]
+    p = subprocess.Popen(["sleep", "30"])
+    c = registry.get(p.pid)
+    c.lifeline = lambda: open_[0]
+    p.kill()
+    p.wait()
+    time.sleep(0.5)  # the pidfd has fired
+    assert not registry.done.is_set() and c.exited and c.key in registry.clients
+    assert registry.alive(c)
+    open_[0] = False
+    assert not registry.alive(c)

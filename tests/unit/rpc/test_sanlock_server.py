@@ -84,6 +84,9 @@ class StubAgent:
         self.calls.append(("acquire", holder, resources, owner, wait))
         return []
 
+    def set_lifeline(self, pid, check):
+        self.lifelines = {**getattr(self, "lifelines", {}), pid: check}
+
     def release(self, holder, labels):
         self.calls.append(("release", holder, labels))
         self.released.set()
@@ -142,9 +145,26 @@ def test_register_gets_no_reply_then_acquire_acts_for_the_peer_pid(server):
         s.sendall(acquire_request(w.SELF))
         h = result(s)  # the first bytes back are the acquire's reply: nothing for REGISTER
         assert (h.cmd, h.data) == (w.Cmd.ACQUIRE, 0)
+        assert server.agent.lifelines[os.getpid()]()  # the connection keeps the holder
     ((op, pid, resources, _owner, wait),) = server.agent.calls[:1]
     assert (op, pid, wait) == ("acquire", os.getpid(), True)
     assert resources[0][0].label == "LS:RES" and resources[0][1] is False
+    assert not server.agent.lifelines[os.getpid()]()
+
+
+def test_a_peer_is_open_until_the_last_copy_of_its_fd_closes_even_with_requests_pending():
+    """What the holder's lifeline rests on (a forked child keeps the parent's connection)."""
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    copy = os.dup(peer.fileno())
+    try:
+        peer.sendall(b"unread request")
+        peer.close()
+        assert sanlock_server._peer_open(ours)  # the copy still holds it
+        os.close(copy)
+        assert not sanlock_server._peer_open(ours)
+    finally:
+        ours.close()
+    assert not sanlock_server._peer_open(ours)  # closed on our side
 
 
 def test_registered_connection_closing_releases_all_the_pids_leases(server):
