@@ -1015,10 +1015,12 @@ class Agent:
 
     def set_lvb(self, label: str, data: bytes) -> None:
         """Change the in-memory LVB of a lease held on this node, by whoever (sanlock's
-        set_lvb names no pid); written by its exclusive holder at release or convert."""
+        set_lvb names no pid); written by its exclusive holder at release or convert, and
+        saved with the lease so that an agent restart in between loses none of it."""
         held = self._held_here(label)
         with self._lock:
             held.token.set_lvb(data)
+        self.save()
 
     def get_lvb(self, label: str, size: int = 0) -> bytes:
         """The in-memory LVB of a lease held on this node (``size`` 0: one sector)."""

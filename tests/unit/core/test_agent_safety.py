@@ -758,3 +758,16 @@ def test_a_converted_lease_keeps_its_mode_across_a_restart(world):
     assert held["shared"] and held["pid"] == vm.pid
     b.convert(vm.pid, world.res.label, shared=False)  # the adopted token converts back
     assert not b.status()["leases"][0]["shared"]
+
+
+def test_a_set_lvb_not_yet_written_survives_a_restart(world):
+    a = world.agent()
+    world.join(a)
+    vm = world.holder()
+    a.acquire(vm.pid, [(world.res, False)], lvb=True)
+    a.set_lvb(world.res.label, b"kept")
+    a.stop(clean=False)
+    b = world.agent()
+    assert b.get_lvb(world.res.label, 4) == b"kept"
+    b.release(vm.pid, None)
+    assert read_bytes(world.res.path, ondisk.LVB_SECTOR * 512, 4) == b"kept"
