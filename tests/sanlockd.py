@@ -234,8 +234,35 @@ def _client_main() -> None:
             disks(req),
             shared=req.get("shared", False),
             version=req.get("version"),
+            lvb=req.get("lvb", False),
             **target(req),
         )
+
+    def op_set_lvb(req):
+        ls, res = req["lockspace"].encode(), req["resource"].encode()
+        sanlock.set_lvb(ls, res, disks(req), req["data"].encode("latin-1"))
+
+    def op_get_lvb(req):
+        ls, res = req["lockspace"].encode(), req["resource"].encode()
+        return sanlock.get_lvb(ls, res, disks(req), req["size"]).decode("latin-1")
+
+    def op_convert(req):
+        """python-sanlock 3.8 has no convert: libsanlock's sanlock_convert through ctypes
+        (the resource struct alone, as the library sends it)."""
+        import ctypes
+        import struct
+
+        lib = ctypes.CDLL("libsanlock.so.1", use_errno=True)
+        flags = 0x4 if req["shared"] else 0  # SANLK_RES_SHARED: to shared, else exclusive
+        res = struct.pack(
+            "48s48sQQIIII", req["lockspace"].encode(), req["resource"].encode(), 0, 0, 0, 0,
+            flags, 0,
+        )  # fmt: skip
+        sock, pid = (-1, req["pid"]) if "pid" in req else (fd, 0)
+        nowait = 0x8 if req.get("nowait") else 0  # SANLK_CONVERT_OWNER_NOWAIT
+        rv = lib.sanlock_convert(sock, pid, nowait, ctypes.create_string_buffer(res, 128))
+        if rv < 0:  # errno as python-sanlock gives it: positive below -200, else the code
+            raise sanlock.SanlockException(-rv if rv > -200 else rv, "Unable to convert", "")
 
     def op_release(req):
         sanlock.release(

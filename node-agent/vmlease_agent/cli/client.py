@@ -112,6 +112,10 @@ def cmd(args: argparse.Namespace) -> int:
         who = {"key": args.key} if args.key else {"pid": args.pid}
         done = c.call("release", **who, resources=args.resource)
         print("release done: " + " ".join(done))
+    elif a == "convert":
+        label, shared = args.resource
+        c.call("convert", pid=args.pid, resource=label, shared=shared)
+        print(f"convert done: {label} {'shared' if shared else 'exclusive'}")
     elif a == "inquire":
         leases = c.call("inquire", pid=args.pid)
         _print(
@@ -169,6 +173,15 @@ def command(c: AgentClient, args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _convert_target(text: str) -> tuple[str, bool]:
+    """``-r`` of convert, as sanlock's CLI takes it: the lease (path and offset may follow),
+    and ``:SH`` at the end for shared; the result is the label and that mode."""
+    parts = leasespec.split_escaped(text)
+    if len(parts) < 2 or not all(parts[:2]):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LS:RES[:PATH:OFFSET][:SH]")
+    return f"{parts[0]}:{parts[1]}", parts[-1] == "SH" and len(parts) > 2
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     client = sub.add_parser("client", help="ask the local agent (vmlease-agent)")
     client.add_argument(
@@ -214,6 +227,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                 "--key",
                 help="a holder known by key, not pid (libvirt:<uuid>, exited:<pid>; root only)",
             )
+    p = csub.add_parser(
+        "convert", help="make a held lease shared (:SH) or exclusive (sanlock client convert)"
+    )
+    p.add_argument(
+        "-r",
+        dest="resource",
+        type=_convert_target,
+        required=True,
+        metavar="LS:RES[:PATH:OFFSET][:SH]",
+    )
+    p.add_argument("-p", dest="pid", type=int, required=True)
     p = csub.add_parser(
         "request", help="ask the holder of a lease to give it up (sanlock client request)"
     )

@@ -111,6 +111,24 @@ class NotHeld(AgentError):
     template = "pid {pid} holds no lease {lease} on this node"
 
 
+class NotHeldHere(AgentError):
+    code = -errno.ENOENT
+    template = "disk lease {lease} is not held on this node"
+
+
+class AlreadyInMode(AgentError):
+    code = -errno.EALREADY
+    template = "pid {pid} already holds disk lease {lease} {mode}"
+
+
+class SharedLocally(AgentError):
+    code = -errno.EAGAIN
+    template = (
+        "disk lease {lease} is held shared on this node by pid(s) {pids} too; it can become "
+        "exclusive once they release it"
+    )
+
+
 class Exists(AgentError):
     code = -errno.EEXIST
     template = "lockspace {lockspace} is already joined (host_id {host_id})"
@@ -779,18 +797,21 @@ class Agent:
         wait: bool = True,
         disks: Mapping[str, str] | None = None,
         lvers: Mapping[str, int] | None = None,
+        lvb: bool = False,
     ) -> list[dict]:
         """Acquire every resource for ``holder``, all or nothing (taken ones released on error).
         ``disks``: lease label -> the disk an automatic disk lease protects (shown, not used).
         ``lvers``: label -> the lease version the lease must be at on disk (sanlock's
-        SANLK_RES_LVER; otherwise -240 and nothing is written)."""
+        SANLK_RES_LVER; otherwise -240 and nothing is written). ``lvb``: read each lease's lock
+        value block (sanlock's SANLK_ACQUIRE_LVB; a second local shared holder shares the
+        first one's copy, as with sanlock)."""
         client = self._client(holder, owner, create=True)
         taken: list[HeldLease] = []
         try:
             for res, shared in resources:
                 lver = (lvers or {}).get(res.label)
                 try:
-                    taken.append(self._acquire_one(client, res, shared, wait, lver))
+                    taken.append(self._acquire_one(client, res, shared, wait, lver, lvb))
                 except errors.LeaseError as e:
                     # libvirt shows only sanlock's code (-243): the reason, with the holder
                     # the refusal names, is kept here for `vmlease client events` and the log
@@ -828,7 +849,13 @@ class Agent:
         return [self._lease_snapshot(client, h).to_wire() for h in taken]
 
     def _acquire_one(
-        self, client: Client, res: Resource, shared: bool, wait: bool, lver: int | None = None
+        self,
+        client: Client,
+        res: Resource,
+        shared: bool,
+        wait: bool,
+        lver: int | None = None,
+        lvb: bool = False,
     ) -> HeldLease:
         ls = self._joined(res.lockspace)
         with self._lock:
@@ -858,7 +885,7 @@ class Agent:
         try:
             try:
                 token = self._acquirer(ls, res).acquire(
-                    shared=shared, nowait=not wait, acquire_lver=lver
+                    shared=shared, nowait=not wait, acquire_lver=lver, lvb=lvb
                 )
             except Aborted:
                 raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})") from None
@@ -976,6 +1003,88 @@ class Agent:
         """Keep ``pid``'s leases past its exit while ``check()`` says so (sanlock's registered
         connection, which forked children may hold: ``core.holders``)."""
         self._client(pid, create=True).lifeline = check
+
+    # ---- convert and the lock value block (sanlock's CONVERT, SET_LVB, GET_LVB) -------------
+
+    def convert(self, holder: HolderRef, label: str, shared: bool, wait: bool = True) -> None:
+        """Turn ``holder``'s lease ``label`` shared (``shared``) or exclusive, as sanlock's
+        convert: the lease stays held throughout (``paxos.Acquirer.to_shared/to_exclusive``).
+        Exclusive is refused while another local process holds it shared too (sanlock lets
+        that pass: its disk check sees one SHARED mark per host, and the other process would
+        share a lease someone holds exclusively)."""
+        with self._lock:
+            client = self._client(holder)
+            pid = client.pid or client.key
+            held = client.leases.get(label)
+            if held is None:
+                raise NotHeld(pid=pid, lease=label)
+            if held.shared == shared:
+                raise AlreadyInMode(pid=pid, lease=label, mode="shared" if shared else "exclusive")
+            sharers = [c.pid or c.key for c in self._sharers(label) if c is not client]
+            if sharers:
+                raise SharedLocally(lease=label, pids=", ".join(map(str, sharers)))
+            self._reserve(label, f"being converted by pid {pid}", wait=False)
+        try:
+            if shared:
+                self._to_shared(held)
+            else:
+                self._to_exclusive(client, held, wait)
+        finally:
+            self._unreserve(label)
+        self.save()
+        self.event("converted", lease=label, holder=client.key, shared=shared)
+
+    def _sharers(self, label: str) -> list[Client]:
+        """Local processes holding ``label`` (exiting ones too: theirs is not released yet)."""
+        every = [*self._registry.clients.values(), *self._registry.exiting.values()]
+        return [c for c in every if label in c.leases]
+
+    def _to_shared(self, held: HeldLease) -> None:
+        ls = self._joined(held.res.lockspace)  # a lockspace not live: our writes could clobber
+        try:
+            self._acquirer(ls, held.res).to_shared(held.token)
+        except errors.LvbNotWritten as e:
+            log.error("%s", e)  # converted all the same, as sanlock
+        held.shared = True
+
+    def _to_exclusive(self, client: Client, held: HeldLease, wait: bool) -> None:
+        """A ballot, so it counts as an acquisition (``_begin_acquisition``). The lease won is
+        recorded even if the lockspace failed meanwhile: the holder is fenced then, and a
+        release without I/O leaves it to others after 8N + W, as for any held lease."""
+        ls = self._joined(held.res.lockspace)
+        self._begin_acquisition(client, ls)
+        try:
+            try:
+                token = self._acquirer(ls, held.res).to_exclusive(held.token, nowait=not wait)
+            except Aborted:
+                raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})") from None
+            with self._lock:
+                held.token, held.shared = token, False
+                if self._lockspaces.get(ls.name) is not ls or not ls.healthy():
+                    raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})")
+        finally:
+            self._end_acquisition(client, ls)
+
+    def _held_here(self, label: str) -> HeldLease:
+        with self._lock:
+            for c in self._sharers(label):
+                return c.leases[label]
+        raise NotHeldHere(lease=label)
+
+    def set_lvb(self, label: str, data: bytes) -> None:
+        """Change the in-memory LVB of a lease held on this node, by whoever (sanlock's
+        set_lvb names no pid); written by its exclusive holder at release or convert, and
+        saved with the lease so that an agent restart in between loses none of it."""
+        held = self._held_here(label)
+        with self._lock:
+            held.token.set_lvb(data)
+        self.save()
+
+    def get_lvb(self, label: str, size: int = 0) -> bytes:
+        """The in-memory LVB of a lease held on this node (``size`` 0: one sector)."""
+        held = self._held_here(label)
+        with self._lock:
+            return held.token.get_lvb(size)
 
     def set_kill_command(
         self, holder: HolderRef, command: list[str], append_pid: bool = True

@@ -86,6 +86,8 @@ def _lease_json(h: HeldLease) -> dict:
         "generation": t.generation,
         "leader": t.leader.pack().hex(),
         "dblock": t.dblock.pack().hex(),
+        "lvb": None if t.lvb is None else t.lvb.hex(),
+        "lvb_dirty": t.lvb_dirty,
     }
 
 
@@ -99,6 +101,8 @@ def _lease_from(d: dict) -> HeldLease:
         d["shared"],
         Leader.unpack(bytes.fromhex(d["leader"])),
         Dblock.unpack(bytes.fromhex(d["dblock"])),
+        None if d.get("lvb") is None else bytearray.fromhex(d["lvb"]),
+        d.get("lvb_dirty", False),
     )
     return HeldLease(res, token, d["shared"], d["since"], disk_path=d.get("disk_path"))
 

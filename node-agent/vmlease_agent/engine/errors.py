@@ -280,6 +280,30 @@ class SharedHeld(LeaseError):
     )
 
 
+class LvbNotAcquired(LeaseError):
+    code = -errno.EINVAL
+    template = (
+        "disk lease {lease} was acquired without its lock value block: acquire it with "
+        "SANLK_ACQUIRE_LVB (python: lvb=True) to read or set it"
+    )
+
+
+class LvbTooBig(LeaseError):
+    code = -errno.E2BIG
+    template = "lock value block of {lease}: {size} bytes, at most one sector ({limit} bytes)"
+
+
+class LvbNotWritten(LeaseError):
+    """Raised after the release or convert it belongs to was done: the lease must not stay
+    held because its value block could not be written (sanlock logs the same and goes on)."""
+
+    code = engine.SANLK_ERROR
+    template = (
+        "disk lease {lease}: its lock value block was not written ({cause}); the {done} went "
+        "ahead all the same, so the next holder reads the value before this one"
+    )
+
+
 class ReleaseLver(LeaseError):
     code = engine.SANLK_RELEASE_LVER
     template = (

@@ -97,6 +97,11 @@ sector 2002           lock value block (fixed sector index, a sanlock quirk: for
                       sectors with 1/2/4 MiB align it lies beyond the area; reproduced)
 ====================  ======================================================================
 
+lock value block (sector 2002): raw bytes of the lease's users, no header and no checksum
+(sanlock's SANLK_ACQUIRE_LVB, set_lvb/get_lvb). Read at acquire by a holder that asks for it;
+written only by the exclusive holder, before it releases the lease or converts it to shared; a
+sector never written reads as zeros (``init`` clears it when it lies inside the area).
+
 dblock (56 bytes): u64 mbal, bal, inp (owner host_id), inp2 (owner generation), inp3 (owner
 monotime), lver; u32 checksum over bytes 0..47; u32 flags (0x1 RELEASED, *not* checksummed).
 A dblock that is all zero was never written and is valid.

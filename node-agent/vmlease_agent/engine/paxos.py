@@ -53,10 +53,17 @@ release the lease, or leave the lockspace (others then see our host_id free).
 Shared leases: win the ballot with SHORT_HOLD, write our mode block SHARED with our generation,
 release the leader. An exclusive acquire that saw SHARED mode blocks fails with -EAGAIN while any
 of their hosts is alive, and clears the blocks of dead ones.
+Convert: EX->SH marks our mode block SHARED before it frees the leader; SH->EX is an exclusive
+acquire whose ballot writes keep our SHARED mode block (a retract too), cleared only once the
+lease is ours and no other live host holds it shared. Either way, at every moment another host
+reads the lease as ours, shared or exclusive: never free, never exclusive beside a sharer.
+Lock value block: one sector (``ondisk``), read at acquire when asked, changed in memory, written
+by the exclusive holder before it releases or converts to shared (never by a shared holder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import threading
@@ -282,10 +289,32 @@ class Token:
     shared: bool
     leader: Leader
     dblock: Dblock
+    #: the lock value block read at acquire (sanlock's SANLK_ACQUIRE_LVB), None without it;
+    #: one copy per host, shared by every local holder of a shared lease, as sanlock's r->lvb
+    lvb: bytearray | None = None
+    #: set_lvb changed it: the exclusive holder writes it back at release or EX->SH convert
+    lvb_dirty: bool = False
 
     @property
     def lver(self) -> int:
         return self.leader.lver
+
+    def set_lvb(self, data: bytes) -> None:
+        """Overwrite the first ``len(data)`` bytes (the rest stays, as sanlock's memcpy)."""
+        if self.lvb is None:
+            raise errors.LvbNotAcquired(lease=self.res.label)
+        if len(data) > self.sizes.sector_size:
+            raise errors.LvbTooBig(
+                lease=self.res.label, size=len(data), limit=self.sizes.sector_size
+            )
+        self.lvb[: len(data)] = data
+        self.lvb_dirty = True
+
+    def get_lvb(self, size: int = 0) -> bytes:
+        """The first ``size`` bytes of the in-memory copy (0: the whole sector)."""
+        if self.lvb is None:
+            raise errors.LvbNotAcquired(lease=self.res.label)
+        return bytes(self.lvb[: size or self.sizes.sector_size])
 
 
 @dataclass
@@ -470,8 +499,10 @@ class Acquirer:
         acquire_lver: int | None = None,
         nowait: bool = False,
         keep_shared: bool = False,
+        lvb: bool = False,
     ) -> Token:
-        """Acquire the lease (steps in the module docstring). ``keep_shared``: SH->EX convert."""
+        """Acquire the lease (steps in the module docstring). ``keep_shared``: SH->EX convert
+        (``to_exclusive``); ``lvb``: read the lock value block into the token."""
         while True:  # "restart" in sanlock
             if self.sizes is None:
                 self.sizes = read_leader(self.st, self.res, self.io_timeout, self.host_id).sizes
@@ -493,10 +524,66 @@ class Acquirer:
                 continue
             token, seen_shared = won
             if not shared:
-                self._check_shared_holders(token, {**scan.shared, **seen_shared})
+                self._check_shared_holders(token, {**scan.shared, **seen_shared}, keep_shared)
             else:
                 self._become_shared(token)
+            if lvb:
+                self._load_lvb(token)
             return token
+
+    def to_exclusive(self, token: Token, nowait: bool = False) -> Token:
+        """SH->EX convert (sanlock ``convert_sh2ex_token``): a ballot whose writes keep our
+        SHARED mode block, so that at no moment does another host see this lease neither
+        shared nor exclusively ours; refused (-EAGAIN, still shared, leader freed) while
+        another live host holds it shared. Won: our mode block is cleared. If that write
+        fails we hold it exclusively all the same, as sanlock: the SHARED mark left only
+        blocks others more, and the release clears it."""
+        won = self.acquire(nowait=nowait, keep_shared=True)
+        with contextlib.suppress(errors.LeaseError):
+            self._write_dblock(won.sizes, won.dblock)
+        won.lvb, won.lvb_dirty = token.lvb, token.lvb_dirty
+        return won
+
+    def to_shared(self, token: Token) -> None:
+        """EX->SH convert (sanlock ``convert_ex2sh_token``): write a dirty LVB, mark our mode
+        block SHARED, then free the leader, in that order: no moment without either."""
+        lvb_error = self._flush_lvb(token, "convert to shared")
+        self._become_shared(token)
+        token.shared = True
+        if lvb_error is not None:
+            raise lvb_error
+
+    # -- the lock value block --
+
+    def _lvb_offset(self, sizes: Sizes) -> int:
+        return self.res.offset + ondisk.LVB_SECTOR * sizes.sector_size
+
+    def _load_lvb(self, token: Token) -> None:
+        """Read the LVB sector into the token (beyond the end of the storage: zeros). One that
+        cannot be read is not handed out as zeros (sanlock hands out whatever its buffer
+        held): the lease is released and the error raised."""
+        size = token.sizes.sector_size
+        try:
+            data = self.st.read(self._lvb_offset(token.sizes), size, self.io_timeout)
+        except errors.LeaseError as e:
+            try:
+                self.release(token)
+            except errors.LeaseError as r:
+                e.add_note(f"releasing the lease after that failed too ({r})")
+            raise
+        token.lvb = bytearray(data.ljust(size, b"\0"))
+
+    def _flush_lvb(self, token: Token, done: str) -> errors.LvbNotWritten | None:
+        """Write a dirty LVB (exclusive holders only); the error, for the caller to raise once
+        the release or convert it belongs to is done."""
+        if token.lvb is None or not token.lvb_dirty or token.shared:
+            return None
+        try:
+            self.st.write(self._lvb_offset(token.sizes), bytes(token.lvb), self.io_timeout)
+        except errors.LeaseError as e:
+            return errors.LvbNotWritten(lease=self.res.label, cause=e, done=done)
+        token.lvb_dirty = False
+        return None
 
     def _ballot_and_commit(
         self, cur: Leader, scan: AreaScan, sizes: Sizes, shared: bool, keep_shared: bool
@@ -611,8 +698,11 @@ class Acquirer:
 
     # -- shared leases --
 
-    def _check_shared_holders(self, token: Token, seen: dict[int, ModeBlock]) -> None:
-        """EX acquired: other hosts' SHARED mode blocks block us while those hosts live."""
+    def _check_shared_holders(
+        self, token: Token, seen: dict[int, ModeBlock], keep_shared: bool
+    ) -> None:
+        """EX acquired: other hosts' SHARED mode blocks block us while those hosts live. Then
+        the leader is freed; a converting holder (``keep_shared``) stays shared."""
         seen = {h: mb for h, mb in seen.items() if h != self.host_id}
         if not seen:
             return
@@ -632,7 +722,10 @@ class Acquirer:
             else:  # "cleared shared lease for dead host_id": zero its whole sector
                 self.st.write(off, bytes(sizes.sector_size), self.io_timeout)
         if live:
-            self.release(token)
+            if keep_shared:
+                self._become_shared(token)
+            else:
+                self.release(token)
             raise errors.SharedHeld(**self._d(), hosts=", ".join(map(str, live)))
 
     def _become_shared(self, token: Token) -> None:
@@ -651,7 +744,9 @@ class Acquirer:
     # -- release --
 
     def release(self, token: Token) -> None:
-        """Release (sanlock ``_release_token``): RELEASED dblock, mode block zero, free leader."""
+        """Release (sanlock ``_release_token``): a dirty LVB first (exclusive only), then
+        RELEASED dblock, mode block zero, free leader."""
+        lvb_error = self._flush_lvb(token, "release")
         sizes = token.sizes
         rel = replace(token.dblock, flags=ondisk.DBLOCK_FL_RELEASED)
         off = self.res.offset + ondisk.dblock_sector_index(self.host_id) * sizes.sector_size
@@ -659,6 +754,8 @@ class Acquirer:
         token.dblock = rel
         if not token.shared:
             self._release_leader(token)
+        if lvb_error is not None:
+            raise lvb_error
 
     def _release_leader(self, token: Token) -> None:
         leader = read_leader(self.st, self.res, self.io_timeout)

@@ -27,6 +27,8 @@ acquire            pid | key, resources [spec, "...:SH" = SH],  the leases taken
                    owner (opt), wait (opt, default true),
                    disks (opt: {"LS:RES": disk path})
 release            pid | key, resources (opt; all if absent)    labels released
+convert            pid | key, resource "LS:RES", shared (bool), null (sanlock's convert: the held
+                   wait (opt, default true)                     lease becomes shared or exclusive)
 inquire            pid | key                                    the leases of that holder
 request            resource "LS:RES:PATH:OFFSET[:LVER]",        owner_id, current and requested
                    force_mode (1 force, 2 graceful, 0 clear)    lver (root only; core.requests)
@@ -179,6 +181,13 @@ class Handlers:
                 parts = leasespec.split_escaped(str(s))
                 labels.append(f"{parts[0]}:{parts[1]}" if len(parts) >= 2 else str(s))
         return self.agent.release(holder, labels)
+
+    def convert(self, req: dict, uid: int) -> object:
+        holder = self._holder(req, uid)
+        label = str(_require(req, "resource", str))
+        shared = _require(req, "shared", bool)
+        self.agent.convert(holder, label, shared, wait=req.get("wait", True) is not False)
+        return None
 
     def request(self, req: dict, uid: int) -> object:
         self._root(uid, "request")

@@ -721,6 +721,58 @@ def test_a_plain_lockspace_failing_with_nothing_held_resets_nobody(world):
     assert not a.watchdog.ops() and not a.status()["watchdog"]["condemned"]
 
 
+# ---- convert --------------------------------------------------------------------------------
+
+
+def test_a_local_shared_acquire_during_a_convert_to_exclusive_is_refused_safety(world):
+    """The convert's ballot checks the local sharers first: one joining while the ballot runs
+    would share a lease about to be held exclusively, so the lease is reserved meanwhile."""
+    a = world.agent()
+    world.join(a)
+    vm1, vm2 = world.holder(), world.holder()
+    a.acquire(vm1.pid, [(world.res, True)])
+    entered, gate = gated_acquirer(a, "to_exclusive")
+    t, converted = in_thread(a.convert, vm1.pid, world.res.label, shared=False)
+    assert entered.wait(5)
+    with pytest.raises(Busy, match=f"disk lease LS:RES is being converted by pid {vm1.pid}"):
+        a.acquire(vm2.pid, [(world.res, True)])
+    gate.set()
+    t.join(10)
+    assert "leases" in converted
+    with pytest.raises(errors.LeaseError, match="already held on this node by pid"):
+        a.acquire(vm2.pid, [(world.res, True)])
+    [held] = a.status()["leases"]
+    assert (held["pid"], held["shared"]) == (vm1.pid, False)
+    assert leader_of(world.res.path).timestamp != 0
+
+
+def test_a_converted_lease_keeps_its_mode_across_a_restart(world):
+    a = world.agent()
+    world.join(a)
+    vm = world.holder()
+    a.acquire(vm.pid, [(world.res, False)])
+    a.convert(vm.pid, world.res.label, shared=True)
+    a.stop(clean=False)
+    b = world.agent()
+    [held] = b.status()["leases"]
+    assert held["shared"] and held["pid"] == vm.pid
+    b.convert(vm.pid, world.res.label, shared=False)  # the adopted token converts back
+    assert not b.status()["leases"][0]["shared"]
+
+
+def test_a_set_lvb_not_yet_written_survives_a_restart(world):
+    a = world.agent()
+    world.join(a)
+    vm = world.holder()
+    a.acquire(vm.pid, [(world.res, False)], lvb=True)
+    a.set_lvb(world.res.label, b"kept")
+    a.stop(clean=False)
+    b = world.agent()
+    assert b.get_lvb(world.res.label, 4) == b"kept"
+    b.release(vm.pid, None)
+    assert read_bytes(world.res.path, ondisk.LVB_SECTOR * 512, 4) == b"kept"
+
+
 def test_a_refused_acquire_is_an_event_naming_the_holder(world):
     """A sanlock client (libvirt) shows only the code (-243, -17): the agent's events keep the
     reason, which names who holds the lease."""

@@ -679,12 +679,123 @@ def test_shared_holder_not_yet_dead_still_blocks(env):
     assert env.mode(3).shared
 
 
-def test_shared_holder_can_convert_while_keeping_its_mode_block(env):
+# ---- convert ------------------------------------------------------------------------------------
+
+
+def test_convert_to_exclusive_keeps_the_shared_mark_through_the_ballot(env):
     h3 = env.join(3)
-    h3.acq.acquire(shared=True)
-    token = h3.acq.acquire(keep_shared=True)
-    assert token.leader.owner_id == 3 and env.leader().timestamp != 0
-    assert env.mode(3).shared  # kept through the ballot writes
+    shared = h3.acq.acquire(shared=True)
+    marks: list[bool] = []
+    mine = (2 + 3 - 1) * 512
+    env.st.before_write.append(
+        lambda off, data: (
+            marks.append(ondisk.ModeBlock.unpack(data, 128).shared) if off == mine else None
+        )
+    )
+    token = h3.acq.to_exclusive(shared)
+    assert marks == [True, True, False]  # phase 1, phase 2 kept it; cleared once the lease won
+    assert not token.shared and token.lver == 2
+    lr = env.leader()
+    assert (lr.owner_id, lr.lver) == (3, 2) and lr.timestamp != 0
+    assert not env.mode(3).shared and env.dblock(3).flags == 0
+
+
+def test_convert_to_exclusive_refused_while_another_host_holds_it_shared_safety(env):
+    """Refused with -EAGAIN, and still shared on disk: the other sharer's exclusive attempt must
+    keep seeing our SHARED mark (a release would have cleared it: two exclusive holders)."""
+    h3, h5 = env.join(3), env.join(5)
+    shared = h3.acq.acquire(shared=True)
+    h5.acq.acquire(shared=True)
+    with pytest.raises(errors.SharedHeld) as info:
+        h3.acq.to_exclusive(shared)
+    assert info.value.code == -errno.EAGAIN and "held shared by host(s) 5" in str(info.value)
+    assert env.leader().timestamp == 0  # the leader won for the check was freed
+    assert env.mode(3) == ondisk.ModeBlock(ondisk.MBLOCK_SHARED, 1) and env.mode(5).shared
+    with pytest.raises(errors.SharedHeld, match=r"host\(s\) 3\b"):
+        h5.acq.acquire()  # host 5's exclusive attempt still sees us
+
+
+def test_convert_to_shared_marks_shared_before_freeing_the_leader_safety(env):
+    """No moment in which another host could read the lease free: the SHARED mark lands first."""
+    h3, h5 = env.join(3), env.join(5)
+    token = h3.acq.acquire()
+    seen: list[str] = []
+    names = {0: "leader", (2 + 3 - 1) * 512: "mine"}
+    env.st.before_write.append(lambda off, data: seen.append(names[off]) if off in names else None)
+    h3.acq.to_shared(token)
+    assert seen == ["mine", "leader"]
+    assert token.shared and env.leader().timestamp == 0
+    assert env.mode(3) == ondisk.ModeBlock(ondisk.MBLOCK_SHARED, 1)
+    with pytest.raises(errors.SharedHeld):
+        h5.acq.acquire()
+    assert h5.acq.acquire(shared=True).shared  # sharing it is fine
+
+
+# ---- the lock value block -----------------------------------------------------------------------
+
+LVB_AT = ondisk.LVB_SECTOR * 512
+
+
+def test_lvb_is_read_at_acquire_and_written_at_exclusive_release(env):
+    write_bytes(env.path, LVB_AT, b"old value".ljust(512, b"\0"))
+    h3 = env.join(3)
+    assert h3.acq.acquire().lvb is None  # not asked for
+    h3.acq.release(env_token := h3.acq.acquire(lvb=True))
+    assert env_token.lvb is not None and env_token.lvb.startswith(b"old value")
+    token = h3.acq.acquire(lvb=True)
+    token.set_lvb(b"new")  # a prefix, the rest kept: sanlock's memcpy
+    assert token.get_lvb(9) == b"new value" and len(token.get_lvb()) == 512
+    assert read_bytes(env.path, LVB_AT, 9) == b"old value"  # in memory until the release
+    h3.acq.release(token)
+    assert read_bytes(env.path, LVB_AT, 9) == b"new value"
+
+
+def test_lvb_is_not_written_by_a_shared_holder(env):
+    h3 = env.join(3)
+    token = h3.acq.acquire(shared=True, lvb=True)
+    token.set_lvb(b"shared")
+    h3.acq.release(token)
+    assert read_bytes(env.path, LVB_AT, 512) == bytes(512)
+
+
+def test_lvb_is_written_when_converting_to_shared(env):
+    h3 = env.join(3)
+    token = h3.acq.acquire(lvb=True)
+    token.set_lvb(b"before sharing")
+    h3.acq.to_shared(token)
+    assert read_bytes(env.path, LVB_AT, 14) == b"before sharing"
+    assert h3.acq.to_exclusive(token).get_lvb(6) == b"before"  # the copy goes along
+
+
+def test_lvb_refusals(env):
+    h3 = env.join(3)
+    without = h3.acq.acquire()
+    err = assert_refused(env.path, errors.LvbNotAcquired, lambda: without.set_lvb(b"x"))
+    assert err.code == -errno.EINVAL
+    with pytest.raises(errors.LvbNotAcquired):
+        without.get_lvb()
+    h3.acq.release(without)
+    token = h3.acq.acquire(lvb=True)
+    with pytest.raises(errors.LvbTooBig) as info:
+        token.set_lvb(bytes(513))
+    assert info.value.code == -errno.E2BIG and not token.lvb_dirty
+
+
+def test_lvb_write_error_is_raised_after_the_release(env):
+    h3, h5 = env.join(3), env.join(5)
+    token = h3.acq.acquire(lvb=True)
+    token.set_lvb(b"lost")
+
+    def fail(off: int, data: bytes) -> None:
+        if off == LVB_AT:
+            raise errors.IoFailed(op="write", length=512, path=env.path, offset=off,
+                                  detail="Input/output error")  # fmt: skip
+
+    env.st.before_write.append(fail)
+    with pytest.raises(errors.LvbNotWritten, match="the release went ahead"):
+        h3.acq.release(token)
+    assert env.leader().timestamp == 0  # released all the same, as sanlock
+    assert h5.acq.acquire(lvb=True).get_lvb(4) == bytes(4)
 
 
 # ---- requests -----------------------------------------------------------------------------------

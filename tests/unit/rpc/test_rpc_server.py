@@ -130,3 +130,12 @@ def test_unprivileged_peer_cannot_add_lockspaces_safety(server):
     r = json.loads(out)
     assert r["ok"] is False and r["error"]["code"] == -13 and "needs root" in r["error"]["message"]
     assert server.agent.calls == []
+
+
+def test_convert_names_the_lease_and_the_mode(server):
+    server.agent.convert = lambda *a, **kw: server.agent.calls.append(("convert", a, kw))
+    req = {"op": "convert", "pid": os.getpid(), "resource": "LS:r1", "shared": True}
+    assert ask(server.path, json.dumps(req).encode() + b"\n")["ok"] is True
+    assert server.agent.calls[-1] == ("convert", (os.getpid(), "LS:r1", True), {"wait": True})
+    bad = ask(server.path, json.dumps({**req, "shared": "yes"}).encode() + b"\n")
+    assert bad["ok"] is False and "'shared'" in bad["error"]["message"]

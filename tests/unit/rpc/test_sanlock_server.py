@@ -80,12 +80,20 @@ class StubAgent:
     def snapshot(self):
         return SimpleNamespace(holders=(), lockspaces=(), node="n", lockspace=lambda name: None)
 
-    def acquire(self, holder, resources, owner="", wait=True, lvers=None):
+    def acquire(self, holder, resources, owner="", wait=True, lvers=None, lvb=False):
         self.calls.append(("acquire", holder, resources, owner, wait))
         return []
 
     def set_lifeline(self, pid, check):
         self.lifelines = {**getattr(self, "lifelines", {}), pid: check}
+
+    def set_lvb(self, label, data):
+        self.calls.append(("set_lvb", label, data))
+
+    def get_lvb(self, label, size=0):
+        if label != "LS:RES":
+            raise NotHeld(pid="(any)", lease=label)
+        return b"v".ljust(size or 512, b"\0")
 
     def release(self, holder, labels):
         self.calls.append(("release", holder, labels))
@@ -255,3 +263,28 @@ def test_killpath_sets_the_registered_pids_kill_command_with_the_pid_only_if_ask
         ("set_kill_command", os.getpid(), argv, False),
         ("set_kill_command", os.getpid(), argv, True),
     ]
+
+
+def test_lvb_requests_are_framed_as_sanlocks(server):
+    """SET_LVB: the LVB is what ``length`` leaves after the resource, more than 4096 bytes
+    refused and skipped; GET_LVB: the reply's ``length`` carries the LVB (libsanlock reads
+    ``length - 32`` bytes), and an error reply has none."""
+    res = w.Resource("LS", "RES").pack()
+    with connect(server) as s:
+        big = bytes(4097)
+        s.sendall(w.Header(w.Cmd.SET_LVB, length=160 + len(big)).pack() + res + big)
+        assert result(s).data == -errno.E2BIG
+    with connect(server) as s:
+        s.sendall(w.Header(w.Cmd.SET_LVB, length=165).pack() + res + b"hello")
+        assert result(s).data == 0
+    assert server.agent.calls[-1] == ("set_lvb", "LS:RES", b"hello")
+    with connect(server) as s:
+        s.sendall(w.Header(w.Cmd.GET_LVB, length=160).pack() + res)
+        h = result(s)
+        assert (h.data, h.length) == (0, 32 + 512)
+        assert sanlock_server.Connection(s).read(512).startswith(b"v\0")
+    with connect(server) as s:
+        other = w.Resource("LS", "OTHER").pack()
+        s.sendall(w.Header(w.Cmd.GET_LVB, length=160, data2=16).pack() + other)
+        h = result(s)
+        assert (h.data, h.length) == (-errno.ENOENT, 32)
