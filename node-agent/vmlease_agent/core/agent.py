@@ -61,6 +61,7 @@ from vmlease_agent.core.lockspace import (
     CannotFenceNode,
     JoinedLockspace,
     LockspaceConfig,
+    Renewal,
 )
 from vmlease_agent.core.snapshot import (
     AgentEvent,
@@ -1155,6 +1156,14 @@ class Agent:
         if ls is None:
             raise NotJoined(lockspace=name, state="")
         return ls.hosts()
+
+    def renewal_history(self, name: str) -> list[Renewal]:
+        """Our delta lease's recent renewals in a lockspace joined (or failed, not yet left),
+        oldest first: to tell slow storage from a dead host after the fact."""
+        ls = self._lockspaces.get(name)
+        if ls is None or ls.state not in (LIVE, FAILED):
+            raise NotJoined(lockspace=name, state=f" (it is {ls.state})" if ls else "")
+        return ls.renewal_history()
 
     # ---- the main loop ----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,23 @@ FEED_MARGIN = 1.0
 
 #: Pause between a failed renewal and the next attempt (sanlock retries after 0.5 s).
 RENEW_RETRY_SECONDS = 0.5
+
+#: Renewals remembered per lockspace (sanlock's default ``renewal_history_size``: about an
+#: hour at N = 10), for ``sanlock client renewal``.
+RENEWAL_HISTORY_SIZE = 180
+
+
+@dataclass(slots=True)
+class Renewal:
+    """One successful write of our delta lease (the first: the join, with 0 ms), and how many
+    attempts failed after it: what sanlock's renewal history keeps, to tell slow or failing
+    storage from a dead host after the fact."""
+
+    timestamp: int
+    read_ms: int = 0
+    write_ms: int = 0
+    next_timeouts: int = 0
+    next_errors: int = 0
 
 
 class ResumeExpired(errors.LeaseError):
@@ -152,6 +170,8 @@ class JoinedLockspace:
         self._bits: dict[int, float] = {}
         self._bits_lock = threading.Lock()
         self._examine = threading.Event()
+        self._renewals: deque[Renewal] = deque(maxlen=RENEWAL_HISTORY_SIZE)
+        self._renewals_lock = threading.Lock()
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -255,6 +275,7 @@ class JoinedLockspace:
             self.lease.acquire(self._stop, (lambda: hook(self)) if hook else None)
         assert self.lease.record is not None  # acquire and adopt both set it
         self.last_success = float(self.lease.record.timestamp)
+        self._renewed(Renewal(self.lease.record.timestamp))
         log.info(
             "lockspace %s: %s host_id %d generation %d",
             self.name,
@@ -354,9 +375,11 @@ class JoinedLockspace:
                 errors.LeaderVersion,
             ) as e:
                 log.error("lockspace %s: our host_id lease is no longer ours: %s", self.name, e)
+                self._renew_failed(e)
                 self._set(FAILED, str(e))
                 continue
             except errors.LeaseError as e:
+                self._renew_failed(e)
                 self.last_error_at = self.clock.now()
                 lag = self.last_error_at - self.last_success
                 if lag >= timeouts.id_renewal_warn_seconds(n) and not warned:
@@ -369,10 +392,30 @@ class JoinedLockspace:
             warned = False
             self.renewal_ms = (self.clock.now() - started) * 1000
             self.last_success = float(record.timestamp)
+            self._renewed(Renewal(record.timestamp, self.lease.read_ms, self.lease.write_ms))
             changed = self.table.update(area, self.clock.now(), self.cfg.host_id)
             if self.table.senders_to(area, self.cfg.host_id, changed):
                 self._examine.set()
             self._notify()
+
+    def _renewed(self, renewal: Renewal) -> None:
+        with self._renewals_lock:
+            self._renewals.append(renewal)
+
+    def _renew_failed(self, e: errors.LeaseError) -> None:
+        """Counted on the last success, as sanlock does (timeouts apart from other errors)."""
+        with self._renewals_lock:
+            if self._renewals:
+                last = self._renewals[-1]
+                if isinstance(e, errors.IoTimeout):
+                    last.next_timeouts += 1
+                else:
+                    last.next_errors += 1
+
+    def renewal_history(self) -> list[Renewal]:
+        """The renewals remembered, oldest first (copies)."""
+        with self._renewals_lock:
+            return [replace(r) for r in self._renewals]
 
     # ---- requests (sanlock's host bitmap) ---------------------------------------------------
 

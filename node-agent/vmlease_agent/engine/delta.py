@@ -34,6 +34,7 @@ generation and name.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
@@ -381,6 +382,9 @@ class DeltaLease:
     collision: dict[str, str] | None = None
     #: the timestamp of the claim ``acquire`` began to write (0: none yet)
     claim_timestamp: int = 0
+    #: how long the last renewal's read and write took, in ms (sanlock's renewal history)
+    read_ms: int = 0
+    write_ms: int = 0
 
     def __post_init__(self) -> None:
         check_io_timeout(self.io_timeout, f"lockspace {self.loc.name}")
@@ -528,7 +532,9 @@ class DeltaLease:
     def renew(self, bitmap: bytes | None = None) -> tuple[Leader, bytes]:
         """One renewal; returns (record written, the whole area as read, for host status)."""
         assert self.record is not None, "renew before acquire"
+        began = time.monotonic()
         area = self.st.read(self.loc.offset, self.sizes.align_size, self.io_timeout)
+        self.read_ms = int((time.monotonic() - began) * 1000)
         off = ondisk.delta_sector_index(self.host_id) * self.sizes.sector_size
         current = verify_delta(self.loc, area[off : off + self.sizes.sector_size])
         mine = self.record
@@ -545,7 +551,9 @@ class DeltaLease:
         if bitmap is not None:
             self.bitmap = bitmap
         new = self._seal(replace(mine, timestamp=self.clock.monotime()))
+        began = time.monotonic()
         self._write(new, timeouts.host_dead_seconds(self.io_timeout, self.fire_timeout))
+        self.write_ms = int((time.monotonic() - began) * 1000)
         self.record = new
         return new, area
 
