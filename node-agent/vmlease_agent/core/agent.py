@@ -1033,6 +1033,17 @@ class Agent:
             with self._lock:
                 self._examining.discard(ls.name)
 
+    def examine(self, name: str) -> bool:
+        """Read the request records of our leases in lockspace ``name`` now, as if a peer had
+        set our bit (sanlock's ``examine``: for a requester that cannot notify us, e.g. one on
+        this node or one not in the lockspace); False if it is not joined: nothing to read."""
+        with self._lock:
+            ls = self._lockspaces.get(name)
+        if ls is None or ls.state != LIVE:
+            return False
+        self._start_examine(ls)
+        return True
+
     def inquire(self, holder: HolderRef) -> list[dict]:
         with self._lock:
             try:
@@ -1069,6 +1080,13 @@ class Agent:
         st = self._storage(res.path)
         sizes = sizes or ondisk.Sizes.default_for(st.sector_size)
         paxos.init_resource(st, res, sizes, num_hosts=num_hosts, clear=clear)
+
+    def read_lockspace(self, loc: delta.Location, host_id: int) -> ondisk.Leader:
+        """Host ``host_id``'s record of the lockspace at ``loc`` (its name, io_timeout and
+        size class), joined or not: clients learn a lockspace's name from its storage."""
+        return delta.read_lockspace(
+            self._storage(loc.path), loc, host_id, timeouts.DEFAULT_IO_TIMEOUT
+        )
 
     def read_owners(self, res: Resource) -> tuple[ondisk.Leader, list[paxos.Owner]]:
         """Who owns ``res`` on disk, as any host reads it (sanlock ``read_resource_owners``):

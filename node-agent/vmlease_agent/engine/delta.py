@@ -165,6 +165,18 @@ def read_host(st: Storage, loc: Location, sizes: Sizes, host_id: int, timeout: f
     return verify_delta(loc, buf, st.sector_size)
 
 
+def read_lockspace(st: Storage, loc: Location, host_id: int, timeout: float) -> Leader:
+    """One host's record, as sanlock's ``read_lockspace`` reads it for a client that knows
+    only where a lockspace is: ``loc.name`` empty takes the name found on disk (host 1's
+    record), a name given must match. Nothing is written."""
+    if not loc.name and not loc.offset % st.sector_size:  # (unaligned: read_sizes says so)
+        head = st.read(loc.offset, 4096, timeout)
+        if len(head) >= ondisk.LEADER_SIZE:
+            loc = replace(loc, name=Leader.unpack(head).space_name)
+    sizes, _ = read_sizes(st, loc, timeout)
+    return read_host(st, loc, sizes, host_id, timeout)
+
+
 def host_label(leader: Leader) -> str:
     return f"host name {leader.resource_name!r}, generation {leader.owner_generation}"
 
