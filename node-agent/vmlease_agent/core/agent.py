@@ -265,6 +265,7 @@ class Agent:
             return
         client.kill_command = saved.kill_command
         client.kill_appends_pid = saved.kill_appends_pid
+        client.restrict = saved.restrict
         if lost:  # an unbound placeholder: no process runs, nothing of its leases is ours now
             log.error("holder %s not adopted: lockspace(s) %s not resumed", saved.key, lost)
             return
@@ -895,7 +896,7 @@ class Agent:
 
     def _forget_if_idle(self, client: Client) -> None:
         with self._lock:
-            if not client.leases and not client.kill_command:
+            if not client.leases and not client.kill_command and not client.restrict:
                 self._registry.forget(client.key)
 
     def _on_client_exit(self, client: Client) -> None:
@@ -928,6 +929,14 @@ class Agent:
         client = self._client(holder, create=True)
         client.kill_command = command or None
         client.kill_appends_pid = append_pid
+        self.save()
+
+    def set_restrictions(self, holder: HolderRef, restrict: int) -> None:
+        """The signals ``holder`` must not get (``fencing.NO_SIGKILL``, ``NO_SIGTERM``):
+        fencing, requests and removals send the other one instead, as sanlock does for a
+        client that called ``sanlock_restrict``."""
+        client = self._client(holder, create=True)
+        client.restrict = restrict & (fencing.NO_SIGKILL | fencing.NO_SIGTERM)
         self.save()
 
     def bind(self, key: str, pid: int) -> None:

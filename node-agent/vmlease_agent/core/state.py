@@ -55,6 +55,7 @@ class SavedClient:
     kill_command: list[str] | None
     leases: list[HeldLease] = field(default_factory=list)
     kill_appends_pid: bool = True
+    restrict: int = 0
 
 
 @dataclass
@@ -121,6 +122,7 @@ def save(
                 "owner": c.owner,
                 "kill_command": c.kill_command,
                 "kill_appends_pid": c.kill_appends_pid,
+                "restrict": c.restrict,
                 "leases": [_lease_json(h) for h in c.leases.values()],
             }
             for c in clients.values()
@@ -177,6 +179,7 @@ def load(run_dir: str, node: str) -> Saved:
                 current_kill_command(d["kill_command"]),
                 [_lease_from(x) for x in d["leases"]],
                 d.get("kill_appends_pid", True),  # absent: saved before sanlock's killpath
+                d.get("restrict", 0),  # absent: saved before sanlock's restrict
             )
         )
     return saved
