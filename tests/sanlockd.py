@@ -267,6 +267,16 @@ def _client_main() -> None:
     def op_get_hosts(req):
         return sanlock.get_hosts(req["lockspace"].encode(), req.get("host_id", 0))
 
+    def op_read_lockspace(req):
+        found = sanlock.read_lockspace(req["path"], req.get("offset", 0))
+        return {k: v.decode() if isinstance(v, bytes) else v for k, v in found.items()}
+
+    def op_restrict(req):
+        """python-sanlock has no restrict(): libsanlock's, on the registered fd."""
+        import ctypes
+
+        return ctypes.CDLL("libsanlock.so.1").sanlock_restrict(fd, req["flags"])
+
     def op_bench(req):
         """Acquire/release ``count`` times; per-call latencies measured here, in the caller."""
         ls, res, d = req["lockspace"].encode(), req["resource"].encode(), disks(req)

@@ -105,11 +105,19 @@ WRITE_CLEAR = 0x1  # WRITE_RESOURCE: a cleared lease (sanlock direct init -r ...
 LSF_ADD = 0x1  # sanlk_lockspace.flags in GET_LOCKSPACES
 LSF_REM = 0x2
 RESTRICT_SIGKILL = 0x2
+RESTRICT_SIGTERM = 0x4
 KILLPATH_PID = 0x1  # KILLPATH: append the pid to the arguments
 REQUEST_NEXT_LVER = 0x1  # REQUEST: the lease's next version, whatever lver says
+# SET_CONFIG's data: an outside user of the lockspace (rem_lockspace waits for it), or its
+# resources' orphans (idem, while orphans remain)
+CONFIG_USED, CONFIG_UNUSED, CONFIG_USED_BY_ORPHANS, CONFIG_UNUSED_BY_ORPHANS = 1, 2, 4, 8
 
-# sanlk_state.type of the STATUS and HOST_STATUS records
+# sanlk_state.type of the STATUS, HOST_STATUS and RENEWAL records
 STATE_DAEMON, STATE_CLIENT, STATE_LOCKSPACE, STATE_RESOURCE, STATE_HOST = 1, 2, 3, 4, 5
+STATE_RENEWAL = 6
+#: LOG_DUMP: the client reads at most this many bytes (sanlock's LOG_DUMP_SIZE) and prints
+#: them as a C string
+LOG_DUMP_SIZE = 1 << 20
 
 HEADER = struct.Struct("<6IiI")  # data: a signed result in replies
 DISK = struct.Struct(f"<{PATH_LEN}sQII")

@@ -98,6 +98,9 @@ class StubAgent:
         self.calls.append(("inquire", holder))
         return []
 
+    def set_restrictions(self, holder, restrict):
+        self.calls.append(("set_restrictions", holder, restrict))
+
 
 @pytest.fixture
 def server():
@@ -213,7 +216,7 @@ def test_bad_magic_and_restricted_connections_get_no_reply_like_sanlock(server):
 def test_a_command_not_implemented_is_refused_not_left_hanging(server):
     with connect(server) as s:
         payload = bytes(w.LOCKSPACE.size)
-        s.sendall(w.Header(w.Cmd.READ_LOCKSPACE, length=32 + len(payload)).pack() + payload)
+        s.sendall(w.Header(w.Cmd.FORMAT_RINDEX, length=32 + len(payload)).pack() + payload)
         assert result(s).data == -errno.EOPNOTSUPP
         assert s.recv(1) == b""  # closed: a client expecting more gets EOF, not a wait
 
@@ -235,3 +238,32 @@ def test_killpath_sets_the_registered_pids_kill_command_with_the_pid_only_if_ask
         ("set_kill_command", os.getpid(), argv, False),
         ("set_kill_command", os.getpid(), argv, True),
     ]
+
+
+def test_restrict_tells_the_agent_which_signals_the_pid_must_not_get(server):
+    with connect(server) as s:
+        s.sendall(w.Header(w.Cmd.REGISTER).pack())
+        for flags in (0x2, 0x4 | 0x1):  # SIGKILL; SIGTERM with ALL (then no more replies)
+            s.sendall(w.Header(w.Cmd.RESTRICT, cmd_flags=flags, data2=w.SELF).pack())
+            assert result(s).data == 0
+    restrictions = [c for c in server.agent.calls if c[0] == "set_restrictions"]
+    assert restrictions == [
+        ("set_restrictions", os.getpid(), 0x2),  # fencing.NO_SIGKILL
+        ("set_restrictions", os.getpid(), 0x4),  # fencing.NO_SIGTERM
+    ]
+
+
+def test_log_dump_sends_the_recent_lines_with_their_size_in_data_and_keeps_to_its_limit():
+    import logging
+
+    ring = sanlock_server.LogRing(limit=64)
+    ring.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("test-log-ring")
+    logger.addHandler(ring)
+    try:
+        for i in range(20):
+            logger.warning("line %02d", i)
+    finally:
+        logger.removeHandler(ring)
+    text = ring.dump()
+    assert len(text) <= 64 and text.endswith(b"line 19\n") and b"line 00" not in text
