@@ -194,6 +194,8 @@ class Agent:
         self._condemned = ""
         #: lockspaces whose leases' request records are being examined (one thread each)
         self._examining: set[str] = set()
+        #: who is told of host events for us (``watch_host_events``)
+        self._event_watchers: list[Callable[[str, delta.ReceivedEvent], None]] = []
 
     # ---- events and state -----------------------------------------------------------------
 
@@ -603,6 +605,7 @@ class Agent:
             on_change=self._on_lockspace_change,
             identity=self.identity,
             before_claim=self._arm_for_join if cfg.fence_node else None,
+            on_host_event=self._on_host_event,
         )
         with self._lock:
             old = self._lockspaces.get(cfg.name)
@@ -1183,6 +1186,28 @@ class Agent:
         if ls is None:
             raise NotJoined(lockspace=name, state="")
         return ls.hosts()
+
+    # ---- host events (sanlock's set_event / reg_event) ---------------------------------------
+
+    def set_event(self, name: str, he: delta.HostEvent, flags: int) -> None:
+        """Send host event ``he`` through our renewals in lockspace ``name`` (``flags``: the
+        ``lockspace.SETEV_*`` bits, sanlock's)."""
+        self._joined(name).set_event(he, flags)
+        self.event("host_event_set", lockspace=name, host_id=he.host_id, event=he.event,
+                   data=he.data, flags=flags)  # fmt: skip
+
+    def watch_host_events(self, watcher: Callable[[str, delta.ReceivedEvent], None]) -> None:
+        """Have ``watcher(lockspace, received)`` called with each host event for us read in a
+        renewal (from the renewal thread: it must not block)."""
+        with self._lock:
+            self._event_watchers.append(watcher)
+
+    def _on_host_event(self, ls: JoinedLockspace, received: delta.ReceivedEvent) -> None:
+        log.info("lockspace %s: host event %s", ls.name, received)
+        with self._lock:
+            watchers = list(self._event_watchers)
+        for watcher in watchers:
+            watcher(ls.name, received)
 
     def renewal_history(self, name: str) -> list[Renewal]:
         """Our delta lease's recent renewals in a lockspace joined (or failed, not yet left),

@@ -369,6 +369,43 @@ class HostStatusTable:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class HostEvent:
+    """sanlock's host event (``sanlk_host_event``): a number and data for ``host_id`` at
+    ``generation``. The sender carries generation, event and data in its delta lease record
+    (``write_id``, ``write_generation``, ``write_timestamp``) and sets the receivers' bits in
+    its bitmap; a receiver reads it in the renewals that carry its bit."""
+
+    host_id: int
+    generation: int
+    event: int
+    data: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """A host event read in a sender's record, with the sender's host_id and generation."""
+
+    event: HostEvent
+    from_host_id: int
+    from_generation: int
+
+
+def events_to(
+    area: bytes, sizes: Sizes, host_id: int, senders: Iterable[int]
+) -> list[ReceivedEvent]:
+    """The events the records of ``senders`` (hosts carrying ``host_id``'s bit) carry for
+    ``host_id`` (an event number 0 is none), as sanlock's ``check_other_leases`` reads them."""
+    out = []
+    for h in senders:
+        off = ondisk.delta_sector_index(h) * sizes.sector_size
+        rec = Leader.unpack(area[off : off + ondisk.LEADER_SIZE])
+        if rec.write_generation:
+            he = HostEvent(host_id, rec.write_id, rec.write_generation, rec.write_timestamp)
+            out.append(ReceivedEvent(he, rec.owner_id, rec.owner_generation))
+    return out
+
+
 # ---- acquire / renew / release ----------------------------------------------------------------
 
 
@@ -541,8 +578,12 @@ class DeltaLease:
             raise errors.RenewDiff(**self.loc.describe(), host_id=self.host_id)
         return current
 
-    def renew(self, bitmap: bytes | None = None) -> tuple[Leader, bytes]:
-        """One renewal; returns (record written, the whole area as read, for host status)."""
+    def renew(
+        self, bitmap: bytes | None = None, event: HostEvent | None = None
+    ) -> tuple[Leader, bytes]:
+        """One renewal, carrying ``bitmap`` and ``event`` (generation, number and data; its
+        host_id is what the bitmap says), or what the last one carried when None; returns
+        (record written, the whole area as read, for host status)."""
         assert self.record is not None, "renew before acquire"
         began = time.monotonic()
         area = self.st.read(self.loc.offset, self.sizes.align_size, self.io_timeout)
@@ -562,7 +603,15 @@ class DeltaLease:
             raise errors.RenewDiff(**self.loc.describe(), host_id=self.host_id)
         if bitmap is not None:
             self.bitmap = bitmap
-        new = self._seal(replace(mine, timestamp=self.clock.monotime()))
+        new = replace(mine, timestamp=self.clock.monotime())
+        if event is not None:
+            new = replace(
+                new,
+                write_id=event.generation,
+                write_generation=event.event,
+                write_timestamp=event.data,
+            )
+        new = self._seal(new)
         began = time.monotonic()
         self._write(new, timeouts.host_dead_seconds(self.io_timeout, self.fire_timeout))
         self.write_ms = int((time.monotonic() - began) * 1000)
