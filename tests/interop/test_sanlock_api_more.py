@@ -27,7 +27,8 @@ from vmlease_agent.engine.paxos import Resource
 
 pytestmark = pytest.mark.interop
 
-both = test_sanlock_api.both  # the fixture: both daemons, each with lease files of its own
+both = test_sanlock_api.both  # the fixtures: both daemons, each with lease files of its own,
+mixed = test_sanlock_api.mixed  # and both in one lockspace (sanlock host 1, the agent host 2)
 
 FORCE, GRACEFUL = 1, 2
 RESTRICT_SIGKILL, RESTRICT_SIGTERM = 0x2, 0x4
@@ -257,3 +258,72 @@ def test_log_dump_prints_the_daemons_recent_log(both):
         text = side.cli("log_dump")
         assert text.endswith("\nrc=1\n"), (side.kind, text[-200:])  # the CLI returns the size
         assert f"{LS}:1:" in text or f"lockspace {LS}" in text, (side.kind, text[-2000:])
+
+
+# ---- host events -------------------------------------------------------------------------------
+
+SETEV_CUR_GENERATION, SETEV_CLEAR_EVENT, SETEV_REPLACE_EVENT = 0x1, 0x4, 0x8
+
+
+def event_transcript(side: Side) -> list:
+    admin = side.python()
+    out: list = []
+    try:
+        out.append(call(admin, "reg_event", lockspace="NOPE"))  # ENOENT
+        out.append(call(admin, "set_event", lockspace="NOPE", host_id=1, event=1))  # ENOENT
+        admin.call("add_lockspace", lockspace=LS, host_id=1, path=side.ls, io_timeout=N)
+        for host_id, event, flags in (
+            (0, 1, 0),  # EINVAL: no host_id
+            (2001, 1, 0),  # EINVAL: beyond any lockspace
+            (2, 5, SETEV_CUR_GENERATION),
+            (3, 6, 0),  # EBUSY: event 5 is still being sent
+            (3, 6, SETEV_REPLACE_EVENT),
+            (3, 0, SETEV_CLEAR_EVENT),
+            (3, 7, 0),  # no event any more: nothing to replace
+        ):
+            out.append(
+                call(admin, "set_event", lockspace=LS, host_id=host_id, event=event, flags=flags)
+            )
+        out += [call(admin, "reg_event", lockspace=LS), call(admin, "end_event", lockspace=LS)]
+    finally:
+        admin.close()
+    return out
+
+
+def test_event_commands_answer_like_the_sanlock_daemon(both):
+    ours, theirs = event_transcript(both["vmlease"]), event_transcript(both["sanlock"])
+    assert ours == theirs
+    assert ours[:2] == [{"errno": errno.ENOENT}] * 2 and {"errno": errno.EBUSY} in ours
+
+
+def test_host_events_pass_between_the_agent_and_the_sanlock_daemon_both_ways(mixed):
+    """set_event on one daemon, reg_event/get_event on the other: the event rides in the
+    sender's delta lease (the receiver's bit set for 6N), both ways."""
+    got = {}
+    for sender, receiver, to_host, event, data in (
+        (mixed.sanlock, mixed.agent, 2, 7, 9),
+        (mixed.agent, mixed.sanlock, 1, 8, 10),
+    ):
+        listener, admin = receiver.python(), sender.python()
+        try:
+            listener.call("reg_event", lockspace=LS)
+            admin.call("set_event", lockspace=LS, host_id=to_host, event=event, data=data,
+                       flags=SETEV_CUR_GENERATION)  # fmt: skip
+            got[receiver.kind] = listener.call("get_event", lockspace=LS, timeout=20 * N)
+            listener.call("end_event", lockspace=LS)
+        finally:
+            listener.close()
+            admin.close()
+    for kind, (to_host, from_host, event, data) in {
+        "vmlease": (2, 1, 7, 9),
+        "sanlock": (1, 2, 8, 10),
+    }.items():
+        assert got[kind], kind
+        e = got[kind][0]
+        assert (e["host_id"], e["from_host_id"], e["event"], e["data"]) == (
+            to_host,
+            from_host,
+            event,
+            data,
+        ), (kind, e)
+        assert e["generation"] >= 1 and e["from_generation"] >= 1, (kind, e)

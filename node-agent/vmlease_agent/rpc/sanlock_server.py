@@ -140,6 +140,11 @@ class NoLockspacePath(SanlockApiError):
     template = "sanlock {cmd}: no path given for lockspace {lockspace!r}"
 
 
+class TooManyListeners(SanlockApiError):
+    code = -errno.ENOCSI
+    template = "lockspace {lockspace}: already {limit} event listeners; end one (end_event) first"
+
+
 class HostsNotReady(SanlockApiError):
     code = -errno.EAGAIN
     template = "lockspace {lockspace}: the other hosts were not read yet; retry in a moment"
@@ -257,6 +262,9 @@ class SanlockApi:
         self._config: dict[str, int] = {}
         #: lockspaces a rem_lockspace is removing: no new leases, as sanlock's space_dead
         self._removing: set[str] = set()
+        #: REG_EVENT connections per lockspace: host events for us are pushed on them
+        self._listeners: dict[str, list[socket.socket]] = {}
+        agent.watch_host_events(self._deliver)
 
     # ---- registrations -----------------------------------------------------------------------
 
@@ -429,6 +437,10 @@ class SanlockApi:
             self.agent.rem_lockspace(name)
             with self._lock:
                 self._config.pop(name, None)
+                listeners = self._listeners.pop(name, [])
+            for sock in listeners:  # sanlock closes them with the lockspace: the client sees EOF
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
         finally:
             with self._lock:
                 self._removing.discard(name)
@@ -948,6 +960,88 @@ class SanlockApi:
         text = self.log_ring.dump()
         conn.send(h.reply(len(text)) + text)
         return True
+
+    # ---- host events -----------------------------------------------------------------------
+
+    def _event_lockspace(self, cmd: str, name: str) -> None:
+        """The event commands act on a lockspace joined: -EINVAL without a name, -ENOENT."""
+        if not name:
+            raise InvalidRequest(cmd=cmd, detail="no lockspace name given")
+        snap = self.agent.snapshot().lockspace(name)
+        if snap is None or snap.state != LIVE:
+            raise LockspaceUnknown(lockspace=name)
+
+    def cmd_reg_event(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        """This connection receives the host events for us in a lockspace (``event_cb``
+        records) until the client ends it: it writes 4 bytes and closes (python end_event)."""
+        ls = conn.lockspace()
+        conn.read(w.HOST_EVENT.size)  # unused, as by sanlock
+        try:
+            self._event_lockspace("reg_event", ls.name)
+            with self._lock:
+                listeners = self._listeners.setdefault(ls.name, [])
+                if len(listeners) >= w.MAX_EVENT_FDS:
+                    raise TooManyListeners(lockspace=ls.name, limit=w.MAX_EVENT_FDS)
+                listeners.append(conn.sock)
+        except errors.LeaseError as e:
+            self._result(conn, h, e)
+            return True
+        self._result(conn, h, 0)
+        try:
+            while conn.sock.recv(64):
+                pass  # the client's end marker: its close follows
+        except OSError:
+            pass
+        finally:
+            self._forget_listener(ls.name, conn.sock)
+        return True
+
+    def _forget_listener(self, name: str, sock: socket.socket) -> None:
+        with self._lock:
+            listeners = self._listeners.get(name, [])
+            if sock in listeners:
+                listeners.remove(sock)
+
+    def _deliver(self, name: str, received: delta.ReceivedEvent) -> None:
+        """Push a host event to the lockspace's listeners, never blocking the renewal thread
+        (a listener that cannot take it is dropped, as sanlock drops it)."""
+        he = received.event
+        record = w.event_callback(
+            (he.host_id, he.generation, he.event, he.data),
+            received.from_host_id,
+            received.from_generation,
+        )
+        with self._lock:
+            listeners = list(self._listeners.get(name, []))
+        for sock in listeners:
+            try:
+                sock.send(record, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except OSError as e:
+                log.warning("lockspace %s: event listener dropped: %s", name, e)
+                self._forget_listener(name, sock)
+
+    def cmd_end_event(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """The client has ended its listener (written its marker and closed it, which the
+        listener's own connection sees): only the lockspace is checked, as by sanlock."""
+        ls = conn.lockspace()
+        self._run(conn, h, lambda: self._event_lockspace("end_event", ls.name))
+
+    def cmd_set_event(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """Send a host event (``cmd_flags``: sanlock's SETEV_* bits) through our renewals."""
+        ls = conn.lockspace()
+        he = delta.HostEvent(*w.HOST_EVENT.unpack(conn.read(w.HOST_EVENT.size)))
+
+        def set_event() -> None:
+            if not ls.name or not 1 <= he.host_id <= w.MAX_HOSTS:
+                raise InvalidRequest(
+                    cmd="set_event",
+                    detail=f"lockspace {ls.name!r}, host_id {he.host_id}: a name and a "
+                    f"host_id 1..{w.MAX_HOSTS} are needed",
+                )
+            self._event_lockspace("set_event", ls.name)
+            self.agent.set_event(ls.name, he, h.cmd_flags)
+
+        self._run(conn, h, set_event)
 
     def cmd_renewal(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
         """Our delta lease's renewal history in a lockspace (``data2`` = its io_timeout), one

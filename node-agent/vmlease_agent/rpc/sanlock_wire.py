@@ -25,6 +25,10 @@ Payloads::
     sanlk_host (32)        host_id:u64 generation:u64 timestamp:u64 io_timeout:u32 flags:u32
     sanlk_state (80)       type:u32 flags:u32 data32:u32 pad:u32 data64:u64 name[48]
                            str_len:u32 pad:u32, then str_len bytes of text (NUL included)
+    sanlk_host_event (32)  host_id:u64 generation:u64 event:u64 data:u64
+    event_cb (80)          a header (version 1, cmd 1 = SM_CB_GET_EVENT, length 80), then
+                           sanlk_host_event, from_host_id:u64 from_generation:u64; pushed on
+                           a REG_EVENT connection
 
 (The protocol reference checked against the real daemon: ``sanlock-client-protocol.md``.)
 """
@@ -127,6 +131,11 @@ OPTIONS = struct.Struct(f"<{NAME_LEN}sII")
 HOST = struct.Struct("<QQQII")
 STATE = struct.Struct(f"<IIIIQ{NAME_LEN}sII")
 KILLPATH = struct.Struct("<128s128s")
+HOST_EVENT = struct.Struct("<QQQQ")
+EVENT_FROM = struct.Struct("<QQ")
+CB_PROTO, CB_GET_EVENT = 1, 1
+MAX_EVENT_FDS = 32  # REG_EVENT connections per lockspace
+MAX_HOSTS = 2000  # SET_EVENT: host_ids above are refused before the lockspace is looked up
 
 
 def _text(raw: bytes) -> str:
@@ -288,6 +297,13 @@ def killpath_command(raw: bytes) -> list[str]:
     if cur:
         argv.append("".join(cur))
     return [path, *argv] if path else []
+
+
+def event_callback(he: tuple[int, int, int, int], from_host_id: int, from_generation: int) -> bytes:
+    """One ``event_cb`` (``he``: host_id, generation, event, data)."""
+    size = HEADER.size + HOST_EVENT.size + EVENT_FROM.size
+    head = Header(CB_GET_EVENT, length=size, version=CB_PROTO).pack()
+    return head + HOST_EVENT.pack(*he) + EVENT_FROM.pack(from_host_id, from_generation)
 
 
 def host(host_id: int, generation: int, timestamp: int, io_timeout: int, state: int) -> bytes:

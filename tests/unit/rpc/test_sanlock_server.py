@@ -101,6 +101,9 @@ class StubAgent:
     def set_restrictions(self, holder, restrict):
         self.calls.append(("set_restrictions", holder, restrict))
 
+    def watch_host_events(self, watcher):
+        self.watcher = watcher
+
 
 @pytest.fixture
 def server():
@@ -267,3 +270,12 @@ def test_log_dump_sends_the_recent_lines_with_their_size_in_data_and_keeps_to_it
         logger.removeHandler(ring)
     text = ring.dump()
     assert len(text) <= 64 and text.endswith(b"line 19\n") and b"line 00" not in text
+
+
+def test_an_event_callback_is_sanlocks_80_byte_event_cb():
+    """A header (version 1, cmd 1 = SM_CB_GET_EVENT, length 80), sanlk_host_event, then the
+    sender's host_id and generation: what sanlock_get_event reads in one recv."""
+    cb = w.event_callback((2, 5, 7, 9), 1, 3)
+    h = w.Header.unpack(cb[:32])
+    assert (len(cb), h.magic, h.version, h.cmd, h.length) == (80, w.MAGIC, 1, 1, 80)
+    assert [int.from_bytes(cb[i : i + 8], "little") for i in range(32, 80, 8)] == [2, 5, 7, 9, 1, 3]
