@@ -294,6 +294,43 @@ def _client_main() -> None:
     def op_get_hosts(req):
         return sanlock.get_hosts(req["lockspace"].encode(), req.get("host_id", 0))
 
+    def op_read_lockspace(req):
+        found = sanlock.read_lockspace(req["path"], req.get("offset", 0))
+        return {k: v.decode() if isinstance(v, bytes) else v for k, v in found.items()}
+
+    events = {}  # lockspace -> the fd reg_event returned
+
+    def op_reg_event(req):
+        events[req["lockspace"]] = sanlock.reg_event(req["lockspace"].encode())
+
+    def op_get_event(req):
+        """The events pending on the lockspace's listener, waiting up to ``timeout`` s for
+        the first."""
+        import select
+
+        fd = events[req["lockspace"]]
+        if not select.select([fd], [], [], req.get("timeout", 0))[0]:
+            return []
+        return sanlock.get_event(fd)
+
+    def op_end_event(req):
+        sanlock.end_event(events.pop(req["lockspace"]), req["lockspace"].encode())
+
+    def op_set_event(req):
+        ls, host_id, generation = (
+            req["lockspace"].encode(),
+            req["host_id"],
+            req.get("generation", 0),
+        )
+        sanlock.set_event(ls, host_id, generation, req["event"],
+                          data=req.get("data", 0), flags=req.get("flags", 0))  # fmt: skip
+
+    def op_restrict(req):
+        """python-sanlock has no restrict(): libsanlock's, on the registered fd."""
+        import ctypes
+
+        return ctypes.CDLL("libsanlock.so.1").sanlock_restrict(fd, req["flags"])
+
     def op_bench(req):
         """Acquire/release ``count`` times; per-call latencies measured here, in the caller."""
         ls, res, d = req["lockspace"].encode(), req["resource"].encode(), disks(req)

@@ -61,6 +61,7 @@ from vmlease_agent.core.lockspace import (
     CannotFenceNode,
     JoinedLockspace,
     LockspaceConfig,
+    Renewal,
 )
 from vmlease_agent.core.snapshot import (
     AgentEvent,
@@ -221,6 +222,8 @@ class Agent:
         self._condemned = ""
         #: lockspaces whose leases' request records are being examined (one thread each)
         self._examining: set[str] = set()
+        #: who is told of host events for us (``watch_host_events``)
+        self._event_watchers: list[Callable[[str, delta.ReceivedEvent], None]] = []
 
     # ---- events and state -----------------------------------------------------------------
 
@@ -295,6 +298,7 @@ class Agent:
             return
         client.kill_command = saved.kill_command
         client.kill_appends_pid = saved.kill_appends_pid
+        client.restrict = saved.restrict
         if lost:  # an unbound placeholder: no process runs, nothing of its leases is ours now
             log.error("holder %s not adopted: lockspace(s) %s not resumed", saved.key, lost)
             return
@@ -659,6 +663,7 @@ class Agent:
             on_change=self._on_lockspace_change,
             identity=self.identity,
             before_claim=self._arm_for_join if cfg.fence_node else None,
+            on_host_event=self._on_host_event,
         )
         with self._lock:
             old = self._lockspaces.get(cfg.name)
@@ -974,7 +979,7 @@ class Agent:
 
     def _forget_if_idle(self, client: Client) -> None:
         with self._lock:
-            if not client.leases and not client.kill_command:
+            if not client.leases and not client.kill_command and not client.restrict:
                 self._registry.forget(client.key)
 
     def _on_client_exit(self, client: Client) -> None:
@@ -1096,6 +1101,14 @@ class Agent:
         client.kill_appends_pid = append_pid
         self.save()
 
+    def set_restrictions(self, holder: HolderRef, restrict: int) -> None:
+        """The signals ``holder`` must not get (``fencing.NO_SIGKILL``, ``NO_SIGTERM``):
+        fencing, requests and removals send the other one instead, as sanlock does for a
+        client that called ``sanlock_restrict``."""
+        client = self._client(holder, create=True)
+        client.restrict = restrict & (fencing.NO_SIGKILL | fencing.NO_SIGTERM)
+        self.save()
+
     def bind(self, key: str, pid: int) -> None:
         """Tie the leases a placeholder ``key`` holds to process ``pid`` (libvirt ``started``)."""
         try:
@@ -1199,6 +1212,17 @@ class Agent:
             with self._lock:
                 self._examining.discard(ls.name)
 
+    def examine(self, name: str) -> bool:
+        """Read the request records of our leases in lockspace ``name`` now, as if a peer had
+        set our bit (sanlock's ``examine``: for a requester that cannot notify us, e.g. one on
+        this node or one not in the lockspace); False if it is not joined: nothing to read."""
+        with self._lock:
+            ls = self._lockspaces.get(name)
+        if ls is None or ls.state != LIVE:
+            return False
+        self._start_examine(ls)
+        return True
+
     def inquire(self, holder: HolderRef) -> list[dict]:
         with self._lock:
             try:
@@ -1235,6 +1259,13 @@ class Agent:
         st = self._storage(res.path)
         sizes = sizes or ondisk.Sizes.default_for(st.sector_size)
         paxos.init_resource(st, res, sizes, num_hosts=num_hosts, clear=clear)
+
+    def read_lockspace(self, loc: delta.Location, host_id: int) -> ondisk.Leader:
+        """Host ``host_id``'s record of the lockspace at ``loc`` (its name, io_timeout and
+        size class), joined or not: clients learn a lockspace's name from its storage."""
+        return delta.read_lockspace(
+            self._storage(loc.path), loc, host_id, timeouts.DEFAULT_IO_TIMEOUT
+        )
 
     def read_owners(self, res: Resource) -> tuple[ondisk.Leader, list[paxos.Owner]]:
         """Who owns ``res`` on disk, as any host reads it (sanlock ``read_resource_owners``):
@@ -1322,6 +1353,36 @@ class Agent:
         if ls is None:
             raise NotJoined(lockspace=name, state="")
         return ls.hosts()
+
+    # ---- host events (sanlock's set_event / reg_event) ---------------------------------------
+
+    def set_event(self, name: str, he: delta.HostEvent, flags: int) -> None:
+        """Send host event ``he`` through our renewals in lockspace ``name`` (``flags``: the
+        ``lockspace.SETEV_*`` bits, sanlock's)."""
+        self._joined(name).set_event(he, flags)
+        self.event("host_event_set", lockspace=name, host_id=he.host_id, event=he.event,
+                   data=he.data, flags=flags)  # fmt: skip
+
+    def watch_host_events(self, watcher: Callable[[str, delta.ReceivedEvent], None]) -> None:
+        """Have ``watcher(lockspace, received)`` called with each host event for us read in a
+        renewal (from the renewal thread: it must not block)."""
+        with self._lock:
+            self._event_watchers.append(watcher)
+
+    def _on_host_event(self, ls: JoinedLockspace, received: delta.ReceivedEvent) -> None:
+        log.info("lockspace %s: host event %s", ls.name, received)
+        with self._lock:
+            watchers = list(self._event_watchers)
+        for watcher in watchers:
+            watcher(ls.name, received)
+
+    def renewal_history(self, name: str) -> list[Renewal]:
+        """Our delta lease's recent renewals in a lockspace joined (or failed, not yet left),
+        oldest first: to tell slow storage from a dead host after the fact."""
+        ls = self._lockspaces.get(name)
+        if ls is None or ls.state not in (LIVE, FAILED):
+            raise NotJoined(lockspace=name, state=f" (it is {ls.state})" if ls else "")
+        return ls.renewal_history()
 
     # ---- the main loop ----------------------------------------------------------------------
 

@@ -36,11 +36,34 @@ TERM, KILL, COMMAND, WAIT = "SIGTERM", "SIGKILL", "command", "wait"
 #: Seconds between repeated signals to the same holder (sanlock: once per second).
 RESEND_SECONDS = 1.0
 
+#: A holder's restrictions (``Client.restrict``; sanlock's SANLK_RESTRICT_SIGKILL and
+#: SANLK_RESTRICT_SIGTERM, same bits): it gets SIGTERM instead of SIGKILL, or SIGKILL
+#: instead of SIGTERM (e.g. a process that must be able to clean up, or one that would only
+#: linger on SIGTERM). The watchdog still stands behind a holder that ignores SIGTERM.
+NO_SIGKILL, NO_SIGTERM = 0x2, 0x4
+
 
 @dataclass(frozen=True, slots=True)
 class Action:
     kind: str
     reason: str
+    #: a request's signal (sanlock ``do_request``): swapped at most once; fencing's and a
+    #: removal's (``kill_pids``) go through both swaps in turn, so with both restrictions a
+    #: holder still gets SIGKILL there
+    request: bool = False
+
+
+def restricted_signal(sig: signal.Signals, restrict: int, once: bool = False) -> signal.Signals:
+    """The signal sanlock sends instead of ``sig`` to a client restricted with ``restrict``
+    (``kill_pids``: SIGKILL -> SIGTERM, then SIGTERM -> SIGKILL; ``once``: ``do_request``,
+    which swaps only the signal it chose)."""
+    if sig == signal.SIGKILL and restrict & NO_SIGKILL:
+        if once:
+            return signal.SIGTERM
+        sig = signal.SIGTERM
+    if sig == signal.SIGTERM and restrict & NO_SIGTERM:
+        return signal.SIGKILL
+    return sig
 
 
 def next_action(
@@ -89,13 +112,14 @@ def apply(action: Action, client: Client, now: float, state: dict) -> None:
         # a placeholder without a process, or an exited pid (it may be reused) whose lifeline
         # lives on in processes we cannot name: only its kill command or the watchdog can act
         return
-    sig = signal.SIGKILL if action.kind == KILL else signal.SIGTERM
+    chosen = signal.SIGKILL if action.kind == KILL else signal.SIGTERM
+    sig = restricted_signal(chosen, client.restrict, once=action.request)
     log.warning(
         "fencing pid %d (%s): %s (%s)",
         client.pid,
         client.owner or client.name,
-        action.kind,
-        action.reason,
+        sig.name,
+        action.reason if sig == chosen else f"{action.reason}; {chosen.name} is restricted",
     )
     try:
         if client.pidfd >= 0:

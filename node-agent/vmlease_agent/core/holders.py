@@ -109,6 +109,9 @@ class Client:
     #: the kill command gets the pid as its last argument (sanlock's killpath only with
     #: SANLK_KILLPATH_PID: libvirt's helper takes exactly its own arguments)
     kill_appends_pid: bool = True
+    #: signals the holder asked not to get (``fencing.NO_SIGKILL`` / ``NO_SIGTERM``, sanlock's
+    #: restrict bits): the other one is sent instead
+    restrict: int = 0
     leases: dict[str, HeldLease] = field(default_factory=dict)
     pidfd: int = -1
     dead: bool = False

@@ -14,8 +14,10 @@ restarted agent know its deadline without trusting anything but the disk.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -35,6 +37,43 @@ FEED_MARGIN = 1.0
 
 #: Pause between a failed renewal and the next attempt (sanlock retries after 0.5 s).
 RENEW_RETRY_SECONDS = 0.5
+
+#: Renewals remembered per lockspace (sanlock's default ``renewal_history_size``: about an
+#: hour at N = 10), for ``sanlock client renewal``.
+RENEWAL_HISTORY_SIZE = 180
+
+
+#: SET_EVENT's flags (sanlock's SANLK_SETEV_* bits): the receiver's current generation when
+#: none is given; stop notifying one host; end the event; replace an event still being carried;
+#: notify every host
+(
+    SETEV_CUR_GENERATION,
+    SETEV_CLEAR_HOSTID,
+    SETEV_CLEAR_EVENT,
+    SETEV_REPLACE_EVENT,
+    SETEV_ALL_HOSTS,
+) = (0x1, 0x2, 0x4, 0x8, 0x10)
+
+
+class EventBusy(errors.LeaseError):
+    code = -errno.EBUSY
+    template = (
+        "lockspace {lockspace}: event {current} is still being sent ({left:.0f}s more); "
+        "replace it (SETEV_REPLACE_EVENT), clear it, or wait"
+    )
+
+
+@dataclass(slots=True)
+class Renewal:
+    """One successful write of our delta lease (the first: the join, with 0 ms), and how many
+    attempts failed after it: what sanlock's renewal history keeps, to tell slow or failing
+    storage from a dead host after the fact."""
+
+    timestamp: int
+    read_ms: int = 0
+    write_ms: int = 0
+    next_timeouts: int = 0
+    next_errors: int = 0
 
 
 class ResumeExpired(errors.LeaseError):
@@ -108,9 +147,12 @@ class JoinedLockspace:
         on_change: Callable[[JoinedLockspace], None] | None = None,
         identity: ondisk.Identity | None = None,
         before_claim: Callable[[JoinedLockspace], None] | None = None,
+        on_host_event: Callable[[JoinedLockspace, delta.ReceivedEvent], None] | None = None,
     ) -> None:
         """``before_claim(lockspace)``: called before the first write of a join (not of a
-        resume); raising ``CannotFenceNode`` there ends the join with nothing written."""
+        resume); raising ``CannotFenceNode`` there ends the join with nothing written.
+        ``on_host_event(lockspace, received)``: a host event for us read in a renewal (from
+        the renewal thread; it must not block)."""
         if fire_timeout > cfg.promised_fire_timeout:
             sanlock = cfg.promised_fire_timeout == timeouts.SANLOCK_WATCHDOG_FIRE_TIMEOUT
             raise FireTimeoutTooLong(
@@ -152,6 +194,13 @@ class JoinedLockspace:
         self._bits: dict[int, float] = {}
         self._bits_lock = threading.Lock()
         self._examine = threading.Event()
+        # Host events (sanlock's set_event): the one our renewals carry, set when, and who is
+        # told of events read in theirs
+        self._host_event = delta.HostEvent(0, 0, 0)
+        self._event_set_at = float("-inf")
+        self.on_host_event = on_host_event or (lambda ls, received: None)
+        self._renewals: deque[Renewal] = deque(maxlen=RENEWAL_HISTORY_SIZE)
+        self._renewals_lock = threading.Lock()
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -255,6 +304,7 @@ class JoinedLockspace:
             self.lease.acquire(self._stop, (lambda: hook(self)) if hook else None)
         assert self.lease.record is not None  # acquire and adopt both set it
         self.last_success = float(self.lease.record.timestamp)
+        self._renewed(Renewal(self.lease.record.timestamp))
         log.info(
             "lockspace %s: %s host_id %d generation %d",
             self.name,
@@ -268,8 +318,9 @@ class JoinedLockspace:
         """Restart without harm: take back our delta lease as it is on disk, same generation.
 
         The record on disk must be ours (owner, generation, host name) and identical to what we
-        remember except for a newer timestamp of our own (we may have renewed after the state
-        was saved). Anything else means someone else touched our host_id: refuse.
+        remember except for a newer timestamp of our own and the host event our renewals carry
+        (we may have renewed, and set an event, after the state was saved; only we write them
+        in our sector). Anything else means someone else touched our host_id: refuse.
         """
         assert self.lease is not None and self.sizes is not None
         current = delta.read_host(
@@ -284,7 +335,14 @@ class JoinedLockspace:
                 ago=self.clock.now() - current.timestamp,
                 limit=timeouts.id_renewal_fail_seconds(self.cfg.io_timeout),
             )
-        same = replace(current, timestamp=remembered.timestamp, checksum=0)
+        same = replace(
+            current,
+            timestamp=remembered.timestamp,
+            write_id=remembered.write_id,
+            write_generation=remembered.write_generation,
+            write_timestamp=remembered.write_timestamp,
+            checksum=0,
+        )
         if (
             current.timestamp == 0
             or current.timestamp < remembered.timestamp
@@ -344,7 +402,9 @@ class JoinedLockspace:
                 continue
             started = self.clock.now()
             try:
-                record, area = self.lease.renew(bitmap=self.carried_bitmap(started))
+                record, area = self.lease.renew(
+                    bitmap=self.carried_bitmap(started), event=self.carried_event()
+                )
             except (
                 errors.RenewOwner,
                 errors.RenewDiff,
@@ -354,9 +414,11 @@ class JoinedLockspace:
                 errors.LeaderVersion,
             ) as e:
                 log.error("lockspace %s: our host_id lease is no longer ours: %s", self.name, e)
+                self._renew_failed(e)
                 self._set(FAILED, str(e))
                 continue
             except errors.LeaseError as e:
+                self._renew_failed(e)
                 self.last_error_at = self.clock.now()
                 lag = self.last_error_at - self.last_success
                 if lag >= timeouts.id_renewal_warn_seconds(n) and not warned:
@@ -369,10 +431,33 @@ class JoinedLockspace:
             warned = False
             self.renewal_ms = (self.clock.now() - started) * 1000
             self.last_success = float(record.timestamp)
+            self._renewed(Renewal(record.timestamp, self.lease.read_ms, self.lease.write_ms))
             changed = self.table.update(area, self.clock.now(), self.cfg.host_id)
-            if self.table.senders_to(area, self.cfg.host_id, changed):
+            senders = self.table.senders_to(area, self.cfg.host_id, changed)
+            if senders:
                 self._examine.set()
+                for received in delta.events_to(area, self.lease.sizes, self.cfg.host_id, senders):
+                    self.on_host_event(self, received)
             self._notify()
+
+    def _renewed(self, renewal: Renewal) -> None:
+        with self._renewals_lock:
+            self._renewals.append(renewal)
+
+    def _renew_failed(self, e: errors.LeaseError) -> None:
+        """Counted on the last success, as sanlock does (timeouts apart from other errors)."""
+        with self._renewals_lock:
+            if self._renewals:
+                last = self._renewals[-1]
+                if isinstance(e, errors.IoTimeout):
+                    last.next_timeouts += 1
+                else:
+                    last.next_errors += 1
+
+    def renewal_history(self) -> list[Renewal]:
+        """The renewals remembered, oldest first (copies)."""
+        with self._renewals_lock:
+            return [replace(r) for r in self._renewals]
 
     # ---- requests (sanlock's host bitmap) ---------------------------------------------------
 
@@ -394,6 +479,45 @@ class JoinedLockspace:
                 else:
                     ondisk.bitmap_set(bitmap, host_id)
         return bytes(bitmap)
+
+    def carried_event(self) -> delta.HostEvent:
+        with self._bits_lock:
+            return self._host_event
+
+    def set_event(self, he: delta.HostEvent, flags: int) -> None:
+        """sanlock's ``lockspace_set_event``: our renewals carry ``he`` and, for 6N, the bit of
+        ``he.host_id`` (of every host with SETEV_ALL_HOSTS). Another event still being sent
+        within those 6N is not replaced without SETEV_REPLACE_EVENT (its receivers might miss
+        it); SETEV_CLEAR_EVENT ends the event, SETEV_CLEAR_HOSTID one host's bit."""
+        assert self.sizes is not None and self.table is not None, "set_event before the join"
+        if not 1 <= he.host_id <= self.sizes.max_hosts:
+            raise errors.InvalidArgument(
+                what=f"host_id {he.host_id}",
+                detail=f"lockspace {self.name} holds host_ids 1..{self.sizes.max_hosts}",
+            )
+        if not he.generation and flags & SETEV_CUR_GENERATION:
+            hs = self.table.hosts.get(he.host_id)
+            he = replace(he, generation=hs.generation if hs else 0)
+        now = self.clock.now()
+        window = timeouts.set_bitmap_seconds(self.cfg.io_timeout)
+        with self._bits_lock:
+            if flags & SETEV_CLEAR_EVENT:
+                self._host_event = delta.HostEvent(0, 0, 0)
+                self._event_set_at = now
+                return
+            if flags & SETEV_CLEAR_HOSTID:
+                self._bits.pop(he.host_id, None)
+                return
+            current = self._host_event.event
+            left = self._event_set_at + window - now
+            replacing = current and he.event and he.event != current
+            if replacing and left > 0 and not flags & SETEV_REPLACE_EVENT:
+                raise EventBusy(lockspace=self.name, current=current, left=left)
+            self._event_set_at = now
+            self._host_event = he
+            hosts = range(1, self.sizes.max_hosts + 1) if flags & SETEV_ALL_HOSTS else []
+            for host_id in {he.host_id, *hosts} - {self.cfg.host_id}:
+                self._bits[host_id] = now + window
 
     def request_examine(self) -> None:
         """Have the agent examine our leases' request records on its next pass."""

@@ -49,7 +49,7 @@ def pending(record: RequestRecord, held_lver: int) -> bool:
 def action(force_mode: int, has_kill_command: bool) -> fencing.Action:
     """What a pending request does to the holder (sanlock ``do_request``)."""
     if force_mode == FORCE:
-        return fencing.Action(fencing.KILL, "another host requested the lease (force)")
+        return fencing.Action(fencing.KILL, "another host requested the lease (force)", True)
     if has_kill_command:
         return fencing.Action(fencing.COMMAND, "another host requested the lease (graceful)")
-    return fencing.Action(fencing.TERM, "another host requested the lease (graceful)")
+    return fencing.Action(fencing.TERM, "another host requested the lease (graceful)", True)

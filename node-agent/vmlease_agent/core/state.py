@@ -57,6 +57,7 @@ class SavedClient:
     kill_appends_pid: bool = True
     #: the pid had exited with its lifeline open (``core.holders``): unknown processes hold it
     exited: bool = False
+    restrict: int = 0
 
 
 @dataclass
@@ -128,6 +129,7 @@ def save(
                 "kill_command": c.kill_command,
                 "kill_appends_pid": c.kill_appends_pid,
                 "exited": c.exited,
+                "restrict": c.restrict,
                 "leases": [_lease_json(h) for h in c.leases.values()],
             }
             for c in clients.values()
@@ -185,6 +187,7 @@ def load(run_dir: str, node: str) -> Saved:
                 [_lease_from(x) for x in d["leases"]],
                 d.get("kill_appends_pid", True),  # absent: saved before sanlock's killpath
                 d.get("exited", False),
+                d.get("restrict", 0),  # absent: saved before sanlock's restrict
             )
         )
     return saved

@@ -125,10 +125,13 @@ def machine_id(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"%(asctime)s {args.node_name} %(name)s %(levelname)s %(message)s",
-    )
+    log_format = f"%(asctime)s {args.node_name} %(name)s %(levelname)s %(message)s"
+    logging.basicConfig(level=args.log_level.upper(), format=log_format)
+    log_ring = None
+    if args.sanlock_api:  # from the start: LOG_DUMP shows the adoption of a restart too
+        log_ring = sanlock_server.LogRing()
+        log_ring.setFormatter(logging.Formatter(log_format))
+        logging.getLogger().addHandler(log_ring)
     try:
         wanted = [lockspace_config(t) for t in args.lockspace]
         watchdog = open_watchdog(args.watchdog, args.watchdog_fire_timeout)
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[UnixSocketServer] = [server]
     if args.sanlock_api:
         sanlock = sanlock_server.SanlockApiServer(
-            args.sanlock_run_dir, agent, shutdown, args.socket_group
+            args.sanlock_run_dir, agent, shutdown, args.socket_group, log_ring
         )
         threading.Thread(target=sanlock.serve_forever, name="sanlock-api", daemon=True).start()
         servers.append(sanlock)

@@ -34,6 +34,7 @@ generation and name.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
@@ -162,6 +163,18 @@ def read_host(st: Storage, loc: Location, sizes: Sizes, host_id: int, timeout: f
     check_host_id(loc, sizes, host_id)
     buf = st.read(sector_offset(loc, sizes, host_id), sizes.sector_size, timeout)
     return verify_delta(loc, buf, st.sector_size)
+
+
+def read_lockspace(st: Storage, loc: Location, host_id: int, timeout: float) -> Leader:
+    """One host's record, as sanlock's ``read_lockspace`` reads it for a client that knows
+    only where a lockspace is: ``loc.name`` empty takes the name found on disk (host 1's
+    record), a name given must match. Nothing is written."""
+    if not loc.name and not loc.offset % st.sector_size:  # (unaligned: read_sizes says so)
+        head = st.read(loc.offset, 4096, timeout)
+        if len(head) >= ondisk.LEADER_SIZE:
+            loc = replace(loc, name=Leader.unpack(head).space_name)
+    sizes, _ = read_sizes(st, loc, timeout)
+    return read_host(st, loc, sizes, host_id, timeout)
 
 
 def host_label(leader: Leader) -> str:
@@ -356,6 +369,43 @@ class HostStatusTable:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class HostEvent:
+    """sanlock's host event (``sanlk_host_event``): a number and data for ``host_id`` at
+    ``generation``. The sender carries generation, event and data in its delta lease record
+    (``write_id``, ``write_generation``, ``write_timestamp``) and sets the receivers' bits in
+    its bitmap; a receiver reads it in the renewals that carry its bit."""
+
+    host_id: int
+    generation: int
+    event: int
+    data: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """A host event read in a sender's record, with the sender's host_id and generation."""
+
+    event: HostEvent
+    from_host_id: int
+    from_generation: int
+
+
+def events_to(
+    area: bytes, sizes: Sizes, host_id: int, senders: Iterable[int]
+) -> list[ReceivedEvent]:
+    """The events the records of ``senders`` (hosts carrying ``host_id``'s bit) carry for
+    ``host_id`` (an event number 0 is none), as sanlock's ``check_other_leases`` reads them."""
+    out = []
+    for h in senders:
+        off = ondisk.delta_sector_index(h) * sizes.sector_size
+        rec = Leader.unpack(area[off : off + ondisk.LEADER_SIZE])
+        if rec.write_generation:
+            he = HostEvent(host_id, rec.write_id, rec.write_generation, rec.write_timestamp)
+            out.append(ReceivedEvent(he, rec.owner_id, rec.owner_generation))
+    return out
+
+
 # ---- acquire / renew / release ----------------------------------------------------------------
 
 
@@ -381,6 +431,9 @@ class DeltaLease:
     collision: dict[str, str] | None = None
     #: the timestamp of the claim ``acquire`` began to write (0: none yet)
     claim_timestamp: int = 0
+    #: how long the last renewal's read and write took, in ms (sanlock's renewal history)
+    read_ms: int = 0
+    write_ms: int = 0
 
     def __post_init__(self) -> None:
         check_io_timeout(self.io_timeout, f"lockspace {self.loc.name}")
@@ -525,10 +578,16 @@ class DeltaLease:
             raise errors.RenewDiff(**self.loc.describe(), host_id=self.host_id)
         return current
 
-    def renew(self, bitmap: bytes | None = None) -> tuple[Leader, bytes]:
-        """One renewal; returns (record written, the whole area as read, for host status)."""
+    def renew(
+        self, bitmap: bytes | None = None, event: HostEvent | None = None
+    ) -> tuple[Leader, bytes]:
+        """One renewal, carrying ``bitmap`` and ``event`` (generation, number and data; its
+        host_id is what the bitmap says), or what the last one carried when None; returns
+        (record written, the whole area as read, for host status)."""
         assert self.record is not None, "renew before acquire"
+        began = time.monotonic()
         area = self.st.read(self.loc.offset, self.sizes.align_size, self.io_timeout)
+        self.read_ms = int((time.monotonic() - began) * 1000)
         off = ondisk.delta_sector_index(self.host_id) * self.sizes.sector_size
         current = verify_delta(self.loc, area[off : off + self.sizes.sector_size])
         mine = self.record
@@ -544,8 +603,18 @@ class DeltaLease:
             raise errors.RenewDiff(**self.loc.describe(), host_id=self.host_id)
         if bitmap is not None:
             self.bitmap = bitmap
-        new = self._seal(replace(mine, timestamp=self.clock.monotime()))
+        new = replace(mine, timestamp=self.clock.monotime())
+        if event is not None:
+            new = replace(
+                new,
+                write_id=event.generation,
+                write_generation=event.event,
+                write_timestamp=event.data,
+            )
+        new = self._seal(new)
+        began = time.monotonic()
         self._write(new, timeouts.host_dead_seconds(self.io_timeout, self.fire_timeout))
+        self.write_ms = int((time.monotonic() - began) * 1000)
         self.record = new
         return new, area
 

@@ -34,11 +34,13 @@ import socket
 import socketserver
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vmlease_agent.core import fencing
 from vmlease_agent.core.agent import Agent, AgentError, NotHeld
-from vmlease_agent.core.lockspace import JOINING, LIVE, LockspaceConfig
+from vmlease_agent.core.lockspace import FAILED, JOINING, LIVE, LockspaceConfig
 from vmlease_agent.core.snapshot import HolderSnapshot, LockspaceSnapshot
 from vmlease_agent.engine import SANLK_ERROR, delta, errors, leasespec, ondisk, paxos, timeouts
 from vmlease_agent.engine.paxos import Resource
@@ -134,6 +136,21 @@ class LockspaceInUse(SanlockApiError):
     template = "lockspace {lockspace}: {detail}"
 
 
+class LockspaceGoing(SanlockApiError):
+    code = -errno.ENOSPC
+    template = "lockspace {lockspace} is {going}: no new leases or users in it"
+
+
+class NoLockspacePath(SanlockApiError):
+    code = -errno.ENODEV
+    template = "sanlock {cmd}: no path given for lockspace {lockspace!r}"
+
+
+class TooManyListeners(SanlockApiError):
+    code = -errno.ENOCSI
+    template = "lockspace {lockspace}: already {limit} event listeners; end one (end_event) first"
+
+
 class HostsNotReady(SanlockApiError):
     code = -errno.EAGAIN
     template = "lockspace {lockspace}: the other hosts were not read yet; retry in a moment"
@@ -173,6 +190,41 @@ def _peer_open(sock: socket.socket) -> bool:
         return False  # closed on our side: the connection is gone
     gone = select.POLLHUP | select.POLLRDHUP | select.POLLERR | select.POLLNVAL
     return not any(events & gone for _fd, events in poller.poll(0))
+
+
+def _size_flags(sizes: ondisk.Sizes) -> int:
+    """The SECTOR and ALIGN bits of a lease's size class (the same in sanlk_resource.flags and
+    sanlk_lockspace.flags)."""
+    sector = w.RES_SECTOR512 if sizes.sector_size == 512 else w.RES_SECTOR4K
+    return sector | ondisk.SIZE_CLASSES[(sizes.sector_size, sizes.align_size)][1]
+
+
+class LogRing(logging.Handler):
+    """The agent's recent log lines in memory, at most ``limit`` bytes, for LOG_DUMP: like
+    sanlock's own ring, what happened lately can be read without a log file."""
+
+    def __init__(self, limit: int = w.LOG_DUMP_SIZE - 1) -> None:  # -1: the client's NUL
+        super().__init__()
+        self.limit = limit
+        self._lines: deque[bytes] = deque()
+        self._size = 0
+        self._ring_lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + "\n").encode("utf-8", "replace")[: self.limit]
+        except Exception:
+            self.handleError(record)
+            return
+        with self._ring_lock:
+            self._lines.append(line)
+            self._size += len(line)
+            while self._size > self.limit:
+                self._size -= len(self._lines.popleft())
+
+    def dump(self) -> bytes:
+        with self._ring_lock:
+            return b"".join(self._lines)
 
 
 class Connection:
@@ -217,11 +269,21 @@ class Connection:
 class SanlockApi:
     """The commands, over the agent; per-connection state is the caller's ``Registration``."""
 
-    def __init__(self, agent: Agent, on_shutdown: Callable[[bool], None]) -> None:
+    def __init__(
+        self, agent: Agent, on_shutdown: Callable[[bool], None], log_ring: LogRing
+    ) -> None:
         self.agent = agent
         self.on_shutdown = on_shutdown
+        self.log_ring = log_ring
         self._lock = threading.Lock()
         self._registered: list[Registration] = []
+        #: SET_CONFIG's flags per lockspace (``w.CONFIG_USED``), until it is removed or re-added
+        self._config: dict[str, int] = {}
+        #: lockspaces a rem_lockspace is removing: no new leases, as sanlock's space_dead
+        self._removing: set[str] = set()
+        #: REG_EVENT connections per lockspace: host events for us are pushed on them
+        self._listeners: dict[str, list[socket.socket]] = {}
+        agent.watch_host_events(self._deliver)
 
     # ---- registrations -----------------------------------------------------------------------
 
@@ -345,6 +407,8 @@ class SanlockApi:
                 raise LockspaceExists(lockspace=ls.name, host_id=cur.host_id)
             io = h.data or timeouts.DEFAULT_IO_TIMEOUT
             cfg = LockspaceConfig(ls.name, ls.host_id, ls.path, ls.offset, io)
+            with self._lock:
+                self._config.pop(ls.name, None)  # sanlock's flags go with its struct space
             try:
                 self.agent.add_lockspace(cfg, wait=not h.cmd_flags & w.ADD_ASYNC)
             except AgentError as e:
@@ -390,9 +454,37 @@ class SanlockApi:
         self._run(conn, h, remove)
 
     def _remove(self, name: str) -> None:
-        """sanlock's rem_lockspace: SIGKILL the holders of its leases, then leave it."""
-        self._kill_holders(lambda lockspace: lockspace == name, f"lockspace {name} is removed")
-        self.agent.rem_lockspace(name)
+        """sanlock's rem_lockspace: no new leases; SIGKILL the holders of its leases; wait
+        while an outside user marks it used (SET_CONFIG); then leave it."""
+        with self._lock:
+            self._removing.add(name)
+        try:
+            self._kill_holders(lambda lockspace: lockspace == name, f"lockspace {name} is removed")
+            self._wait_unused(name)
+            self.agent.rem_lockspace(name)
+            with self._lock:
+                self._config.pop(name, None)
+                listeners = self._listeners.pop(name, [])
+            for sock in listeners:  # sanlock closes them with the lockspace: the client sees EOF
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            with self._lock:
+                self._removing.discard(name)
+
+    def _wait_unused(self, name: str) -> None:
+        """While SET_CONFIG says a user outside sanlock still works under ``name`` (e.g. a
+        cluster lock manager's locks), its removal waits, polled once a second as sanlock
+        does; the holders are gone by then. (USED_BY_ORPHANS waits for orphan leases, which
+        the agent never keeps: nothing to wait for.)"""
+        said = False
+        while self._config.get(name, 0) & w.CONFIG_USED:
+            if self.agent.snapshot().lockspace(name) is None:
+                return  # left meanwhile (failed): nothing to remove
+            if not said:
+                log.info("rem_lockspace %s waits: set_config says it is used", name)
+                said = True
+            time.sleep(1)
 
     def _holders(self, name: str | None = None) -> list[HolderSnapshot]:
         """Holders with leases (in lockspace ``name``, or in any)."""
@@ -403,9 +495,10 @@ class SanlockApi:
         ]
 
     def _kill_holders(self, in_lockspace: Callable[[str], bool], why: str) -> None:
-        """SIGKILL (SIGTERM when the client restricted SIGKILL) every process holding a lease
-        ``in_lockspace``, and wait until the agent has released their leases."""
-        restricted = {r.pid for r in self.registrations() if r.restricted & w.RESTRICT_SIGKILL}
+        """SIGKILL (or what the client's restrictions make of it, as sanlock's kill_pids) every
+        process holding a lease ``in_lockspace``, and wait until the agent has released their
+        leases."""
+        restricted = {r.pid: self._restrictions(r.restricted) for r in self.registrations()}
 
         def holders() -> list[HolderSnapshot]:
             return [
@@ -418,7 +511,7 @@ class SanlockApi:
                     lockspace=", ".join(sorted({le.lockspace for le in x.leases})),
                     detail=f"held by {x.holder.key}, which is no process yet: release it first",
                 )
-            sig = signal.SIGTERM if x.holder.pid in restricted else signal.SIGKILL
+            sig = fencing.restricted_signal(signal.SIGKILL, restricted.get(x.holder.pid, 0))
             log.warning("%s: killing holder pid %d with %s", why, x.holder.pid, sig.name)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(x.holder.pid, sig)
@@ -511,6 +604,7 @@ class SanlockApi:
             for res in resources:
                 if len(res.disks) != 1:
                     raise Unsupported(cmd="acquire", detail=f"{res.label} on several disks")
+                self._not_removing(res.lockspace)
                 disk = res.disks[0]
                 lease = Resource(res.lockspace, res.name, disk.path, disk.offset)
                 wanted.append((lease, bool(res.flags & w.RES_SHARED)))
@@ -583,10 +677,9 @@ class SanlockApi:
         leader, owners = self.agent.read_owners(
             Resource(res.lockspace, res.name, disk.path, disk.offset)
         )
-        sizes = leader.sizes
-        sector = w.RES_SECTOR512 if sizes.sector_size == 512 else w.RES_SECTOR4K
-        align = ondisk.SIZE_CLASSES[(sizes.sector_size, sizes.align_size)][1]
-        found = w.Resource(res.lockspace, res.name, leader.lver, sector | align, disks=res.disks)
+        found = w.Resource(
+            res.lockspace, res.name, leader.lver, _size_flags(leader.sizes), disks=res.disks
+        )
         return found, leader, owners
 
     def cmd_read_resource(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
@@ -750,8 +843,16 @@ class SanlockApi:
             if reg is None:  # data2 is not read: only the registered connection restricts
                 raise ConnectionNotRegistered(cmd="restrict")
             reg.restricted = h.cmd_flags  # replaced, not or-ed, as sanlock does
+            self.agent.set_restrictions(reg.pid, self._restrictions(h.cmd_flags))
 
         self._run(conn, h, restrict)
+
+    @staticmethod
+    def _restrictions(flags: int) -> int:
+        """The agent's signal restrictions a client's RESTRICT flags ask for."""
+        return (fencing.NO_SIGKILL if flags & w.RESTRICT_SIGKILL else 0) | (
+            fencing.NO_SIGTERM if flags & w.RESTRICT_SIGTERM else 0
+        )
 
     # ---- daemon ------------------------------------------------------------------------------
 
@@ -855,6 +956,195 @@ class SanlockApi:
         conn.send(b"".join(out))
         return True
 
+    # ---- lockspace reading, examination, configuration; the daemon's log and history --------
+
+    def cmd_read_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        """A lockspace's name, size class and io_timeout (``data2``) from a host's record on
+        disk (``host_id`` 0: host 1's), joined or not; the struct follows even after an error,
+        as with sanlock."""
+        ls = conn.lockspace()
+        host_id = ls.host_id or 1
+        try:
+            if not ls.path:
+                raise NoLockspacePath(cmd="read_lockspace", lockspace=ls.name)
+            leader = self.agent.read_lockspace(delta.Location(ls.name, ls.path, ls.offset), host_id)
+        except errors.LeaseError as e:
+            log.info("sanlock read_lockspace refused (%d): %s", e.code, e)
+            conn.send(h.reply(e.code, w.LOCKSPACE.size) + ls.pack())
+            return True
+        found = w.Lockspace(
+            leader.space_name, host_id, ls.path, ls.offset, _size_flags(leader.sizes)
+        )
+        conn.send(h.reply(0, w.LOCKSPACE.size, leader.io_timeout) + found.pack())
+        return True
+
+    def cmd_examine_lockspace(
+        self, conn: Connection, h: w.Header, reg: Registration | None
+    ) -> None:
+        self._examine(conn, h, conn.lockspace().name)
+
+    def cmd_examine_resource(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """Only the 128-byte struct comes (no disks): its lockspace is what is examined."""
+        self._examine(conn, h, w.Resource.unpack(conn.read(w.RESOURCE.size)).lockspace)
+
+    def _examine(self, conn: Connection, h: w.Header, name: str) -> None:
+        """Read our leases' request records in lockspace ``name`` now, all of them (sanlock
+        reads the one resource named; reading more only finds the same requests sooner).
+        Always 0, as sanlock answers, joined or not."""
+        examined = self.agent.examine(name)
+        log.info("sanlock examine %s: %s", name, "started" if examined else "not joined")
+        self._result(conn, h, 0)
+
+    def _not_removing(self, name: str) -> None:
+        with self._lock:
+            if name in self._removing:
+                raise LockspaceGoing(lockspace=name, going="being removed")
+
+    def cmd_set_config(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """``data``: CONFIG_USED marks a joined lockspace used by something outside sanlock, so
+        that rem_lockspace, once its holders are killed, waits until CONFIG_UNUSED; the orphan
+        pair is accepted (the agent keeps no orphan leases). Refused on a lockspace failed or
+        being removed (-ENOSPC), not joined (-ENOENT), or with another ``data`` (-EINVAL)."""
+        ls = conn.lockspace()
+        uses = (w.CONFIG_USED, w.CONFIG_USED_BY_ORPHANS)
+
+        def set_config() -> None:
+            snap = self.agent.snapshot().lockspace(ls.name)
+            if snap is None or snap.state not in (LIVE, FAILED):
+                raise LockspaceUnknown(lockspace=ls.name)
+            if h.data not in (*uses, w.CONFIG_UNUSED, w.CONFIG_UNUSED_BY_ORPHANS):
+                raise InvalidRequest(
+                    cmd="set_config",
+                    detail=f"config {h.data} is none of 1 (used), 2 (unused), 4 (used by "
+                    "orphans), 8 (unused by orphans)",
+                )
+            if h.data in uses:
+                if snap.state == FAILED:
+                    raise LockspaceGoing(lockspace=ls.name, going="failed")
+                self._not_removing(ls.name)
+            with self._lock:
+                flags = self._config.get(ls.name, 0)
+                if h.data in uses:
+                    self._config[ls.name] = flags | h.data
+                else:  # UNUSED (2) clears USED (1), UNUSED_BY_ORPHANS (8) clears 4
+                    self._config[ls.name] = flags & ~(h.data >> 1)
+
+        self._run(conn, h, set_config)
+
+    def cmd_log_dump(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        """The agent's recent log: ``data`` = its size, ``length`` still 32, the text, close."""
+        text = self.log_ring.dump()
+        conn.send(h.reply(len(text)) + text)
+        return True
+
+    # ---- host events -----------------------------------------------------------------------
+
+    def _event_lockspace(self, cmd: str, name: str) -> None:
+        """The event commands act on a lockspace joined: -EINVAL without a name, -ENOENT."""
+        if not name:
+            raise InvalidRequest(cmd=cmd, detail="no lockspace name given")
+        snap = self.agent.snapshot().lockspace(name)
+        if snap is None or snap.state != LIVE:
+            raise LockspaceUnknown(lockspace=name)
+
+    def cmd_reg_event(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        """This connection receives the host events for us in a lockspace (``event_cb``
+        records) until the client ends it: it writes 4 bytes and closes (python end_event)."""
+        ls = conn.lockspace()
+        conn.read(w.HOST_EVENT.size)  # unused, as by sanlock
+        try:
+            self._event_lockspace("reg_event", ls.name)
+            with self._lock:
+                listeners = self._listeners.setdefault(ls.name, [])
+                if len(listeners) >= w.MAX_EVENT_FDS:
+                    raise TooManyListeners(lockspace=ls.name, limit=w.MAX_EVENT_FDS)
+                listeners.append(conn.sock)
+        except errors.LeaseError as e:
+            self._result(conn, h, e)
+            return True
+        self._result(conn, h, 0)
+        try:
+            while conn.sock.recv(64):
+                pass  # the client's end marker: its close follows
+        except OSError:
+            pass
+        finally:
+            self._forget_listener(ls.name, conn.sock)
+        return True
+
+    def _forget_listener(self, name: str, sock: socket.socket) -> None:
+        with self._lock:
+            listeners = self._listeners.get(name, [])
+            if sock in listeners:
+                listeners.remove(sock)
+
+    def _deliver(self, name: str, received: delta.ReceivedEvent) -> None:
+        """Push a host event to the lockspace's listeners, never blocking the renewal thread
+        (a listener that cannot take it is dropped, as sanlock drops it)."""
+        he = received.event
+        record = w.event_callback(
+            (he.host_id, he.generation, he.event, he.data),
+            received.from_host_id,
+            received.from_generation,
+        )
+        with self._lock:
+            listeners = list(self._listeners.get(name, []))
+        for sock in listeners:
+            try:
+                sock.send(record, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except OSError as e:
+                log.warning("lockspace %s: event listener dropped: %s", name, e)
+                self._forget_listener(name, sock)
+
+    def cmd_end_event(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """The client has ended its listener (written its marker and closed it, which the
+        listener's own connection sees): only the lockspace is checked, as by sanlock."""
+        ls = conn.lockspace()
+        self._run(conn, h, lambda: self._event_lockspace("end_event", ls.name))
+
+    def cmd_set_event(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """Send a host event (``cmd_flags``: sanlock's SETEV_* bits) through our renewals."""
+        ls = conn.lockspace()
+        he = delta.HostEvent(*w.HOST_EVENT.unpack(conn.read(w.HOST_EVENT.size)))
+
+        def set_event() -> None:
+            if not ls.name or not 1 <= he.host_id <= w.MAX_HOSTS:
+                raise InvalidRequest(
+                    cmd="set_event",
+                    detail=f"lockspace {ls.name!r}, host_id {he.host_id}: a name and a "
+                    f"host_id 1..{w.MAX_HOSTS} are needed",
+                )
+            self._event_lockspace("set_event", ls.name)
+            self.agent.set_event(ls.name, he, h.cmd_flags)
+
+        self._run(conn, h, set_event)
+
+    def cmd_renewal(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
+        """Our delta lease's renewal history in a lockspace (``data2`` = its io_timeout), one
+        record per renewal, oldest first, until close; -ENOSPC if it is not joined."""
+        name = conn.lockspace().name
+        snap = self.agent.snapshot().lockspace(name)
+        try:
+            if snap is None:
+                raise LockspaceUnknown(lockspace=name)
+            history = self.agent.renewal_history(name)
+        except errors.LeaseError as e:
+            log.info("sanlock renewal refused: %s", e)
+            conn.send(h.reply(-errno.ENOSPC))  # what sanlock answers for a lockspace unknown
+            return True
+        if not history:
+            conn.send(h.reply(0))
+            return True
+        out = [h.reply(0, 0, snap.io_timeout)]
+        for r in history:
+            text = (
+                f"timestamp={r.timestamp} read_ms={r.read_ms} write_ms={r.write_ms} "
+                f"next_timeouts={r.next_timeouts} next_errors={r.next_errors}"
+            )
+            out.append(w.state_record(w.STATE_RENEWAL, "", text, 0, r.timestamp))
+        conn.send(b"".join(out))
+        return True
+
 
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
@@ -893,7 +1183,10 @@ class SanlockApiServer(UnixSocketServer):
         agent: Agent,
         on_shutdown: Callable[[bool], None],
         group: str | None = None,
+        log_ring: LogRing | None = None,
     ) -> None:
+        """``log_ring``: what LOG_DUMP answers (the caller attaches it to the agent's logging;
+        none: an empty log)."""
         os.makedirs(run_dir, mode=0o775, exist_ok=True)
         super().__init__(os.path.join(run_dir, SOCKET_NAME), _Handler, group)
-        self.api = SanlockApi(agent, on_shutdown)
+        self.api = SanlockApi(agent, on_shutdown, log_ring or LogRing())

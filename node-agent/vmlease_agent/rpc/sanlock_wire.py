@@ -25,6 +25,10 @@ Payloads::
     sanlk_host (32)        host_id:u64 generation:u64 timestamp:u64 io_timeout:u32 flags:u32
     sanlk_state (80)       type:u32 flags:u32 data32:u32 pad:u32 data64:u64 name[48]
                            str_len:u32 pad:u32, then str_len bytes of text (NUL included)
+    sanlk_host_event (32)  host_id:u64 generation:u64 event:u64 data:u64
+    event_cb (80)          a header (version 1, cmd 1 = SM_CB_GET_EVENT, length 80), then
+                           sanlk_host_event, from_host_id:u64 from_generation:u64; pushed on
+                           a REG_EVENT connection
 
 (The protocol reference checked against the real daemon: ``sanlock-client-protocol.md``.)
 """
@@ -108,11 +112,19 @@ WRITE_CLEAR = 0x1  # WRITE_RESOURCE: a cleared lease (sanlock direct init -r ...
 LSF_ADD = 0x1  # sanlk_lockspace.flags in GET_LOCKSPACES
 LSF_REM = 0x2
 RESTRICT_SIGKILL = 0x2
+RESTRICT_SIGTERM = 0x4
 KILLPATH_PID = 0x1  # KILLPATH: append the pid to the arguments
 REQUEST_NEXT_LVER = 0x1  # REQUEST: the lease's next version, whatever lver says
+# SET_CONFIG's data: an outside user of the lockspace (rem_lockspace waits for it), or its
+# resources' orphans (idem, while orphans remain)
+CONFIG_USED, CONFIG_UNUSED, CONFIG_USED_BY_ORPHANS, CONFIG_UNUSED_BY_ORPHANS = 1, 2, 4, 8
 
-# sanlk_state.type of the STATUS and HOST_STATUS records
+# sanlk_state.type of the STATUS, HOST_STATUS and RENEWAL records
 STATE_DAEMON, STATE_CLIENT, STATE_LOCKSPACE, STATE_RESOURCE, STATE_HOST = 1, 2, 3, 4, 5
+STATE_RENEWAL = 6
+#: LOG_DUMP: the client reads at most this many bytes (sanlock's LOG_DUMP_SIZE) and prints
+#: them as a C string
+LOG_DUMP_SIZE = 1 << 20
 
 HEADER = struct.Struct("<6IiI")  # data: a signed result in replies
 DISK = struct.Struct(f"<{PATH_LEN}sQII")
@@ -122,6 +134,11 @@ OPTIONS = struct.Struct(f"<{NAME_LEN}sII")
 HOST = struct.Struct("<QQQII")
 STATE = struct.Struct(f"<IIIIQ{NAME_LEN}sII")
 KILLPATH = struct.Struct("<128s128s")
+HOST_EVENT = struct.Struct("<QQQQ")
+EVENT_FROM = struct.Struct("<QQ")
+CB_PROTO, CB_GET_EVENT = 1, 1
+MAX_EVENT_FDS = 32  # REG_EVENT connections per lockspace
+MAX_HOSTS = 2000  # SET_EVENT: host_ids above are refused before the lockspace is looked up
 
 
 def _text(raw: bytes) -> str:
@@ -283,6 +300,13 @@ def killpath_command(raw: bytes) -> list[str]:
     if cur:
         argv.append("".join(cur))
     return [path, *argv] if path else []
+
+
+def event_callback(he: tuple[int, int, int, int], from_host_id: int, from_generation: int) -> bytes:
+    """One ``event_cb`` (``he``: host_id, generation, event, data)."""
+    size = HEADER.size + HOST_EVENT.size + EVENT_FROM.size
+    head = Header(CB_GET_EVENT, length=size, version=CB_PROTO).pack()
+    return head + HOST_EVENT.pack(*he) + EVENT_FROM.pack(from_host_id, from_generation)
 
 
 def host(host_id: int, generation: int, timestamp: int, io_timeout: int, state: int) -> bytes:

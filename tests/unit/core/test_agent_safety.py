@@ -10,6 +10,7 @@ that cannot prove its predecessor's holders gone must wait out that predecessor.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -29,9 +30,10 @@ from leasekit import (
 )
 from vmlease_agent.core import state
 from vmlease_agent.core.agent import Agent, AgentConfig, Busy, ExitedHolderUnadoptable
-from vmlease_agent.core.lockspace import FireTimeoutTooLong, LockspaceConfig
+from vmlease_agent.core.lockspace import SETEV_CUR_GENERATION, FireTimeoutTooLong, LockspaceConfig
 from vmlease_agent.engine import delta, errors, ondisk, paxos
 from vmlease_agent.engine.clock import boottime
+from vmlease_agent.engine.delta import HostEvent
 from vmlease_agent.engine.directio import Storage
 from vmlease_agent.engine.paxos import Resource
 from waiting import wait_for
@@ -824,3 +826,22 @@ def test_an_exited_holder_whose_lifeline_was_open_stays_held_across_a_restart_sa
 
 def _exited(a: Agent) -> bool:
     return any(c.exited for c in a._registry.clients.values())
+
+
+def test_a_host_event_sent_after_the_state_was_saved_does_not_stop_the_adoption_safety(world):
+    """The event rides in our own record (sanlock's set_event), which the saved state may
+    predate (the agent died between a renewal and its save): a restart adopts the record all
+    the same, holder included, and still refuses a record someone else changed (the other
+    tests here)."""
+    a = world.agent()
+    world.join(a)
+    vm = world.holder()
+    a.acquire(vm.pid, [(world.res, False)])
+    saved = os.path.join(a.cfg.run_dir, state.STATE_FILE)
+    shutil.copy(saved, saved + ".before")
+    a.set_event("LS", HostEvent(2, 0, 7, 9), SETEV_CUR_GENERATION)
+    wait_for(lambda: world.record().write_generation == 7, 2 * N + 3, "a renewal with event 7")
+    a.stop(clean=False)
+    os.replace(saved + ".before", saved)
+    b = world.agent()
+    assert b.status()["leases"] and b.snapshot().lockspace("LS").state == "live"

@@ -57,3 +57,38 @@ def test_sigkill_comes_before_the_watchdog_could_fire_safety():
 
     for w in (3, 10, 30, 60, 120):
         assert timeouts.kill_grace_seconds(w) < w
+
+
+def test_restricted_signals_are_swapped_as_sanlock_does():
+    """kill_pids (fencing, removal): SIGKILL -> SIGTERM, then SIGTERM -> SIGKILL, so a holder
+    restricted both ways still gets SIGKILL; do_request (requests): one swap only."""
+    import signal
+
+    kill, term = signal.SIGKILL, signal.SIGTERM
+    both = fencing.NO_SIGKILL | fencing.NO_SIGTERM
+    swap = fencing.restricted_signal
+    assert [swap(kill, 0), swap(term, 0)] == [kill, term]
+    assert [swap(kill, fencing.NO_SIGKILL), swap(term, fencing.NO_SIGTERM)] == [term, kill]
+    assert [swap(kill, both), swap(term, both)] == [kill, kill]
+    assert [swap(kill, both, once=True), swap(term, both, once=True)] == [term, kill]
+
+
+def test_a_restricted_holder_gets_the_other_signal(tmp_path):
+    """Fencing's SIGTERM goes to a NO_SIGTERM holder as SIGKILL; a request's force (SIGKILL)
+    to a NO_SIGKILL holder as SIGTERM."""
+    import signal
+    import subprocess
+
+    from vmlease_agent.core import requests
+    from vmlease_agent.core.holders import Client
+
+    cases = [
+        (fencing.Action(fencing.TERM, "test"), fencing.NO_SIGTERM, signal.SIGKILL),
+        (requests.action(requests.FORCE, False), fencing.NO_SIGKILL, signal.SIGTERM),
+        (requests.action(requests.GRACEFUL, False), fencing.NO_SIGTERM, signal.SIGKILL),
+    ]
+    for action, restrict, expected in cases:
+        proc = subprocess.Popen(["sleep", "60"])
+        client = Client(f"pid:{proc.pid}", proc.pid, 1, "sleep", restrict=restrict)
+        fencing.apply(action, client, 0.0, {})
+        assert proc.wait(timeout=10) == -expected, action

@@ -36,6 +36,7 @@ def test_round_trip(tmp_path):
     cfg = LockspaceConfig("LS", 3, "/shared/ls", 0, 2)
     c = Client("pid:42", 42, 777, "qemu", owner="vm1", kill_command=["/bin/true"])
     c.kill_appends_pid = False  # sanlock's killpath without SANLK_KILLPATH_PID
+    c.restrict = 0x2  # fencing.NO_SIGKILL: kept across a restart, as its kill command
     c.leases["LS:R1"] = held()
     state.save(str(tmp_path), "node-a", {"LS": FakeLockspace(cfg, record())}, {c.key: c})
     saved = state.load(str(tmp_path), "node-a")
@@ -49,7 +50,7 @@ def test_round_trip(tmp_path):
         "vm1",
         ["/bin/true"],
     )
-    assert sc.kill_appends_pid is False
+    assert sc.kill_appends_pid is False and sc.restrict == 0x2
     h = sc.leases[0]
     assert h.token.leader.pack() == held().token.leader.pack()
     assert h.token.dblock.pack() == held().token.dblock.pack()

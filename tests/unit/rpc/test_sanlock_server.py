@@ -109,6 +109,12 @@ class StubAgent:
         self.calls.append(("inquire", holder))
         return []
 
+    def set_restrictions(self, holder, restrict):
+        self.calls.append(("set_restrictions", holder, restrict))
+
+    def watch_host_events(self, watcher):
+        self.watcher = watcher
+
 
 @pytest.fixture
 def server():
@@ -241,7 +247,7 @@ def test_bad_magic_and_restricted_connections_get_no_reply_like_sanlock(server):
 def test_a_command_not_implemented_is_refused_not_left_hanging(server):
     with connect(server) as s:
         payload = bytes(w.LOCKSPACE.size)
-        s.sendall(w.Header(w.Cmd.READ_LOCKSPACE, length=32 + len(payload)).pack() + payload)
+        s.sendall(w.Header(w.Cmd.FORMAT_RINDEX, length=32 + len(payload)).pack() + payload)
         assert result(s).data == -errno.EOPNOTSUPP
         assert s.recv(1) == b""  # closed: a client expecting more gets EOF, not a wait
 
@@ -288,3 +294,41 @@ def test_lvb_requests_are_framed_as_sanlocks(server):
         s.sendall(w.Header(w.Cmd.GET_LVB, length=160, data2=16).pack() + other)
         h = result(s)
         assert (h.data, h.length) == (-errno.ENOENT, 32)
+
+
+def test_restrict_tells_the_agent_which_signals_the_pid_must_not_get(server):
+    with connect(server) as s:
+        s.sendall(w.Header(w.Cmd.REGISTER).pack())
+        for flags in (0x2, 0x4 | 0x1):  # SIGKILL; SIGTERM with ALL (then no more replies)
+            s.sendall(w.Header(w.Cmd.RESTRICT, cmd_flags=flags, data2=w.SELF).pack())
+            assert result(s).data == 0
+    restrictions = [c for c in server.agent.calls if c[0] == "set_restrictions"]
+    assert restrictions == [
+        ("set_restrictions", os.getpid(), 0x2),  # fencing.NO_SIGKILL
+        ("set_restrictions", os.getpid(), 0x4),  # fencing.NO_SIGTERM
+    ]
+
+
+def test_log_dump_sends_the_recent_lines_with_their_size_in_data_and_keeps_to_its_limit():
+    import logging
+
+    ring = sanlock_server.LogRing(limit=64)
+    ring.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("test-log-ring")
+    logger.addHandler(ring)
+    try:
+        for i in range(20):
+            logger.warning("line %02d", i)
+    finally:
+        logger.removeHandler(ring)
+    text = ring.dump()
+    assert len(text) <= 64 and text.endswith(b"line 19\n") and b"line 00" not in text
+
+
+def test_an_event_callback_is_sanlocks_80_byte_event_cb():
+    """A header (version 1, cmd 1 = SM_CB_GET_EVENT, length 80), sanlk_host_event, then the
+    sender's host_id and generation: what sanlock_get_event reads in one recv."""
+    cb = w.event_callback((2, 5, 7, 9), 1, 3)
+    h = w.Header.unpack(cb[:32])
+    assert (len(cb), h.magic, h.version, h.cmd, h.length) == (80, w.MAGIC, 1, 1, 80)
+    assert [int.from_bytes(cb[i : i + 8], "little") for i in range(32, 80, 8)] == [2, 5, 7, 9, 1, 3]
