@@ -327,3 +327,56 @@ def test_host_events_pass_between_the_agent_and_the_sanlock_daemon_both_ways(mix
             data,
         ), (kind, e)
         assert e["generation"] >= 1 and e["from_generation"] >= 1, (kind, e)
+
+
+# ---- status -D ----------------------------------------------------------------------------
+
+
+def status_details(side: Side, pid: int) -> dict[str, dict[str, str]]:
+    """``sanlock client status -D`` as record kind ("daemon", "p", "s", "r") -> its key=value
+    lines: the lockspace's, the lease's, and of the clients the one of ``pid``."""
+    out: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in side.cli("status", "-D").splitlines():
+        if line.startswith("    ") and "=" in line:
+            key, _, value = line.strip().partition("=")
+            current[key] = value
+        elif line and not line.startswith("rc="):
+            kind = line.split()[0]
+            current = {}
+            if kind != "p" or line.split()[1] == str(pid):
+                out[kind] = current
+    return out
+
+
+def test_status_details_name_sanlocks_keys_with_the_same_values(both):
+    """``status -D``: every key the agent prints is one sanlock prints for that record, and the
+    values the two can share agree (a person or script reading one reads the other)."""
+    seen = {}
+    for kind, side in both.items():
+        admin = join(side)
+        holder = holding(side, "RES", side.res())
+        try:
+            seen[kind] = status_details(side, holder.call("pid"))
+        finally:
+            holder.close()
+            admin.close()
+    theirs, ours = seen["sanlock"], seen["vmlease"]
+    for record in ("daemon", "p", "s", "r"):
+        extra = set(ours[record]) - set(theirs[record])
+        assert not extra, f"{record}: keys sanlock does not print: {sorted(extra)}"
+    for record, key in [
+        ("daemon", "version_str"),
+        ("daemon", "renewal_history_size"),
+        ("s", "list"),
+        ("s", "io_timeout"),
+        ("s", "host_generation"),
+        ("s", "space_dead"),
+        ("s", "external_used"),
+        ("r", "list"),
+        ("r", "flags"),
+        ("r", "lver"),
+        ("p", "restricted"),
+        ("p", "cmd_active"),
+    ]:
+        assert ours[record][key] == theirs[record][key], (record, key)

@@ -40,8 +40,14 @@ from dataclasses import dataclass
 
 from vmlease_agent.core import fencing
 from vmlease_agent.core.agent import Agent, AgentError, NotHeld
-from vmlease_agent.core.lockspace import FAILED, JOINING, LIVE, LockspaceConfig
-from vmlease_agent.core.snapshot import HolderSnapshot, LockspaceSnapshot
+from vmlease_agent.core.lockspace import (
+    FAILED,
+    JOINING,
+    LIVE,
+    RENEWAL_HISTORY_SIZE,
+    LockspaceConfig,
+)
+from vmlease_agent.core.snapshot import AgentSnapshot, HolderSnapshot, LockspaceSnapshot
 from vmlease_agent.engine import SANLK_ERROR, delta, errors, leasespec, ondisk, paxos, timeouts
 from vmlease_agent.engine.paxos import Resource
 from vmlease_agent.rpc import sanlock_wire as w
@@ -177,6 +183,40 @@ def _from_root(path: str) -> str:
     LS:1:var/lib/libvirt/sanlock/LS:0``, typed as the seed's walkthrough types it, names
     ``/var/lib/libvirt/sanlock/LS`` for both."""
     return path if not path or path.startswith("/") else "/" + path
+
+
+# ---- status -D: the keys of sanlock's records the agent has a true value for ---------------
+# (sanlock's internals without a counterpart here, e.g. helper_pid, fd or res_id, are left out)
+
+
+def _daemon_text(snap: AgentSnapshot) -> str:
+    return " ".join(
+        [
+            f"our_host_name={snap.node}",
+            f"use_watchdog={int(snap.watchdog.enforced)}",
+            f"renewal_history_size={RENEWAL_HISTORY_SIZE}",
+            f"kill_grace_seconds={timeouts.kill_grace_seconds(snap.watchdog.fire_timeout)}",
+            f"monotime={int(snap.taken_at)}",
+            "version_str=3.8.5 version_num=3.8.5 version_hex=03080500 smproto_hex=00000001",
+        ]
+    )
+
+
+def _client_text(pid: int, reg: Registration | None) -> str:
+    if reg is None:
+        return f"pid={pid}"
+    return f"pid={pid} restricted={reg.restricted} cmd_active={int(reg.active)}"
+
+
+def _lockspace_text(s: LockspaceSnapshot, config: int, now: float) -> str:
+    """``renewal_last_success`` on the agent's clock, as ``monotime`` (sanlock: its own)."""
+    which = "add" if s.state == JOINING else "spaces"
+    text = f"list={which} io_timeout={s.io_timeout} host_generation={s.generation}"
+    text += f" space_dead={int(s.state == FAILED)}"
+    text += f" external_used={int(bool(config & w.CONFIG_USED))}"
+    if s.last_renewal_ago is not None:
+        text += f" renewal_last_success={int(now - s.last_renewal_ago)}"
+    return text
 
 
 def _peer_open(sock: socket.socket) -> bool:
@@ -893,15 +933,14 @@ class SanlockApi:
         snap = self.agent.snapshot()
         stop = h.data or 4
         out = [h.reply(0)]
-        out.append(w.state_record(w.STATE_DAEMON, snap.node, "version_str=3.8.5"))
+        out.append(w.state_record(w.STATE_DAEMON, snap.node, _daemon_text(snap)))
         if stop >= 2:
             out += self._client_records(snap.holders)
         if stop >= 3:
             for s in snap.lockspaces:
                 flags = w.LSF_ADD if s.state == JOINING else 0
-                which = "add" if s.state == JOINING else "spaces"
                 tail = w.Lockspace(s.name, s.host_id, s.path, s.offset, flags).pack()
-                text = f"list={which} io_timeout={s.io_timeout} host_generation={s.generation}"
+                text = _lockspace_text(s, self._config.get(s.name, 0), snap.taken_at)
                 out.append(w.state_record(w.STATE_LOCKSPACE, s.name, text, 0, s.host_id, tail))
         if stop >= 4:
             # one list for the whole daemon, newest first, as sanlock's resources_held
@@ -914,7 +953,7 @@ class SanlockApi:
                     w.RES_SHARED if le.shared else 0,
                     disks=[w.Disk(le.path, le.offset)],
                 )
-                text = f"list=held lver={le.lver}"
+                text = f"list=held flags={res.flags} lver={le.lver}"
                 out.append(
                     w.state_record(w.STATE_RESOURCE, le.resource, text, pid, le.lver, res.pack())
                 )
@@ -934,7 +973,11 @@ class SanlockApi:
             if x.holder.pid and x.holder.pid not in seen and x.leases
         ]
         names.append((-1, "status"))
-        return [w.state_record(w.STATE_CLIENT, name, f"pid={pid}", pid) for pid, name in names]
+        by_pid = {r.pid: r for r in regs}
+        return [
+            w.state_record(w.STATE_CLIENT, name, _client_text(pid, by_pid.get(pid)), pid)
+            for pid, name in names
+        ]
 
     def cmd_host_status(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
         ls = conn.lockspace()
