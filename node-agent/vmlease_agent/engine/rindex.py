@@ -239,7 +239,6 @@ def format_index(
     st: Storage, place: Place, sizes: Sizes, max_resources: int, write_timeout: float
 ) -> Header:
     """Write a new, empty index and its lease (module docstring: what we refuse)."""
-    ondisk.encode_name(place.lockspace, "lockspace")
     what = f"resource index {place.lockspace}"
     delta.check_offset(delta.Location(place.lockspace, place.path, place.offset), sizes, what)
     count = min(max_resources or DEFAULT_MAX_RESOURCES, MAX_RESOURCES[sizes.align_size])

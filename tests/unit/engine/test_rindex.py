@@ -132,6 +132,23 @@ def test_format_refuses_foreign_data_in_either_area(env, lease_dir):
     )
 
 
+def test_an_index_may_be_formatted_over_but_not_while_its_lease_is_held(env):
+    """Reformatting loses only the entries (``rebuild`` finds the leases again); a held
+    rindex lease means a host is changing the index right now."""
+    env.create("vm1")
+    rindex.format_index(env.st, env.place, S512, 0, 1)
+    assert not any(env.entry_bytes(0))
+    assert leader_of(env.st.path, slot(0)).resource_name == "vm1"
+    env.create("vm2")  # an entry again, that a refused format must keep
+    lease = rindex.lease_of(env.place, rindex.read_header(env.st, env.place, 512, 1))
+    env.acquirer(lease).acquire()
+    assert_refused(
+        env.st.path,
+        errors.RefuseOverwrite,
+        lambda: rindex.format_index(env.st, env.place, S512, 0, 1),
+    )
+
+
 def test_the_header_must_be_an_index_of_this_lockspace_at_this_offset(env):
     other = rindex.Place("OTHER", env.st.path, 0)
     with pytest.raises(errors.RindexLockspace):

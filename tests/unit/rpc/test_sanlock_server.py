@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 from vmlease_agent.core.agent import NotHeld
+from vmlease_agent.engine import rindex
 from vmlease_agent.rpc import sanlock_server
 from vmlease_agent.rpc import sanlock_wire as w
 
@@ -258,7 +259,7 @@ def rindex_request(cmd: w.Cmd, entry: w.Rentry | None, flags: int = 0, data2: in
 def test_rindex_entry_commands_read_two_structs_and_always_answer_an_entry(server):
     """As sanlock's rindex_op: the fixed structs are read whatever ``length`` says, the reply
     is a header (length 96) and a sanlk_rentry, even with an error."""
-    server.agent.rindex_lookup = lambda place, e, joined: e.__class__("found", 3 << 20)
+    server.agent.rindex_lookup = lambda place, e, joined: rindex.Entry("found", 3 << 20)
 
     def create(place, name, num_hosts):
         server.agent.calls.append(("create", place, name, num_hosts))
