@@ -243,7 +243,7 @@ def format_index(
     delta.check_offset(delta.Location(place.lockspace, place.path, place.offset), sizes, what)
     count = min(max_resources or DEFAULT_MAX_RESOURCES, MAX_RESOURCES[sizes.align_size])
     header = Header(sizes, count, place.lockspace, place.offset)
-    _refuse_over_index(st, place, sizes.align_size)
+    _refuse_over_index(st, place, sizes.align_size, write_timeout)
     lease = lease_of(place, header)
     refuse_overwrite(st, place.path, lease.offset, sizes.align_size, f"resource {lease.label}")
     area = ondisk.sector(sizes.sector_size, (0, header.pack())) + bytes(
@@ -254,15 +254,13 @@ def format_index(
     return header
 
 
-def _refuse_over_index(st: Storage, place: Place, length: int) -> None:
-    """Zeros or an index may be formatted over; anything else needs sanlock itself."""
-    size = st.size()
-    if size <= place.offset:
-        return
-    length = min(PROBE_SECTOR, size - place.offset) // 512 * 512 or 512
-    head = st.read(place.offset, length, 60.0)
-    if not any(head) or struct.unpack_from("<I", head)[0] == MAGIC:
-        return
+def _refuse_over_index(st: Storage, place: Place, length: int, timeout: float) -> None:
+    """An index may be formatted over (its leases stay in their slots); anything else in the
+    area is refused as ``init`` refuses it: a lease, a disk image."""
+    if st.size() >= place.offset + st.sector_size:
+        head = st.read(place.offset, st.sector_size, timeout)
+        if struct.unpack_from("<I", head)[0] == MAGIC:
+            return
     refuse_overwrite(st, place.path, place.offset, length, f"resource index {place.lockspace}")
 
 

@@ -123,8 +123,8 @@ def test_format_refuses_foreign_data_in_either_area(env, lease_dir):
         errors.RefuseOverwrite,
         lambda: rindex.format_index(Storage(path), rindex.Place("LS", path, 0), S512, 0, 1),
     )
-    write_bytes(path, 0, b"QFI\xfb" + bytes(508))
     write_bytes(path, MiB, bytes(512))
+    write_bytes(path, 64 * 1024, b"QFI\xfb" + bytes(508))  # beyond the index's first sectors
     assert_refused(
         path,
         errors.RefuseOverwrite,
