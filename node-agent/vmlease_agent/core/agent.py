@@ -1310,6 +1310,12 @@ class Agent:
             with self._lock:
                 self._rindex_ops.discard(name)
 
+    def rindex_busy(self, name: str) -> bool:
+        """A resource index command is running in lockspace ``name`` (sanlock refuses to
+        remove such a lockspace: its rindex lease is held by our host_id)."""
+        with self._lock:
+            return name in self._rindex_ops
+
     @staticmethod
     def _probe(ls: JoinedLockspace | None) -> int:
         """How much of the index header to read: the lockspace's sector (sanlock's rule)."""

@@ -450,6 +450,8 @@ class SanlockApi:
                 raise LockspaceUnknown(lockspace=ls.name)
             if snap.state == JOINING:
                 raise InProgress(lockspace=ls.name, doing="added")
+            if self.agent.rindex_busy(ls.name):
+                raise LockspaceInUse(lockspace=ls.name, detail="a resource index command runs")
             users = self._holders(ls.name)
             if users and h.cmd_flags & w.REM_UNUSED:
                 raise LockspaceInUse(lockspace=ls.name, detail="leases are held in it")

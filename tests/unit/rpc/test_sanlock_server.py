@@ -282,6 +282,18 @@ def test_rindex_entry_commands_read_two_structs_and_always_answer_an_entry(serve
     assert server.agent.calls[-1][2:] == ("new", 7)
 
 
+def test_a_lockspace_is_not_removed_while_an_index_command_holds_its_rindex_lease(server):
+    """As sanlock's rem_lockspace: -EBUSY, and nothing is killed or left."""
+    snap = SimpleNamespace(path="/p", offset=0, host_id=1, state="live")
+    server.agent.snapshot = lambda: SimpleNamespace(holders=(), lockspace=lambda name: snap)
+    server.agent.rindex_busy = lambda name: True
+    with connect(server) as s:
+        payload = w.Lockspace("LS", 1, "/p").pack()
+        s.sendall(w.Header(w.Cmd.REM_LOCKSPACE, length=32 + len(payload)).pack() + payload)
+        assert result(s).data == -errno.EBUSY
+    assert server.agent.calls == []
+
+
 def test_killpath_sets_the_registered_pids_kill_command_with_the_pid_only_if_asked(server):
     raw = w.KILLPATH.pack(b"/usr/libexec/libvirt_sanlock_helper", rb"qemu:///system u\ 1 pause")
     with connect(server) as s:
