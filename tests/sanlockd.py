@@ -331,6 +331,31 @@ def _client_main() -> None:
 
         return ctypes.CDLL("libsanlock.so.1").sanlock_restrict(fd, req["flags"])
 
+    def op_rindex(req):
+        """python-sanlock 3.8 has no rindex calls: libsanlock's ``sanlock_<call>`` through
+        ctypes. Returns the result and the sanlk_rentry as the library left it (copied from
+        the reply only on success)."""
+        import ctypes
+        import struct
+
+        lib = ctypes.CDLL("libsanlock.so.1", use_errno=True)
+        rx = struct.pack(
+            "IIQ48s1024sQII", req.get("rif", 0), req.get("max_resources", 0), 0,
+            req["lockspace"].encode(), req["path"].encode(), req.get("offset", 0), 0, 0,
+        )  # fmt: skip
+        rx_buf = ctypes.create_string_buffer(rx, len(rx))
+        fn, flags = getattr(lib, "sanlock_" + req["call"]), req.get("flags", 0)
+        if req["call"] in ("format_rindex", "rebuild_rindex"):
+            return {"rv": fn(rx_buf, flags)}
+        entry = struct.pack("48sQII", req.get("name", "").encode(), req.get("res_offset", 0), 0, 0)
+        re_buf = ctypes.create_string_buffer(entry, len(entry))
+        if req["call"] == "create_resource":
+            rv = fn(rx_buf, flags, re_buf, 0, req.get("num_hosts", 0))
+        else:
+            rv = fn(rx_buf, flags, re_buf)
+        name, offset, _, _ = struct.unpack("48sQII", re_buf.raw[:64])
+        return {"rv": rv, "name": name.rstrip(b"\0").decode(), "offset": offset}
+
     def op_bench(req):
         """Acquire/release ``count`` times; per-call latencies measured here, in the caller."""
         ls, res, d = req["lockspace"].encode(), req["resource"].encode(), disks(req)

@@ -71,7 +71,7 @@ from vmlease_agent.core.snapshot import (
     WatchdogSnapshot,
 )
 from vmlease_agent.core.watchdog import NullWatchdog, Watchdog, WatchdogError
-from vmlease_agent.engine import delta, errors, ondisk, paxos, timeouts
+from vmlease_agent.engine import delta, errors, ondisk, paxos, rindex, timeouts
 from vmlease_agent.engine.clock import REAL_CLOCK, Aborted, Clock
 from vmlease_agent.engine.directio import Storage
 from vmlease_agent.engine.paxos import Resource
@@ -94,6 +94,22 @@ class NotJoined(AgentError):
     template = (
         "lockspace {lockspace} is not joined on this node{state}: add it with "
         "`vmlease client add_lockspace -s {lockspace}:HOST_ID:PATH:OFFSET`"
+    )
+
+
+class NoLockspace(AgentError):
+    code = -errno.ENOENT  # sanlock's answer to an rindex command in a lockspace it lacks
+    template = (
+        "lockspace {lockspace} is not joined on this node: the resource index is changed "
+        "under its rindex lease, held by our host_id there; add the lockspace first"
+    )
+
+
+class RindexBusy(AgentError):
+    code = -errno.EBUSY
+    template = (
+        "another resource index command is running in lockspace {lockspace} on this node "
+        "(one at a time, as with sanlock): try again"
     )
 
 
@@ -222,6 +238,8 @@ class Agent:
         self._condemned = ""
         #: lockspaces whose leases' request records are being examined (one thread each)
         self._examining: set[str] = set()
+        #: lockspaces with a resource index command running (one at a time, as sanlock)
+        self._rindex_ops: set[str] = set()
         #: who is told of host events for us (``watch_host_events``)
         self._event_watchers: list[Callable[[str, delta.ReceivedEvent], None]] = []
 
@@ -1259,6 +1277,106 @@ class Agent:
         st = self._storage(res.path)
         sizes = sizes or ondisk.Sizes.default_for(st.sector_size)
         paxos.init_resource(st, res, sizes, num_hosts=num_hosts, clear=clear)
+
+    # ---- resource index (sanlock's rindex commands; ``engine.rindex``) ------------------------
+
+    def rindex_format(
+        self, place: rindex.Place, sizes: ondisk.Sizes | None, max_resources: int
+    ) -> rindex.Header:
+        """Format a resource index (no lockspace needed, as with sanlock); never over live
+        leases or foreign data."""
+        st = self._storage(place.path)
+        sizes = sizes or ondisk.Sizes.default_for(st.sector_size)
+        return rindex.format_index(st, place, sizes, max_resources, timeouts.DEFAULT_IO_TIMEOUT)
+
+    @contextlib.contextmanager
+    def _rindex_op(self, name: str, joined: bool = True):
+        """One index command at a time per lockspace (-EBUSY, as sanlock); yields the joined
+        lockspace, or None when ``joined`` is False (sanlock's SANLK_RX_NO_LOCKSPACE)."""
+        if not joined:
+            yield None
+            return
+        with self._lock:
+            ls = self._lockspaces.get(name)
+            if ls is None:
+                raise NoLockspace(lockspace=name)
+            ls = self._joined(name)
+            if name in self._rindex_ops:
+                raise RindexBusy(lockspace=name)
+            self._rindex_ops.add(name)
+        try:
+            yield ls
+        finally:
+            with self._lock:
+                self._rindex_ops.discard(name)
+
+    def rindex_busy(self, name: str) -> bool:
+        """A resource index command is running in lockspace ``name`` (sanlock refuses to
+        remove such a lockspace: its rindex lease is held by our host_id)."""
+        with self._lock:
+            return name in self._rindex_ops
+
+    @staticmethod
+    def _probe(ls: JoinedLockspace | None) -> int:
+        """How much of the index header to read: the lockspace's sector (sanlock's rule)."""
+        return ls.sizes.sector_size if ls is not None and ls.sizes else rindex.PROBE_SECTOR
+
+    def _rindex_acquirer(self, ls: JoinedLockspace) -> rindex.AcquirerFor:
+        return lambda res: self._acquirer(ls, res)
+
+    def rindex_lookup(self, place: rindex.Place, entry: rindex.Entry, joined: bool) -> rindex.Entry:
+        """What the index records (``rindex.lookup``); nothing is written."""
+        with self._rindex_op(place.lockspace, joined) as ls:
+            io = ls.cfg.io_timeout if ls else timeouts.DEFAULT_IO_TIMEOUT
+            st = self._storage(place.path)
+            return rindex.lookup(st, place, self._probe(ls), entry.name, entry.offset, io)
+
+    def rindex_create(self, place: rindex.Place, name: str, num_hosts: int) -> int:
+        """A new resource lease in the first free slot of the index; returns its offset."""
+        with self._rindex_op(place.lockspace) as ls:
+            offset = rindex.create(
+                self._storage(place.path), place, name, num_hosts,
+                self._rindex_acquirer(ls), self._probe(ls), ls.cfg.io_timeout,
+            )  # fmt: skip
+        self.event("rindex_create", lockspace=place.lockspace, lease=name, offset=offset)
+        return offset
+
+    def rindex_delete(self, place: rindex.Place, entry: rindex.Entry) -> None:
+        """Remove a resource lease from the index and clear it (refused while it is held)."""
+        with self._rindex_op(place.lockspace) as ls:
+            rindex.delete(
+                self._storage(place.path), place, entry,
+                self._rindex_acquirer(ls), self._probe(ls), ls.cfg.io_timeout,
+            )  # fmt: skip
+        self.event("rindex_delete", lockspace=place.lockspace, lease=entry.name)
+
+    def rindex_update(
+        self, place: rindex.Place, entry: rindex.Entry, flags: tuple[bool, bool], joined: bool
+    ) -> rindex.Entry:
+        """Clear or set one entry (``flags``: ``rindex.update``), under the index's lease
+        (refused without the lockspace: sanlock writes it without)."""
+        with self._rindex_op(place.lockspace, joined) as ls:
+            if ls is None:
+                raise errors.RindexUnserialised(
+                    **place.where(), op="update", lockspace=place.lockspace
+                )
+            return rindex.update(
+                self._storage(place.path), place, entry, flags,
+                self._rindex_acquirer(ls), self._probe(ls), ls.cfg.io_timeout,
+            )  # fmt: skip
+
+    def rindex_rebuild(self, place: rindex.Place, joined: bool) -> list[rindex.Entry]:
+        """Recreate the index from the leases in its slots, under its lease (refused without
+        the lockspace)."""
+        with self._rindex_op(place.lockspace, joined) as ls:
+            if ls is None:
+                raise errors.RindexUnserialised(
+                    **place.where(), op="rebuild", lockspace=place.lockspace
+                )
+            return rindex.rebuild(
+                self._storage(place.path), place,
+                self._rindex_acquirer(ls), self._probe(ls), ls.cfg.io_timeout,
+            )  # fmt: skip
 
     def read_lockspace(self, loc: delta.Location, host_id: int) -> ondisk.Leader:
         """Host ``host_id``'s record of the lockspace at ``loc`` (its name, io_timeout and

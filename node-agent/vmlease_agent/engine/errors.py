@@ -333,3 +333,54 @@ class RequestLver(LeaseError):
 class RequestMagic(LeaseError):
     code = engine.SANLK_REQUEST_MAGIC
     template = "{lease} at {path}:{offset}: the request record is not valid (not initialised?)"
+
+
+# ---- resource index (sanlock -274..-278) -------------------------------------------------
+
+
+class RindexMagic(LeaseError):
+    code = engine.SANLK_RINDEX_MAGIC
+    template = (
+        "resource index at {path}:{offset}: no index there (magic {magic:#010x}); format one "
+        "with `sanlock client format -x LOCKSPACE:PATH:OFFSET`, or check the offset"
+    )
+
+
+class RindexVersion(LeaseError):
+    code = engine.SANLK_RINDEX_VERSION
+    template = (
+        "resource index at {path}:{offset}: on-disk version {version:#010x} is not a major "
+        "version 1 index: written by a newer sanlock?"
+    )
+
+
+class RindexLockspace(LeaseError):
+    code = engine.SANLK_RINDEX_LOCKSPACE
+    template = "resource index at {path}:{offset} belongs to lockspace {found!r}, not {expected!r}"
+
+
+class RindexOffset(LeaseError):
+    code = engine.SANLK_RINDEX_OFFSET
+    template = "resource index at {path}:{offset}: {detail}"
+
+
+class RindexDiff(LeaseError):
+    code = engine.SANLK_RINDEX_DIFF
+    template = (
+        "resource index at {path}:{offset}: the entry for offset {res_offset} names "
+        "{found!r}, not {expected!r}"
+    )
+
+
+class RindexNotFound(LeaseError):
+    code = -errno.ENOENT
+    template = "resource index at {path}:{offset}: {detail}"
+
+
+class RindexUnserialised(LeaseError):
+    code = -errno.EOPNOTSUPP
+    template = (
+        "resource index at {path}:{offset}: {op} without a lockspace would write the index "
+        "without holding its rindex lease (another host may be changing it): join lockspace "
+        "{lockspace} and run it without the no-lockspace flag"
+    )

@@ -50,11 +50,14 @@ def _describe_resource(area: bytes, leader: Leader) -> list[str]:
     return users
 
 
-def refuse_overwrite(st: Storage, path: str, offset: int, length: int, target: str) -> None:
+def refuse_overwrite(
+    st: Storage, path: str, offset: int, length: int, target: str, reuse_in: str = ""
+) -> None:
     """Raise RefuseOverwrite if the area holds live leases or data that is not a free lease.
 
     All-zero (fresh) areas and leases nobody holds may be (re)initialised; anything else needs
-    ``--force``: the message says what is there.
+    ``--force``: the message says what is there. ``reuse_in``: a free resource lease of this
+    lockspace may be replaced whatever its name (a slot a resource index says is free).
     """
     size = st.size()
     if size <= offset:
@@ -81,7 +84,8 @@ def refuse_overwrite(st: Storage, path: str, offset: int, length: int, target: s
                 "initialising would take their leases away while they may still write" + force,
             )
         wanted_kind, _, wanted_name = target.partition(" ")
-        if wanted_kind != kind or wanted_name != name:
+        reusable = not is_ls and reuse_in and leader.space_name == reuse_in
+        if not reusable and (wanted_kind != kind or wanted_name != name):
             raise errors.RefuseOverwrite(
                 **fields, detail=f"the area holds {kind} {name} (not in use)" + force
             )

@@ -18,8 +18,8 @@ Connections work as sanlock's (wire format: ``sanlock_wire``):
   valid target of ``data2`` = pid even without a connection to this agent.
 
 Like sanlock, a request with a bad magic or a newer major version, or any request on a
-connection restricted with RESTRICT_ALL, gets no reply. A known command this server does not
-implement yet gets ``-EOPNOTSUPP`` instead of sanlock's silence, so a client fails, never hangs.
+connection restricted with RESTRICT_ALL, gets no reply. Every command of sanlock 3.8.5 is
+served; what differs from sanlock is in the README ("sanlock's client API").
 """
 
 from __future__ import annotations
@@ -48,7 +48,16 @@ from vmlease_agent.core.lockspace import (
     LockspaceConfig,
 )
 from vmlease_agent.core.snapshot import AgentSnapshot, HolderSnapshot, LockspaceSnapshot
-from vmlease_agent.engine import SANLK_ERROR, delta, errors, leasespec, ondisk, paxos, timeouts
+from vmlease_agent.engine import (
+    SANLK_ERROR,
+    delta,
+    errors,
+    leasespec,
+    ondisk,
+    paxos,
+    rindex,
+    timeouts,
+)
 from vmlease_agent.engine.paxos import Resource
 from vmlease_agent.rpc import sanlock_wire as w
 from vmlease_agent.rpc.server import UnixSocketServer, peer_credentials
@@ -295,6 +304,11 @@ class Connection:
         disk.path = _from_root(disk.path)
         return disk
 
+    def rindex(self) -> w.Rindex:
+        ri = w.Rindex.unpack(self.read(w.RINDEX.size))
+        ri.path = _from_root(ri.path)
+        return ri
+
     def drain(self, h: w.Header, already: int = 0) -> None:
         """Skip what is left of a request's payload, as ``length`` announces it."""
         left = h.length - w.HEADER.size - already
@@ -390,14 +404,7 @@ class SanlockApi:
 
     def handle(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
         """Carry out one request whose header was read; True when the connection must close."""
-        cmd = w.Cmd(h.cmd)
-        handler = getattr(self, f"cmd_{cmd.name.lower()}", None)
-        if handler is None:
-            conn.drain(h)
-            self._result(conn, h, Unsupported(cmd=cmd.name.lower(), detail="this command"))
-            # A client may expect more than a header (a stream, a struct): a close ends its
-            # wait. Not a registered connection's: its close releases the pid's leases.
-            return reg is None
+        handler = getattr(self, f"cmd_{w.Cmd(h.cmd).name.lower()}")  # all but REGISTER
         return bool(handler(conn, h, reg))
 
     def _result(self, conn: Connection, h: w.Header, outcome: int | errors.LeaseError) -> None:
@@ -483,6 +490,8 @@ class SanlockApi:
                 raise LockspaceUnknown(lockspace=ls.name)
             if snap.state == JOINING:
                 raise InProgress(lockspace=ls.name, doing="added")
+            if self.agent.rindex_busy(ls.name):
+                raise LockspaceInUse(lockspace=ls.name, detail="a resource index command runs")
             users = self._holders(ls.name)
             if users and h.cmd_flags & w.REM_UNUSED:
                 raise LockspaceInUse(lockspace=ls.name, detail="leases are held in it")
@@ -877,6 +886,81 @@ class SanlockApi:
             self.agent.write_resource(lease, sizes, num_hosts=h.data, clear=clear)
 
         self._run(conn, h, write)
+
+    # ---- resource index (sanlock's rindex commands, ``engine.rindex``) -----------------------
+
+    @staticmethod
+    def _place(ri: w.Rindex) -> rindex.Place:
+        return rindex.Place(ri.lockspace, ri.path, ri.offset)
+
+    def cmd_format_rindex(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """Format an index: RES_ALIGN*/SECTOR* in the struct's flags (none: the storage's
+        default), ``max_resources`` (0: 4096)."""
+        ri = conn.rindex()
+
+        def format_rindex() -> None:
+            sizes = self._sizes(ri.flags, ri.path)
+            self.agent.rindex_format(self._place(ri), sizes, ri.max_resources)
+
+        self._run(conn, h, format_rindex)
+
+    def cmd_rebuild_rindex(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        ri = conn.rindex()
+        joined = not h.cmd_flags & w.RX_NO_LOCKSPACE
+
+        def rebuild() -> None:
+            self.agent.rindex_rebuild(self._place(ri), joined)
+
+        self._run(conn, h, rebuild)
+
+    def _rindex_entry(
+        self,
+        conn: Connection,
+        h: w.Header,
+        fn: Callable[[rindex.Place, rindex.Entry], rindex.Entry],
+    ) -> None:
+        """The entry commands: a sanlk_rindex and a sanlk_rentry in (whatever ``length``
+        says: LOOKUP's counts a sanlk_resource), a header and a sanlk_rentry out, always."""
+        ri = conn.rindex()
+        re_in = w.Rentry.unpack(conn.read(w.RENTRY.size))
+        out = w.Rentry()
+        try:
+            got = fn(self._place(ri), rindex.Entry(re_in.name, re_in.offset))
+            out, result = w.Rentry(got.name, got.offset), 0
+        except errors.LeaseError as e:
+            log.info("sanlock %s refused (%d): %s", h.name, e.code, e)
+            result = e.code
+        except Exception:  # a bug must not take the daemon down, nor leave the client waiting
+            log.exception("sanlock %s failed", h.name)
+            result = SANLK_ERROR
+        conn.send(h.reply(result, w.RENTRY.size) + out.pack())
+
+    def cmd_lookup_rindex(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        joined = not h.cmd_flags & w.RX_NO_LOCKSPACE
+        self._rindex_entry(conn, h, lambda p, e: self.agent.rindex_lookup(p, e, joined))
+
+    def cmd_update_rindex(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """Clear (RXUP_REM: the offset's entry) or set (RXUP_ADD: name and offset) an entry;
+        neither flag: -EINVAL, after the index header is checked, as by sanlock."""
+        joined = not h.cmd_flags & w.RX_NO_LOCKSPACE
+        flags = (bool(h.cmd_flags & w.RXUP_REM), bool(h.cmd_flags & w.RXUP_ADD))
+        self._rindex_entry(conn, h, lambda p, e: self.agent.rindex_update(p, e, flags, joined))
+
+    def cmd_create_resource(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        """A new lease in the index's first free slot; ``data2`` = num_hosts (``data``,
+        max_hosts, is not used, as by sanlock). The reply names only the offset, as sanlock's."""
+        self._rindex_entry(
+            conn,
+            h,
+            lambda p, e: rindex.Entry("", self.agent.rindex_create(p, e.name, h.data2)),
+        )
+
+    def cmd_delete_resource(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
+        def delete(place: rindex.Place, e: rindex.Entry) -> rindex.Entry:
+            self.agent.rindex_delete(place, e)
+            return rindex.Entry("", 0)
+
+        self._rindex_entry(conn, h, delete)
 
     def cmd_restrict(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         def restrict() -> None:

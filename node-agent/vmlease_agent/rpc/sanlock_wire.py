@@ -25,6 +25,8 @@ Payloads::
     sanlk_host (32)        host_id:u64 generation:u64 timestamp:u64 io_timeout:u32 flags:u32
     sanlk_state (80)       type:u32 flags:u32 data32:u32 pad:u32 data64:u64 name[48]
                            str_len:u32 pad:u32, then str_len bytes of text (NUL included)
+    sanlk_rindex (1104)    flags:u32 max_resources:u32 unused:u64 lockspace_name[48] disk:sanlk_disk
+    sanlk_rentry (64)      name[48] offset:u64 flags:u32 unused:u32
     sanlk_host_event (32)  host_id:u64 generation:u64 event:u64 data:u64
     event_cb (80)          a header (version 1, cmd 1 = SM_CB_GET_EVENT, length 80), then
                            sanlk_host_event, from_host_id:u64 from_generation:u64; pushed on
@@ -115,6 +117,9 @@ RESTRICT_SIGKILL = 0x2
 RESTRICT_SIGTERM = 0x4
 KILLPATH_PID = 0x1  # KILLPATH: append the pid to the arguments
 REQUEST_NEXT_LVER = 0x1  # REQUEST: the lease's next version, whatever lver says
+RX_NO_LOCKSPACE = 0x1  # rindex commands: do not use the lockspace (no lease, no busy check)
+RXUP_ADD = 0x10000  # UPDATE_RINDEX: set an entry
+RXUP_REM = 0x20000  # UPDATE_RINDEX: clear an entry
 # SET_CONFIG's data: an outside user of the lockspace (rem_lockspace waits for it), or its
 # resources' orphans (idem, while orphans remain)
 CONFIG_USED, CONFIG_UNUSED, CONFIG_USED_BY_ORPHANS, CONFIG_UNUSED_BY_ORPHANS = 1, 2, 4, 8
@@ -135,6 +140,8 @@ HOST = struct.Struct("<QQQII")
 STATE = struct.Struct(f"<IIIIQ{NAME_LEN}sII")
 KILLPATH = struct.Struct("<128s128s")
 HOST_EVENT = struct.Struct("<QQQQ")
+RINDEX = struct.Struct(f"<IIQ{NAME_LEN}s{PATH_LEN}sQII")
+RENTRY = struct.Struct(f"<{NAME_LEN}sQII")
 EVENT_FROM = struct.Struct("<QQ")
 CB_PROTO, CB_GET_EVENT = 1, 1
 MAX_EVENT_FDS = 32  # REG_EVENT connections per lockspace
@@ -273,6 +280,36 @@ class Resource:
     @property
     def label(self) -> str:
         return f"{self.lockspace}:{self.name}"
+
+
+@dataclass
+class Rindex:
+    """Where a resource index is and its lockspace; ``flags``: RES_ALIGN*/SECTOR* for format."""
+
+    lockspace: str
+    path: str
+    offset: int = 0
+    flags: int = 0
+    max_resources: int = 0
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Rindex:
+        flags, max_res, _unused, name, path, offset, _p1, _p2 = RINDEX.unpack(raw)
+        return cls(_text(name), _text(path), offset, flags, max_res)
+
+
+@dataclass
+class Rentry:
+    name: str = ""
+    offset: int = 0
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Rentry:
+        name, offset, _flags, _unused = RENTRY.unpack(raw)
+        return cls(_text(name), offset)
+
+    def pack(self) -> bytes:
+        return RENTRY.pack(_field(self.name, NAME_LEN), self.offset, 0, 0)
 
 
 def options_owner(raw: bytes) -> str:

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 from vmlease_agent.core.agent import NotHeld
+from vmlease_agent.engine import rindex
 from vmlease_agent.rpc import sanlock_server
 from vmlease_agent.rpc import sanlock_wire as w
 
@@ -29,6 +30,8 @@ def test_struct_sizes_are_sanlocks_on_x86_64():
     assert w.OPTIONS.size == 56
     assert w.HOST.size == 32
     assert w.STATE.size == 80
+    assert w.RINDEX.size == 1104
+    assert w.RENTRY.size == 64
 
 
 def test_add_lockspace_capture_decodes():
@@ -244,12 +247,51 @@ def test_bad_magic_and_restricted_connections_get_no_reply_like_sanlock(server):
             result(s)  # a timeout, as with sanlock: the client would block
 
 
-def test_a_command_not_implemented_is_refused_not_left_hanging(server):
+def rindex_request(cmd: w.Cmd, entry: w.Rentry | None, flags: int = 0, data2: int = 0) -> bytes:
+    ri = w.RINDEX.pack(0, 0, 0, b"LS", b"/p", 0, 0, 0)
+    tail = entry.pack() if entry else b""
+    # libsanlock's LOOKUP header counts a sanlk_resource (128) where it sends a rentry (64)
+    extra = w.RESOURCE.size if cmd == w.Cmd.LOOKUP_RINDEX else len(tail)
+    h = w.Header(cmd, cmd_flags=flags, length=32 + len(ri) + extra, data2=data2)
+    return h.pack() + ri + tail
+
+
+def test_rindex_entry_commands_read_two_structs_and_always_answer_an_entry(server):
+    """As sanlock's rindex_op: the fixed structs are read whatever ``length`` says, the reply
+    is a header (length 96) and a sanlk_rentry, even with an error."""
+    server.agent.rindex_lookup = lambda place, e, joined: rindex.Entry("found", 3 << 20)
+
+    def create(place, name, num_hosts):
+        server.agent.calls.append(("create", place, name, num_hosts))
+        return 4 << 20
+
+    server.agent.rindex_create = create
     with connect(server) as s:
-        payload = bytes(w.LOCKSPACE.size)
-        s.sendall(w.Header(w.Cmd.FORMAT_RINDEX, length=32 + len(payload)).pack() + payload)
-        assert result(s).data == -errno.EOPNOTSUPP
-        assert s.recv(1) == b""  # closed: a client expecting more gets EOF, not a wait
+        s.sendall(rindex_request(w.Cmd.LOOKUP_RINDEX, w.Rentry("found")))
+        h = result(s)
+        assert (h.cmd, h.data, h.length) == (w.Cmd.LOOKUP_RINDEX, 0, 96)
+        assert w.Rentry.unpack(s.recv(64)) == w.Rentry("found", 3 << 20)
+    with connect(server) as s:  # the next request on the stream is read in step
+        s.sendall(rindex_request(w.Cmd.CREATE_RESOURCE, w.Rentry("new"), data2=7))
+        s.sendall(rindex_request(w.Cmd.DELETE_RESOURCE, w.Rentry("new")))
+        assert result(s).data == 0
+        assert w.Rentry.unpack(s.recv(64)) == w.Rentry("", 4 << 20)  # sanlock names no name
+        h = result(s)  # the stub has no rindex_delete: the daemon's general error, not a hang
+        assert (h.cmd, h.data, h.length) == (w.Cmd.DELETE_RESOURCE, -201, 96)
+        assert w.Rentry.unpack(s.recv(64)) == w.Rentry()
+    assert server.agent.calls[-1][2:] == ("new", 7)
+
+
+def test_a_lockspace_is_not_removed_while_an_index_command_holds_its_rindex_lease(server):
+    """As sanlock's rem_lockspace: -EBUSY, and nothing is killed or left."""
+    snap = SimpleNamespace(path="/p", offset=0, host_id=1, state="live")
+    server.agent.snapshot = lambda: SimpleNamespace(holders=(), lockspace=lambda name: snap)
+    server.agent.rindex_busy = lambda name: True
+    with connect(server) as s:
+        payload = w.Lockspace("LS", 1, "/p").pack()
+        s.sendall(w.Header(w.Cmd.REM_LOCKSPACE, length=32 + len(payload)).pack() + payload)
+        assert result(s).data == -errno.EBUSY
+    assert server.agent.calls == []
 
 
 def test_killpath_sets_the_registered_pids_kill_command_with_the_pid_only_if_asked(server):
