@@ -5,7 +5,7 @@ talk to this socket as they would to the sanlock daemon; every request is carrie
 one :class:`~vmlease_agent.core.agent.Agent` behind the JSON API too, so there is one lease
 engine, one set of lockspaces and one holder registry (holders tracked by pid and pidfd).
 
-Connections work as sanlock's (wire format: ``sanlock_wire``):
+Connections work as sanlock's (wire format: ``sanlock.wire``):
 
 * transient: one request, one reply; the daemon-thread commands (STATUS, HOST_STATUS,
   GET_LOCKSPACES, GET_HOSTS, SHUTDOWN) close the connection after replying, as sanlock does.
@@ -59,7 +59,7 @@ from vmlease_agent.engine import (
     timeouts,
 )
 from vmlease_agent.engine.paxos import Resource
-from vmlease_agent.rpc import sanlock_wire as w
+from vmlease_agent.rpc.sanlock import wire as w
 from vmlease_agent.rpc.server import UnixSocketServer, peer_credentials
 
 log = logging.getLogger(__name__)

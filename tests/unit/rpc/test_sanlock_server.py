@@ -19,7 +19,7 @@ import pytest
 from vmlease_agent.core.agent import NotHeld
 from vmlease_agent.engine import rindex
 from vmlease_agent.rpc import sanlock_server
-from vmlease_agent.rpc import sanlock_wire as w
+from vmlease_agent.rpc.sanlock import wire as w
 
 
 def test_struct_sizes_are_sanlocks_on_x86_64():

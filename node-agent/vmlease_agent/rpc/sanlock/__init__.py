@@ -1,0 +1,4 @@
+"""sanlock 3.8's client API, served by the agent (``vmlease-agent --sanlock-api``).
+
+``wire``: the protocol's structs, commands and flags, packed and unpacked as sanlock's.
+"""
