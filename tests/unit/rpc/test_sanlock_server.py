@@ -19,6 +19,7 @@ import pytest
 from vmlease_agent.core.agent import NotHeld
 from vmlease_agent.engine import rindex
 from vmlease_agent.rpc import sanlock_server
+from vmlease_agent.rpc.sanlock import errors as sanlock_errors
 from vmlease_agent.rpc.sanlock import wire as w
 
 
@@ -243,7 +244,7 @@ def test_bad_magic_and_restricted_connections_get_no_reply_like_sanlock(server):
         assert result(s).data == 0
         s.sendall(w.Header(w.Cmd.INQUIRE, data2=w.SELF).pack())
         s.settimeout(0.5)
-        with pytest.raises(sanlock_server.Disconnected):
+        with pytest.raises(sanlock_errors.Disconnected):
             result(s)  # a timeout, as with sanlock: the client would block
 
 

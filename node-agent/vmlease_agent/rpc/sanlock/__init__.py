@@ -1,4 +1,5 @@
 """sanlock 3.8's client API, served by the agent (``vmlease-agent --sanlock-api``).
 
 ``wire``: the protocol's structs, commands and flags, packed and unpacked as sanlock's.
+``errors``: what the API refuses by itself, with sanlock's codes.
 """
