@@ -19,6 +19,7 @@ import pytest
 from vmlease_agent.core.agent import NotHeld
 from vmlease_agent.engine import rindex
 from vmlease_agent.rpc import sanlock_server
+from vmlease_agent.rpc.sanlock import connection as sanlock_connection
 from vmlease_agent.rpc.sanlock import errors as sanlock_errors
 from vmlease_agent.rpc.sanlock import wire as w
 
@@ -141,7 +142,7 @@ def connect(srv) -> socket.socket:
 
 
 def result(s: socket.socket) -> w.Header:
-    return w.Header.unpack(sanlock_server.Connection(s).read(32))
+    return w.Header.unpack(sanlock_connection.Connection(s).read(32))
 
 
 def acquire_request(data2: int, flags: int = 0, num_disks: int = 1, count: int = 1) -> bytes:
@@ -177,12 +178,12 @@ def test_a_peer_is_open_until_the_last_copy_of_its_fd_closes_even_with_requests_
     try:
         peer.sendall(b"unread request")
         peer.close()
-        assert sanlock_server._peer_open(ours)  # the copy still holds it
+        assert sanlock_connection._peer_open(ours)  # the copy still holds it
         os.close(copy)
-        assert not sanlock_server._peer_open(ours)
+        assert not sanlock_connection._peer_open(ours)
     finally:
         ours.close()
-    assert not sanlock_server._peer_open(ours)  # closed on our side
+    assert not sanlock_connection._peer_open(ours)  # closed on our side
 
 
 def test_registered_connection_closing_releases_all_the_pids_leases(server):
@@ -331,7 +332,7 @@ def test_lvb_requests_are_framed_as_sanlocks(server):
         s.sendall(w.Header(w.Cmd.GET_LVB, length=160).pack() + res)
         h = result(s)
         assert (h.data, h.length) == (0, 32 + 512)
-        assert sanlock_server.Connection(s).read(512).startswith(b"v\0")
+        assert sanlock_connection.Connection(s).read(512).startswith(b"v\0")
     with connect(server) as s:
         other = w.Resource("LS", "OTHER").pack()
         s.sendall(w.Header(w.Cmd.GET_LVB, length=160, data2=16).pack() + other)
