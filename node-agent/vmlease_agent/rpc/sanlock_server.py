@@ -28,7 +28,6 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import socket
 import socketserver
 import threading
@@ -36,7 +35,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from vmlease_agent.core import fencing
 from vmlease_agent.core.agent import Agent, AgentError, NotHeld
 from vmlease_agent.core.lockspace import (
     FAILED,
@@ -58,13 +56,11 @@ from vmlease_agent.engine import (
 )
 from vmlease_agent.engine.paxos import Resource
 from vmlease_agent.rpc.sanlock import wire as w
-from vmlease_agent.rpc.sanlock.connection import Connection, Registration, _peer_open
+from vmlease_agent.rpc.sanlock.base import ApiBase, _size_flags
+from vmlease_agent.rpc.sanlock.connection import Connection, Registration
 from vmlease_agent.rpc.sanlock.errors import (
-    BadDiskCount,
-    ClientBusy,
     ConnectionNotRegistered,
     Disconnected,
-    HostsNotReady,
     InProgress,
     InvalidRequest,
     LockspaceExists,
@@ -73,20 +69,16 @@ from vmlease_agent.rpc.sanlock.errors import (
     LockspaceUnknown,
     LvbSize,
     NoLockspacePath,
-    NotRegistered,
     TooManyListeners,
-    TooManyResources,
     Unsupported,
 )
-from vmlease_agent.rpc.server import UnixSocketServer, peer_credentials
+from vmlease_agent.rpc.server import UnixSocketServer
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "sanlock.sock"
 DEFAULT_RUN_DIR = "/run/sanlock"
 RUN_DIR_ENV = "SANLOCK_RUN_DIR"
-#: how long a rem_lockspace or a forced shutdown waits for the holders it killed to be gone
-KILL_WAIT_SECONDS = 60.0
 RESTRICT_ALL = 0x1
 #: sanlock answers -1 (python: errno 1) for the release of a lease the client does not hold
 RELEASE_NOT_HELD = -1
@@ -130,13 +122,6 @@ def _lockspace_text(s: LockspaceSnapshot, config: int, now: float) -> str:
     return text
 
 
-def _size_flags(sizes: ondisk.Sizes) -> int:
-    """The SECTOR and ALIGN bits of a lease's size class (the same in sanlk_resource.flags and
-    sanlk_lockspace.flags)."""
-    sector = w.RES_SECTOR512 if sizes.sector_size == 512 else w.RES_SECTOR4K
-    return sector | ondisk.SIZE_CLASSES[(sizes.sector_size, sizes.align_size)][1]
-
-
 class LogRing(logging.Handler):
     """The agent's recent log lines in memory, at most ``limit`` bytes, for LOG_DUMP: like
     sanlock's own ring, what happened lately can be read without a log file."""
@@ -165,109 +150,15 @@ class LogRing(logging.Handler):
             return b"".join(self._lines)
 
 
-class SanlockApi:
+class SanlockApi(ApiBase):
     """The commands, over the agent; per-connection state is the caller's ``Registration``."""
 
     def __init__(
         self, agent: Agent, on_shutdown: Callable[[bool], None], log_ring: LogRing
     ) -> None:
-        self.agent = agent
-        self.on_shutdown = on_shutdown
+        super().__init__(agent, on_shutdown)
         self.log_ring = log_ring
-        self._lock = threading.Lock()
-        self._registered: list[Registration] = []
-        #: SET_CONFIG's flags per lockspace (``w.CONFIG_USED``), until it is removed or re-added
-        self._config: dict[str, int] = {}
-        #: lockspaces a rem_lockspace is removing: no new leases, as sanlock's space_dead
-        self._removing: set[str] = set()
-        #: REG_EVENT connections per lockspace: host events for us are pushed on them
-        self._listeners: dict[str, list[socket.socket]] = {}
         agent.watch_host_events(self._deliver)
-
-    # ---- registrations -----------------------------------------------------------------------
-
-    def register(self, sock: socket.socket) -> Registration:
-        pid, _uid, _gid = peer_credentials(sock)
-        reg = Registration(pid, str(pid), sock)
-        with self._lock:
-            self._registered.append(reg)
-        log.info("sanlock client pid %d registered", pid)
-        return reg
-
-    def unregister(self, reg: Registration) -> None:
-        """The registered connection closed: the pid's leases go, as with sanlock (unless
-        another connection of the same pid is still registered)."""
-        with self._lock:
-            self._registered.remove(reg)
-            if any(r.pid == reg.pid for r in self._registered):
-                return
-        try:
-            released = self.agent.release(reg.pid, None)
-        except errors.LeaseError:
-            return  # nothing held, or the process exited (its pidfd released them)
-        log.info("sanlock client pid %d closed its connection: released %s", reg.pid, released)
-
-    def _connected(self, pid: int) -> bool:
-        """Is a registered connection of ``pid`` still open at the other end? sanlock keeps a
-        client's leases until then, even after the pid exited: a forked child that inherited
-        the fd holds them (the agent's holder lifeline, ``core.holders``)."""
-        with self._lock:
-            conns = [r.conn for r in self._registered if r.pid == pid and r.conn is not None]
-        return any(_peer_open(c) for c in conns)
-
-    def registrations(self) -> list[Registration]:
-        with self._lock:
-            return list(self._registered)
-
-    def _target(self, cmd: str, h: w.Header, reg: Registration | None) -> Registration:
-        """Who a registered command acts for: the connection itself, or the pid in data2."""
-        if h.data2 == w.SELF:
-            if reg is None:
-                raise ConnectionNotRegistered(cmd=cmd)
-            return reg
-        pid = h.data2
-        with self._lock:
-            found = next((r for r in self._registered if r.pid == pid), None)
-        if found is not None:
-            return found
-        if any(x.holder.pid == pid for x in self.agent.snapshot().holders):
-            return Registration(pid, "")  # adopted by the agent after a restart
-        raise NotRegistered(cmd=cmd, pid=pid)
-
-    @contextlib.contextmanager
-    def _active(self, cmd: str, target: Registration):
-        with self._lock:
-            if target.active:
-                raise ClientBusy(cmd=cmd, pid=target.pid)
-            target.active = True
-        try:
-            yield
-        finally:
-            target.active = False
-
-    # ---- dispatch ----------------------------------------------------------------------------
-
-    def handle(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
-        """Carry out one request whose header was read; True when the connection must close."""
-        handler = getattr(self, f"cmd_{w.Cmd(h.cmd).name.lower()}")  # all but REGISTER
-        return bool(handler(conn, h, reg))
-
-    def _result(self, conn: Connection, h: w.Header, outcome: int | errors.LeaseError) -> None:
-        if isinstance(outcome, errors.LeaseError):
-            log.info("sanlock %s refused (%d): %s", h.name, outcome.code, outcome)
-            outcome = outcome.code
-        conn.send(h.reply(outcome))
-
-    def _run(self, conn: Connection, h: w.Header, fn: Callable[[], int | None]) -> None:
-        """Reply with ``fn``'s result: 0 (or what it returns), or the code of what it raised."""
-        try:
-            result: int | errors.LeaseError = fn() or 0
-        except errors.LeaseError as e:
-            result = e
-        except Exception:  # a bug must not take the daemon down, nor leave the client waiting
-            log.exception("sanlock %s failed", h.name)
-            result = SANLK_ERROR
-        self._result(conn, h, result)
 
     # ---- lockspaces --------------------------------------------------------------------------
 
@@ -380,43 +271,6 @@ class SanlockApi:
                 said = True
             time.sleep(1)
 
-    def _holders(self, name: str | None = None) -> list[HolderSnapshot]:
-        """Holders with leases (in lockspace ``name``, or in any)."""
-        return [
-            x
-            for x in self.agent.snapshot().holders
-            if any(name is None or lease.lockspace == name for lease in x.leases)
-        ]
-
-    def _kill_holders(self, in_lockspace: Callable[[str], bool], why: str) -> None:
-        """SIGKILL (or what the client's restrictions make of it, as sanlock's kill_pids) every
-        process holding a lease ``in_lockspace``, and wait until the agent has released their
-        leases."""
-        restricted = {r.pid: self._restrictions(r.restricted) for r in self.registrations()}
-
-        def holders() -> list[HolderSnapshot]:
-            return [
-                x for x in self._holders() if any(in_lockspace(le.lockspace) for le in x.leases)
-            ]
-
-        for x in holders():
-            if not x.holder.pid:
-                raise LockspaceInUse(
-                    lockspace=", ".join(sorted({le.lockspace for le in x.leases})),
-                    detail=f"held by {x.holder.key}, which is no process yet: release it first",
-                )
-            sig = fencing.restricted_signal(signal.SIGKILL, restricted.get(x.holder.pid, 0))
-            log.warning("%s: killing holder pid %d with %s", why, x.holder.pid, sig.name)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(x.holder.pid, sig)
-        deadline = time.monotonic() + KILL_WAIT_SECONDS
-        while holders():
-            if time.monotonic() > deadline:
-                raise LockspaceInUse(
-                    lockspace=why, detail=f"holders still run {KILL_WAIT_SECONDS:.0f} s after kill"
-                )
-            time.sleep(0.1)
-
     def cmd_get_lockspaces(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
         spaces = [
             w.Lockspace(s.name, s.host_id, s.path, s.offset, w.LSF_ADD if s.state == JOINING else 0)
@@ -448,41 +302,7 @@ class SanlockApi:
         conn.send(h.reply(0, len(payload), len(rows)) + payload)
         return True
 
-    def _hosts(self, name: str) -> list[dict]:
-        snap = self.agent.snapshot().lockspace(name)
-        if snap is None or snap.state not in (LIVE, JOINING):
-            raise LockspaceUnknown(lockspace=name)
-        if snap.state != LIVE:
-            raise HostsNotReady(lockspace=name)
-        return self.agent.host_status(name)
-
     # ---- leases ------------------------------------------------------------------------------
-
-    def _read_resources(
-        self, conn: Connection, h: w.Header, count: int, with_disks: bool
-    ) -> list[w.Resource]:
-        if count > w.MAX_RESOURCES:
-            conn.drain(h)
-            raise TooManyResources(cmd=h.name, count=count, limit=w.MAX_RESOURCES)
-        read = 0
-        out = []
-        for _ in range(count):
-            res = w.Resource.unpack(conn.read(w.RESOURCE.size))
-            read += w.RESOURCE.size
-            if with_disks:
-                if not 1 <= res.num_disks <= w.MAX_DISKS:
-                    conn.drain(h, read)
-                    raise BadDiskCount(
-                        cmd=h.name,
-                        lease=res.label,
-                        count=res.num_disks,
-                        limit=w.MAX_DISKS,
-                    )
-                for _ in range(res.num_disks):
-                    res.disks.append(conn.disk())
-                    read += w.DISK.size
-            out.append(res)
-        return out
 
     def cmd_acquire(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         try:
@@ -689,15 +509,6 @@ class SanlockApi:
 
     # ---- formatting (what libvirt does for its automatic disk leases) ----------------------
 
-    def _sizes(self, flags: int, path: str) -> ondisk.Sizes | None:
-        """The size class the ALIGN/SECTOR bits of a struct's flags ask for (None: none, the
-        storage's default); the sector size from the storage when only the align is given."""
-        sector = 512 if flags & w.RES_SECTOR512 else 4096 if flags & w.RES_SECTOR4K else 0
-        if not sector and not flags & ondisk.LFL_ALIGN_MASK:
-            return None
-        sector = sector or self.agent.lease_sizes(path).sector_size
-        return ondisk.Sizes.from_leader(sector, flags & ondisk.LFL_ALIGN_MASK)
-
     def cmd_align(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         """The alignment of a new lease area on a disk: ``data`` = bytes (1 MiB for 512-byte
         sectors and files, 8 MiB for 4K), or a negative error."""
@@ -815,13 +626,6 @@ class SanlockApi:
             self.agent.set_restrictions(reg.pid, self._restrictions(h.cmd_flags))
 
         self._run(conn, h, restrict)
-
-    @staticmethod
-    def _restrictions(flags: int) -> int:
-        """The agent's signal restrictions a client's RESTRICT flags ask for."""
-        return (fencing.NO_SIGKILL if flags & w.RESTRICT_SIGKILL else 0) | (
-            fencing.NO_SIGTERM if flags & w.RESTRICT_SIGTERM else 0
-        )
 
     # ---- daemon ------------------------------------------------------------------------------
 
@@ -966,11 +770,6 @@ class SanlockApi:
         examined = self.agent.examine(name)
         log.info("sanlock examine %s: %s", name, "started" if examined else "not joined")
         self._result(conn, h, 0)
-
-    def _not_removing(self, name: str) -> None:
-        with self._lock:
-            if name in self._removing:
-                raise LockspaceGoing(lockspace=name, going="being removed")
 
     def cmd_set_config(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         """``data``: CONFIG_USED marks a joined lockspace used by something outside sanlock, so

@@ -3,4 +3,5 @@
 ``wire``: the protocol's structs, commands and flags, packed and unpacked as sanlock's.
 ``errors``: what the API refuses by itself, with sanlock's codes.
 ``connection``: one client: the process it registered (``Registration``), its socket.
+``base``: ``ApiBase``, the state and helpers every command group shares; dispatch, replies.
 """
