@@ -4,4 +4,5 @@
 ``errors``: what the API refuses by itself, with sanlock's codes.
 ``connection``: one client: the process it registered (``Registration``), its socket.
 ``base``: ``ApiBase``, the state and helpers every command group shares; dispatch, replies.
+``lockspaces``: add, inquire, remove and list lockspaces, get_hosts.
 """
