@@ -5,4 +5,5 @@
 ``connection``: one client: the process it registered (``Registration``), its socket.
 ``base``: ``ApiBase``, the state and helpers every command group shares; dispatch, replies.
 ``lockspaces``: add, inquire, remove and list lockspaces, get_hosts.
+``leases``: acquire, release, inquire, read_resource(_owners), request; killpath, restrict.
 """
