@@ -6,4 +6,5 @@
 ``base``: ``ApiBase``, the state and helpers every command group shares; dispatch, replies.
 ``lockspaces``: add, inquire, remove and list lockspaces, get_hosts.
 ``leases``: acquire, release, inquire, read_resource(_owners), request; killpath, restrict.
+``convert``: convert a held lease; set_lvb, get_lvb.
 """
