@@ -49,7 +49,6 @@ from vmlease_agent.engine import (
     rindex,
     timeouts,
 )
-from vmlease_agent.engine.paxos import Resource
 from vmlease_agent.rpc.sanlock import wire as w
 from vmlease_agent.rpc.sanlock.base import ApiBase, _size_flags
 from vmlease_agent.rpc.sanlock.connection import Connection, Registration
@@ -63,6 +62,7 @@ from vmlease_agent.rpc.sanlock.errors import (
     NoLockspacePath,
     TooManyListeners,
 )
+from vmlease_agent.rpc.sanlock.formatting import FormattingMixin
 from vmlease_agent.rpc.sanlock.leases import LeasesMixin
 from vmlease_agent.rpc.sanlock.lockspaces import LockspacesMixin
 from vmlease_agent.rpc.server import UnixSocketServer
@@ -141,7 +141,7 @@ class LogRing(logging.Handler):
             return b"".join(self._lines)
 
 
-class SanlockApi(ConvertMixin, LeasesMixin, LockspacesMixin, ApiBase):
+class SanlockApi(FormattingMixin, ConvertMixin, LeasesMixin, LockspacesMixin, ApiBase):
     """The commands, over the agent; per-connection state is the caller's ``Registration``."""
 
     def __init__(
@@ -150,42 +150,6 @@ class SanlockApi(ConvertMixin, LeasesMixin, LockspacesMixin, ApiBase):
         super().__init__(agent, on_shutdown)
         self.log_ring = log_ring
         agent.watch_host_events(self._deliver)
-
-    # ---- formatting (what libvirt does for its automatic disk leases) ----------------------
-
-    def cmd_align(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
-        """The alignment of a new lease area on a disk: ``data`` = bytes (1 MiB for 512-byte
-        sectors and files, 8 MiB for 4K), or a negative error."""
-        disk = conn.disk()
-        self._run(conn, h, lambda: self.agent.lease_sizes(disk.path).align_size)
-
-    def cmd_write_lockspace(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
-        """Format a lockspace area: ``data2`` = io_timeout (0: the default); ``data`` (max
-        hosts) is ignored, as by sanlock."""
-        ls = conn.lockspace()
-        io = h.data2 or timeouts.DEFAULT_IO_TIMEOUT
-        loc = delta.Location(ls.name, ls.path, ls.offset)
-        self._run(
-            conn, h, lambda: self.agent.write_lockspace(loc, io, self._sizes(ls.flags, ls.path))
-        )
-
-    def cmd_write_resource(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
-        """Format a resource lease; sanlock reads ``data`` as num_hosts (the client puts
-        max_hosts there: libvirt sends 0)."""
-        try:
-            res = self._read_resources(conn, h, 1, with_disks=True)[0]
-        except errors.LeaseError as e:
-            self._result(conn, h, e)
-            return
-        disk = res.disks[0]
-        lease = Resource(res.lockspace, res.name, disk.path, disk.offset)
-
-        def write() -> None:
-            sizes = self._sizes(res.flags, disk.path)
-            clear = bool(h.cmd_flags & w.WRITE_CLEAR)
-            self.agent.write_resource(lease, sizes, num_hosts=h.data, clear=clear)
-
-        self._run(conn, h, write)
 
     # ---- resource index (sanlock's rindex commands, ``engine.rindex``) -----------------------
 

@@ -7,4 +7,5 @@
 ``lockspaces``: add, inquire, remove and list lockspaces, get_hosts.
 ``leases``: acquire, release, inquire, read_resource(_owners), request; killpath, restrict.
 ``convert``: convert a held lease; set_lvb, get_lvb.
+``formatting``: align, write_lockspace, write_resource.
 """
