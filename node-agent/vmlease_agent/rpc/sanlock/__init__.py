@@ -8,4 +8,5 @@
 ``leases``: acquire, release, inquire, read_resource(_owners), request; killpath, restrict.
 ``convert``: convert a held lease; set_lvb, get_lvb.
 ``formatting``: align, write_lockspace, write_resource.
+``rindex``: the resource index commands.
 """
