@@ -9,4 +9,5 @@
 ``convert``: convert a held lease; set_lvb, get_lvb.
 ``formatting``: align, write_lockspace, write_resource.
 ``rindex``: the resource index commands.
+``daemon``: version, shutdown(_wait), status and its ``-D`` text, host_status.
 """
