@@ -10,4 +10,5 @@
 ``formatting``: align, write_lockspace, write_resource.
 ``rindex``: the resource index commands.
 ``daemon``: version, shutdown(_wait), status and its ``-D`` text, host_status.
+``inspection``: read_lockspace, examine, set_config, log_dump (``LogRing``), renewal.
 """
