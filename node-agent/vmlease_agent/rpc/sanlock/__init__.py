@@ -11,4 +11,5 @@
 ``rindex``: the resource index commands.
 ``daemon``: version, shutdown(_wait), status and its ``-D`` text, host_status.
 ``inspection``: read_lockspace, examine, set_config, log_dump (``LogRing``), renewal.
+``events``: reg_event, end_event, set_event, and the events delivered to listeners.
 """
