@@ -13,7 +13,7 @@ to the pid later. A placeholder without a pid is never assumed dead: fencing can
 stopped, so only the watchdog can end it — safe, never guessed.
 
 A holder may also have a *lifeline* besides its pid: sanlock's registered connection
-(``rpc.sanlock_server``), whose fd a forked child inherits. sanlock keeps the leases until the
+(``rpc.sanlock``), whose fd a forked child inherits. sanlock keeps the leases until the
 last copy of that fd is closed, so a process that registers, acquires, forks a writer and exits
 keeps them. So do we: when such a pid exits while its lifeline is open, the holder stays (marked
 ``exited``) and counts as alive until the lifeline closes (the API then releases its leases).

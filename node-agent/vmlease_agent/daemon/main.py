@@ -25,7 +25,8 @@ from vmlease_agent.core.lockspace import LockspaceConfig
 from vmlease_agent.core.watchdog import WatchdogError, open_watchdog
 from vmlease_agent.daemon import services
 from vmlease_agent.engine import errors, leasespec, timeouts
-from vmlease_agent.rpc import sanlock_server
+from vmlease_agent.rpc.sanlock.inspection import LogRing
+from vmlease_agent.rpc.sanlock.server import SanlockApiServer, default_run_dir
 from vmlease_agent.rpc.server import ApiServer, Handlers, UnixSocketServer
 from vmlease_agent.rpc.wire import DEFAULT_RUN_DIR, SOCKET_NAME
 from vmlease_agent.virt import watcher as libvirt_events
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--sanlock-run-dir",
-        default=sanlock_server.default_run_dir(),
+        default=default_run_dir(),
         help="where sanlock clients look for sanlock.sock: $SANLOCK_RUN_DIR, or %(default)s",
     )
     p.add_argument("--log-level", default=os.environ.get("VMLEASE_LOG_LEVEL", "INFO"))
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format=log_format)
     log_ring = None
     if args.sanlock_api:  # from the start: LOG_DUMP shows the adoption of a restart too
-        log_ring = sanlock_server.LogRing()
+        log_ring = LogRing()
         log_ring.setFormatter(logging.Formatter(log_format))
         logging.getLogger().addHandler(log_ring)
     try:
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
     servers: list[UnixSocketServer] = [server]
     if args.sanlock_api:
-        sanlock = sanlock_server.SanlockApiServer(
+        sanlock = SanlockApiServer(
             args.sanlock_run_dir, agent, shutdown, args.socket_group, log_ring
         )
         threading.Thread(target=sanlock.serve_forever, name="sanlock-api", daemon=True).start()

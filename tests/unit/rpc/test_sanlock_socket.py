@@ -18,10 +18,11 @@ from types import SimpleNamespace
 import pytest
 from vmlease_agent.core.agent import NotHeld
 from vmlease_agent.engine import rindex
-from vmlease_agent.rpc import sanlock_server
 from vmlease_agent.rpc.sanlock import connection as sanlock_connection
 from vmlease_agent.rpc.sanlock import errors as sanlock_errors
 from vmlease_agent.rpc.sanlock import wire as w
+from vmlease_agent.rpc.sanlock.inspection import LogRing
+from vmlease_agent.rpc.sanlock.server import RESTRICT_ALL, SanlockApiServer
 
 
 def test_struct_sizes_are_sanlocks_on_x86_64():
@@ -125,7 +126,7 @@ class StubAgent:
 def server():
     agent = StubAgent()
     run_dir = tempfile.mkdtemp(prefix="vmlease-slapi-")
-    srv = sanlock_server.SanlockApiServer(run_dir, agent, lambda clean: None)  # type: ignore[arg-type]
+    srv = SanlockApiServer(run_dir, agent, lambda clean: None)  # type: ignore[arg-type]
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     srv.agent = agent
     yield srv
@@ -241,7 +242,7 @@ def test_bad_magic_and_restricted_connections_get_no_reply_like_sanlock(server):
         assert (h.cmd, h.data2) == (w.Cmd.VERSION, w.DAEMON_VERSION)
     with connect(server) as s:
         s.sendall(w.Header(w.Cmd.REGISTER).pack())
-        s.sendall(w.Header(w.Cmd.RESTRICT, cmd_flags=sanlock_server.RESTRICT_ALL).pack())
+        s.sendall(w.Header(w.Cmd.RESTRICT, cmd_flags=RESTRICT_ALL).pack())
         assert result(s).data == 0
         s.sendall(w.Header(w.Cmd.INQUIRE, data2=w.SELF).pack())
         s.settimeout(0.5)
@@ -356,7 +357,7 @@ def test_restrict_tells_the_agent_which_signals_the_pid_must_not_get(server):
 def test_log_dump_sends_the_recent_lines_with_their_size_in_data_and_keeps_to_its_limit():
     import logging
 
-    ring = sanlock_server.LogRing(limit=64)
+    ring = LogRing(limit=64)
     ring.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("test-log-ring")
     logger.addHandler(ring)

@@ -1,11 +1,12 @@
-"""sanlock 3.8's client API on ``$SANLOCK_RUN_DIR/sanlock.sock``, served by the same agent.
+"""sanlock 3.8's client API on ``$SANLOCK_RUN_DIR/sanlock.sock``, served by the same agent: the
+socket server (:class:`SanlockApiServer`) and its connections (``_Handler``).
 
 Unchanged sanlock clients (the ``sanlock client`` CLI, python-sanlock, libvirt's lock driver)
 talk to this socket as they would to the sanlock daemon; every request is carried out by the
 one :class:`~vmlease_agent.core.agent.Agent` behind the JSON API too, so there is one lease
 engine, one set of lockspaces and one holder registry (holders tracked by pid and pidfd).
 
-Connections work as sanlock's (wire format: ``sanlock.wire``):
+Connections work as sanlock's (wire format: ``wire``; the commands: ``api``):
 
 * transient: one request, one reply; the daemon-thread commands (STATUS, HOST_STATUS,
   GET_LOCKSPACES, GET_HOSTS, SHUTDOWN) close the connection after replying, as sanlock does.
@@ -31,19 +32,10 @@ from collections.abc import Callable
 
 from vmlease_agent.core.agent import Agent
 from vmlease_agent.rpc.sanlock import wire as w
-from vmlease_agent.rpc.sanlock.base import ApiBase
+from vmlease_agent.rpc.sanlock.api import SanlockApi
 from vmlease_agent.rpc.sanlock.connection import Connection, Registration
-from vmlease_agent.rpc.sanlock.convert import ConvertMixin
-from vmlease_agent.rpc.sanlock.daemon import DaemonMixin
-from vmlease_agent.rpc.sanlock.errors import (
-    Disconnected,
-)
-from vmlease_agent.rpc.sanlock.events import EventsMixin
-from vmlease_agent.rpc.sanlock.formatting import FormattingMixin
-from vmlease_agent.rpc.sanlock.inspection import InspectionMixin, LogRing
-from vmlease_agent.rpc.sanlock.leases import LeasesMixin
-from vmlease_agent.rpc.sanlock.lockspaces import LockspacesMixin
-from vmlease_agent.rpc.sanlock.rindex import RindexMixin
+from vmlease_agent.rpc.sanlock.errors import Disconnected
+from vmlease_agent.rpc.sanlock.inspection import LogRing
 from vmlease_agent.rpc.server import UnixSocketServer
 
 log = logging.getLogger(__name__)
@@ -56,27 +48,6 @@ RESTRICT_ALL = 0x1
 
 def default_run_dir() -> str:
     return os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
-
-
-class SanlockApi(
-    EventsMixin,
-    InspectionMixin,
-    DaemonMixin,
-    RindexMixin,
-    FormattingMixin,
-    ConvertMixin,
-    LeasesMixin,
-    LockspacesMixin,
-    ApiBase,
-):
-    """The commands, over the agent; per-connection state is the caller's ``Registration``."""
-
-    def __init__(
-        self, agent: Agent, on_shutdown: Callable[[bool], None], log_ring: LogRing
-    ) -> None:
-        super().__init__(agent, on_shutdown)
-        self.log_ring = log_ring
-        agent.watch_host_events(self._deliver)
 
 
 class _Handler(socketserver.BaseRequestHandler):
