@@ -833,12 +833,10 @@ def init_resource(
     num_hosts: int = 0,
     clear: bool = False,
     force: bool = False,
-    reuse_in: str = "",
     clock: Clock = REAL_CLOCK,
     write_timeout: float = 60.0,
 ) -> None:
-    """Format a resource area; refuses to overwrite a held lease or foreign data unless forced
-    (``reuse_in``: a free lease of that lockspace is not foreign, ``inspect.refuse_overwrite``)."""
+    """Format a resource area; refuses to overwrite a held lease or foreign data unless forced."""
     delta.check_offset(delta.Location(res.lockspace, res.path, res.offset), sizes, res.label)
     if sizes.sector_size < st.sector_size:
         raise errors.LeaderSectorSize(
@@ -850,9 +848,7 @@ def init_resource(
     if not force:
         from .inspect import refuse_overwrite
 
-        refuse_overwrite(
-            st, res.path, res.offset, sizes.align_size, f"resource {res.label}", reuse_in
-        )
+        refuse_overwrite(st, res.path, res.offset, sizes.align_size, f"resource {res.label}")
     if st.is_block and st.size() < res.offset + sizes.align_size:
         raise errors.Truncated(**res.describe(), size=st.size(), needed=sizes.align_size)
     st.write(res.offset, image, write_timeout)

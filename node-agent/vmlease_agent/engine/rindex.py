@@ -250,7 +250,7 @@ def format_index(
         sizes.align_size - sizes.sector_size
     )
     st.write(place.offset, area, write_timeout)
-    paxos.init_resource(st, lease, sizes, write_timeout=write_timeout)
+    paxos.init_resource(st, lease, sizes, force=True, write_timeout=write_timeout)  # checked above
     return header
 
 
@@ -314,10 +314,12 @@ def create(
         if i < 0:
             raise errors.RindexNotFound(**place.where(), detail="no free slot is left")
         res = paxos.Resource(place.lockspace, name, place.path, slot_offset(place, header, i))
+        # a free lease of this lockspace in a slot the index says is free may be replaced
+        what = f"resource {res.label}"
+        refuse_overwrite(st, place.path, res.offset, header.sizes.align_size, what, place.lockspace)
         paxos.init_resource(
-            st, res, header.sizes, num_hosts=num_hosts, reuse_in=place.lockspace,
-            write_timeout=timeout,
-        )  # fmt: skip
+            st, res, header.sizes, num_hosts=num_hosts, force=True, write_timeout=timeout
+        )
         _write_entry(st, place, header, area, i, Entry(name, res.offset), timeout)
         return res.offset
 
