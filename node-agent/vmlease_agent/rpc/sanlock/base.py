@@ -12,12 +12,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from vmlease_agent.core import fencing
 from vmlease_agent.core.agent import Agent
 from vmlease_agent.core.lockspace import JOINING, LIVE
 from vmlease_agent.core.snapshot import HolderSnapshot
 from vmlease_agent.engine import SANLK_ERROR, errors, ondisk
+from vmlease_agent.engine.paxos import Resource
 from vmlease_agent.rpc.sanlock import wire as w
 from vmlease_agent.rpc.sanlock.connection import Connection, Registration, _peer_open
 from vmlease_agent.rpc.sanlock.errors import (
@@ -36,6 +38,8 @@ from vmlease_agent.rpc.server import peer_credentials
 log = logging.getLogger(__name__)
 
 
+T = TypeVar("T")
+
 #: how long a rem_lockspace or a forced shutdown waits for the holders it killed to be gone
 KILL_WAIT_SECONDS = 60.0
 
@@ -45,6 +49,28 @@ def _size_flags(sizes: ondisk.Sizes) -> int:
     sanlk_lockspace.flags)."""
     sector = w.RES_SECTOR512 if sizes.sector_size == 512 else w.RES_SECTOR4K
     return sector | ondisk.SIZE_CLASSES[(sizes.sector_size, sizes.align_size)][1]
+
+
+def paxos_resource(res: w.Resource) -> Resource:
+    """The lease a one-disk sanlk_resource names."""
+    disk = res.disks[0]
+    return Resource(res.lockspace, res.name, disk.path, disk.offset)
+
+
+def _refused(h: w.Header, e: errors.LeaseError) -> int:
+    log.info("sanlock %s refused (%d): %s", h.name, e.code, e)
+    return e.code
+
+
+def outcome(h: w.Header, fn: Callable[[], T]) -> tuple[int, T | None]:
+    """(0, what ``fn`` returned), or (the code of what it raised, None)."""
+    try:
+        return 0, fn()
+    except errors.LeaseError as e:
+        return _refused(h, e), None
+    except Exception:  # a bug must not take the daemon down, nor leave the client waiting
+        log.exception("sanlock %s failed", h.name)
+        return SANLK_ERROR, None
 
 
 class ApiBase:
@@ -142,20 +168,23 @@ class ApiBase:
 
     def _result(self, conn: Connection, h: w.Header, outcome: int | errors.LeaseError) -> None:
         if isinstance(outcome, errors.LeaseError):
-            log.info("sanlock %s refused (%d): %s", h.name, outcome.code, outcome)
-            outcome = outcome.code
+            outcome = _refused(h, outcome)
         conn.send(h.reply(outcome))
 
     def _run(self, conn: Connection, h: w.Header, fn: Callable[[], int | None]) -> None:
         """Reply with ``fn``'s result: 0 (or what it returns), or the code of what it raised."""
+        code, value = outcome(h, fn)
+        conn.send(h.reply(code or value or 0))
+
+    def _read_lease(self, conn: Connection, h: w.Header) -> tuple[w.Resource, Resource] | None:
+        """One resource with its disk (REQUEST, WRITE_RESOURCE): as sent, and as the lease
+        it names; None once a bad request was answered."""
         try:
-            result: int | errors.LeaseError = fn() or 0
+            res = self._read_resources(conn, h, 1, with_disks=True)[0]
         except errors.LeaseError as e:
-            result = e
-        except Exception:  # a bug must not take the daemon down, nor leave the client waiting
-            log.exception("sanlock %s failed", h.name)
-            result = SANLK_ERROR
-        self._result(conn, h, result)
+            self._result(conn, h, e)
+            return None
+        return res, paxos_resource(res)
 
     # ---- what several command groups use -----------------------------------------------------
 

@@ -3,8 +3,7 @@ write_lockspace, write_resource."""
 
 from __future__ import annotations
 
-from vmlease_agent.engine import delta, errors, timeouts
-from vmlease_agent.engine.paxos import Resource
+from vmlease_agent.engine import delta, timeouts
 from vmlease_agent.rpc.sanlock import wire as w
 from vmlease_agent.rpc.sanlock.base import ApiBase
 from vmlease_agent.rpc.sanlock.connection import Connection, Registration
@@ -32,16 +31,13 @@ class FormattingMixin(ApiBase):
     def cmd_write_resource(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         """Format a resource lease; sanlock reads ``data`` as num_hosts (the client puts
         max_hosts there: libvirt sends 0)."""
-        try:
-            res = self._read_resources(conn, h, 1, with_disks=True)[0]
-        except errors.LeaseError as e:
-            self._result(conn, h, e)
+        read = self._read_lease(conn, h)
+        if read is None:
             return
-        disk = res.disks[0]
-        lease = Resource(res.lockspace, res.name, disk.path, disk.offset)
+        res, lease = read
 
         def write() -> None:
-            sizes = self._sizes(res.flags, disk.path)
+            sizes = self._sizes(res.flags, lease.path)
             clear = bool(h.cmd_flags & w.WRITE_CLEAR)
             self.agent.write_resource(lease, sizes, num_hosts=h.data, clear=clear)
 

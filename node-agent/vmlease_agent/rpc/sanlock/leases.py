@@ -9,7 +9,7 @@ from vmlease_agent.core.agent import NotHeld
 from vmlease_agent.engine import errors, leasespec, ondisk, paxos
 from vmlease_agent.engine.paxos import Resource
 from vmlease_agent.rpc.sanlock import wire as w
-from vmlease_agent.rpc.sanlock.base import ApiBase, _size_flags
+from vmlease_agent.rpc.sanlock.base import ApiBase, _size_flags, paxos_resource
 from vmlease_agent.rpc.sanlock.connection import Connection, Registration
 from vmlease_agent.rpc.sanlock.errors import ConnectionNotRegistered, Unsupported
 
@@ -38,9 +38,7 @@ class LeasesMixin(ApiBase):
                 if len(res.disks) != 1:
                     raise Unsupported(cmd="acquire", detail=f"{res.label} on several disks")
                 self._not_removing(res.lockspace)
-                disk = res.disks[0]
-                lease = Resource(res.lockspace, res.name, disk.path, disk.offset)
-                wanted.append((lease, bool(res.flags & w.RES_SHARED)))
+                wanted.append((paxos_resource(res), bool(res.flags & w.RES_SHARED)))
             target = self._target("acquire", h, reg)
             with self._active("acquire", target):
                 target.owner = owner  # sanlock replaces the client's name, even with ""
@@ -106,10 +104,7 @@ class LeasesMixin(ApiBase):
     ) -> tuple[w.Resource, ondisk.Leader, list[paxos.Owner]]:
         """READ_RESOURCE(_OWNERS): the resource named, its leader and owners as on disk."""
         res = self._read_resources(conn, h, 1, with_disks=True)[0]
-        disk = res.disks[0]
-        leader, owners = self.agent.read_owners(
-            Resource(res.lockspace, res.name, disk.path, disk.offset)
-        )
+        leader, owners = self.agent.read_owners(paxos_resource(res))
         found = w.Resource(
             res.lockspace, res.name, leader.lver, _size_flags(leader.sizes), disks=res.disks
         )
@@ -159,13 +154,10 @@ class LeasesMixin(ApiBase):
     def cmd_request(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         """Ask a lease's owner to give it up: ``data`` is the force mode (1 force, 2 graceful,
         0 clears the request), the lver wanted is the resource's unless NEXT_LVER."""
-        try:
-            res = self._read_resources(conn, h, 1, with_disks=True)[0]
-        except errors.LeaseError as e:
-            self._result(conn, h, e)
+        read = self._read_lease(conn, h)
+        if read is None:
             return
-        disk = res.disks[0]
-        lease = Resource(res.lockspace, res.name, disk.path, disk.offset)
+        res, lease = read
         next_lver = bool(h.cmd_flags & w.REQUEST_NEXT_LVER)
 
         def request() -> None:

@@ -3,15 +3,12 @@ lookup_rindex, update_rindex, create_resource, delete_resource."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
-from vmlease_agent.engine import SANLK_ERROR, errors, rindex
+from vmlease_agent.engine import rindex
 from vmlease_agent.rpc.sanlock import wire as w
-from vmlease_agent.rpc.sanlock.base import ApiBase
+from vmlease_agent.rpc.sanlock.base import ApiBase, outcome
 from vmlease_agent.rpc.sanlock.connection import Connection, Registration
-
-log = logging.getLogger(__name__)
 
 
 class RindexMixin(ApiBase):
@@ -51,16 +48,10 @@ class RindexMixin(ApiBase):
         says: LOOKUP's counts a sanlk_resource), a header and a sanlk_rentry out, always."""
         ri = conn.rindex()
         re_in = w.Rentry.unpack(conn.read(w.RENTRY.size))
-        out = w.Rentry()
-        try:
-            got = fn(self._place(ri), rindex.Entry(re_in.name, re_in.offset))
-            out, result = w.Rentry(got.name, got.offset), 0
-        except errors.LeaseError as e:
-            log.info("sanlock %s refused (%d): %s", h.name, e.code, e)
-            result = e.code
-        except Exception:  # a bug must not take the daemon down, nor leave the client waiting
-            log.exception("sanlock %s failed", h.name)
-            result = SANLK_ERROR
+        result, got = outcome(
+            h, lambda: fn(self._place(ri), rindex.Entry(re_in.name, re_in.offset))
+        )
+        out = w.Rentry() if got is None else w.Rentry(got.name, got.offset)
         conn.send(h.reply(result, w.RENTRY.size) + out.pack())
 
     def cmd_lookup_rindex(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
