@@ -1127,6 +1127,19 @@ class Agent:
         client.restrict = restrict & (fencing.NO_SIGKILL | fencing.NO_SIGTERM)
         self.save()
 
+    def kill_holder(self, key: str, sig: signal.Signals) -> signal.Signals | None:
+        """Send ``sig`` to holder ``key``'s process, or what its restrictions make of it (both
+        swaps, as sanlock's kill_pids); the signal sent, or None when there is no process to
+        signal: a placeholder not bound yet, a holder being released, or an exited pid whose
+        lifeline lives on (the pid may be reused: ``core.holders``)."""
+        with self._lock:
+            client = self._registry.clients.get(key)
+            if client is None or client.pid == 0 or client.exited:
+                return None
+            sig = fencing.restricted_signal(sig, client.restrict)
+            fencing.send(client, sig)
+            return sig
+
     def bind(self, key: str, pid: int) -> None:
         """Tie the leases a placeholder ``key`` holds to process ``pid`` (libvirt ``started``)."""
         try:

@@ -121,6 +121,12 @@ def apply(action: Action, client: Client, now: float, state: dict) -> None:
         sig.name,
         action.reason if sig == chosen else f"{action.reason}; {chosen.name} is restricted",
     )
+    send(client, sig)
+
+
+def send(client: Client, sig: signal.Signals) -> None:
+    """Signal the holder's process: through its pidfd (a reused pid is never hit) when the
+    agent has one; a process already gone is not an error."""
     try:
         if client.pidfd >= 0:
             signal.pidfd_send_signal(client.pidfd, sig)

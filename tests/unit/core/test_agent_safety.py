@@ -28,7 +28,7 @@ from leasekit import (
     make_resource,
     read_bytes,
 )
-from vmlease_agent.core import state
+from vmlease_agent.core import fencing, state
 from vmlease_agent.core.agent import Agent, AgentConfig, Busy, ExitedHolderUnadoptable
 from vmlease_agent.core.lockspace import SETEV_CUR_GENERATION, FireTimeoutTooLong, LockspaceConfig
 from vmlease_agent.engine import delta, errors, ondisk, paxos
@@ -36,6 +36,8 @@ from vmlease_agent.engine.clock import boottime
 from vmlease_agent.engine.delta import HostEvent
 from vmlease_agent.engine.directio import Storage
 from vmlease_agent.engine.paxos import Resource
+from vmlease_agent.rpc.sanlock.api import SanlockApi
+from vmlease_agent.rpc.sanlock.inspection import LogRing
 from waiting import wait_for
 
 N = 1
@@ -845,3 +847,29 @@ def test_a_host_event_sent_after_the_state_was_saved_does_not_stop_the_adoption_
     os.replace(saved + ".before", saved)
     b = world.agent()
     assert b.status()["leases"] and b.snapshot().lockspace("LS").state == "live"
+
+
+def test_a_removal_signals_through_the_pidfd_with_saved_restrictions_never_an_exited_pid_safety(
+    world,
+):
+    """sanlock's rem_lockspace and forced shutdown kill the holders (``_kill_holders``): with
+    the restrictions the agent keeps per holder (an adopted one too, which has no connection
+    to the API), and never by the number of a pid that exited while its lifeline lives on:
+    that number may now be another process's."""
+    a = world.agent()
+    world.join(a)
+    vm1 = world.holder()
+    a.acquire(vm1.pid, [(world.res, True)])
+    a.set_restrictions(vm1.pid, fencing.NO_SIGKILL)
+    a.stop(clean=False)
+    b = world.agent()  # vm1 adopted: its restriction comes from the saved state
+    api = SanlockApi(b, lambda clean: None, LogRing())
+    api._kill_holders(lambda lockspace: lockspace == "LS", "lockspace LS is removed")
+    assert vm1.wait(timeout=5) == -signal.SIGTERM
+    vm2 = world.holder()
+    b.acquire(vm2.pid, [(world.res, False)])
+    b.set_lifeline(vm2.pid, lambda: True)
+    vm2.kill()
+    vm2.wait()
+    wait_for(lambda: _exited(b), 5, "vm2's exit")
+    assert b.kill_holder(f"pid:{vm2.pid}", signal.SIGKILL) is None

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import socket
 import threading
@@ -200,7 +199,6 @@ class ApiBase:
         """SIGKILL (or what the client's restrictions make of it, as sanlock's kill_pids) every
         process holding a lease ``in_lockspace``, and wait until the agent has released their
         leases."""
-        restricted = {r.pid: self._restrictions(r.restricted) for r in self.registrations()}
 
         def holders() -> list[HolderSnapshot]:
             return [
@@ -213,10 +211,11 @@ class ApiBase:
                     lockspace=", ".join(sorted({le.lockspace for le in x.leases})),
                     detail=f"held by {x.holder.key}, which is no process yet: release it first",
                 )
-            sig = fencing.restricted_signal(signal.SIGKILL, restricted.get(x.holder.pid, 0))
-            log.warning("%s: killing holder pid %d with %s", why, x.holder.pid, sig.name)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(x.holder.pid, sig)
+            sig = self.agent.kill_holder(x.key, signal.SIGKILL)
+            if sig is None:  # being released, or its pid exited: waited for below
+                log.warning("%s: holder %s has no process to signal", why, x.key)
+            else:
+                log.warning("%s: killing holder pid %d with %s", why, x.holder.pid, sig.name)
         deadline = time.monotonic() + KILL_WAIT_SECONDS
         while holders():
             if time.monotonic() > deadline:
