@@ -80,6 +80,9 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
 
+#: How a running resource index command shows among a lockspace's users (``_users``).
+RINDEX_USER = "a resource index command"
+
 #: How a request names a lease holder: a process id, or a placeholder key (``libvirt:<uuid>``)
 #: until it is bound. (The holder itself, as readers see it, is ``snapshot.LeaseHolder``.)
 HolderRef = int | str
@@ -712,13 +715,16 @@ class Agent:
 
     def _users(self, name: str) -> list[str]:
         """Under ``_lock``: who could write under a lease of lockspace ``name``: holders
-        (exiting ones too) and acquisitions in flight, which may still win their ballot."""
+        (exiting ones too), acquisitions in flight, which may still win their ballot, and a
+        resource index command, which writes under the index's lease with our host_id."""
         keys = {
             c.key
             for c in [*self._registry.clients.values(), *self._registry.exiting.values()]
             if any(h.res.lockspace == name for h in c.leases.values())
         }
         keys |= {c.key for c, ls_name in self._inflight if ls_name == name}
+        if name in self._rindex_ops:
+            keys.add(RINDEX_USER)
         return sorted(keys)
 
     def rem_lockspace(self, name: str) -> None:
@@ -729,7 +735,8 @@ class Agent:
             users = self._users(name)
             if users:
                 raise Busy(
-                    detail=f"lockspace {name} has leases held by {users}: release them first"
+                    detail=f"lockspace {name} is in use by {', '.join(users)}: release their "
+                    "leases first (an index command ends by itself)"
                 )
             self._retire(ls)
             self._lockspaces.pop(name)

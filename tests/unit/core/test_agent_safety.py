@@ -31,7 +31,7 @@ from leasekit import (
 from vmlease_agent.core import fencing, state
 from vmlease_agent.core.agent import Agent, AgentConfig, Busy, ExitedHolderUnadoptable
 from vmlease_agent.core.lockspace import SETEV_CUR_GENERATION, FireTimeoutTooLong, LockspaceConfig
-from vmlease_agent.engine import delta, errors, ondisk, paxos
+from vmlease_agent.engine import delta, errors, ondisk, paxos, rindex
 from vmlease_agent.engine.clock import boottime
 from vmlease_agent.engine.delta import HostEvent
 from vmlease_agent.engine.directio import Storage
@@ -594,6 +594,26 @@ def test_stop_keeps_a_lockspace_with_an_acquisition_in_flight_safety(world):
     gate.set()
     t.join(10)
     assert outcome["leases"] and a.status()["leases"]
+    assert world.record().timestamp != 0 and a.snapshot().lockspace("LS").state == "live"
+
+
+def test_a_lockspace_is_kept_while_an_index_command_writes_under_its_host_id_safety(world):
+    """A resource index command writes under the index's lease with our host_id: neither a
+    removal (either API) nor a stop may release that host_id under it, or a peer that takes the
+    host_id next could write the same lease at once."""
+    a = world.agent()
+    world.join(a)
+    place = rindex.Place("LS", make_file(world.dir, "index", size=16 << 20), 0)
+    a.rindex_format(place, None, 10)
+    entered, gate = hold_ballots(a)
+    t, outcome = in_thread(a.rindex_create, place, "R9", 0)
+    assert entered.wait(5)
+    with pytest.raises(Busy, match="a resource index command"):
+        a.rem_lockspace("LS")
+    assert a.leave_idle() == {}
+    gate.set()
+    t.join(10)
+    assert outcome["leases"] > 0
     assert world.record().timestamp != 0 and a.snapshot().lockspace("LS").state == "live"
 
 
