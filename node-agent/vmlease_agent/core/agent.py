@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from vmlease_agent.core import fencing, requests, state
 from vmlease_agent.core.holders import (
@@ -79,6 +80,8 @@ from vmlease_agent.engine.paxos import Resource
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
+
+T = TypeVar("T")
 
 #: How a running resource index command shows among a lockspace's users (``_users``).
 RINDEX_USER = "a resource index command"
@@ -1341,8 +1344,21 @@ class Agent:
         """How much of the index header to read: the lockspace's sector (sanlock's rule)."""
         return ls.sizes.sector_size if ls is not None and ls.sizes else rindex.PROBE_SECTOR
 
-    def _rindex_acquirer(self, ls: JoinedLockspace) -> rindex.AcquirerFor:
-        return lambda res: self._acquirer(ls, res)
+    def _under_index_lease(
+        self, op: Callable[..., T], ls: JoinedLockspace | None, place: rindex.Place, *args: Any
+    ) -> T:
+        """``op`` (rindex.create, delete, update or rebuild) on the index at ``place`` with
+        ``args``, given what each takes from the node: the storage, how to acquire the
+        index's lease under our host_id in ``ls``, how much header to read, the io timeout.
+        Refused without the lockspace (sanlock writes the index unserialised then)."""
+        if ls is None:
+            raise errors.RindexUnserialised(
+                **place.where(), op=op.__name__, lockspace=place.lockspace
+            )
+        return op(
+            self._storage(place.path), place, *args,
+            lambda res: self._acquirer(ls, res), self._probe(ls), ls.cfg.io_timeout,
+        )  # fmt: skip
 
     def rindex_lookup(self, place: rindex.Place, entry: rindex.Entry, joined: bool) -> rindex.Entry:
         """What the index records (``rindex.lookup``); nothing is written."""
@@ -1354,20 +1370,14 @@ class Agent:
     def rindex_create(self, place: rindex.Place, name: str, num_hosts: int) -> int:
         """A new resource lease in the first free slot of the index; returns its offset."""
         with self._rindex_op(place.lockspace) as ls:
-            offset = rindex.create(
-                self._storage(place.path), place, name, num_hosts,
-                self._rindex_acquirer(ls), self._probe(ls), ls.cfg.io_timeout,
-            )  # fmt: skip
+            offset = self._under_index_lease(rindex.create, ls, place, name, num_hosts)
         self.event("rindex_create", lockspace=place.lockspace, lease=name, offset=offset)
         return offset
 
     def rindex_delete(self, place: rindex.Place, entry: rindex.Entry) -> None:
         """Remove a resource lease from the index and clear it (refused while it is held)."""
         with self._rindex_op(place.lockspace) as ls:
-            rindex.delete(
-                self._storage(place.path), place, entry,
-                self._rindex_acquirer(ls), self._probe(ls), ls.cfg.io_timeout,
-            )  # fmt: skip
+            self._under_index_lease(rindex.delete, ls, place, entry)
         self.event("rindex_delete", lockspace=place.lockspace, lease=entry.name)
 
     def rindex_update(
@@ -1376,27 +1386,13 @@ class Agent:
         """Clear or set one entry (``flags``: ``rindex.update``), under the index's lease
         (refused without the lockspace: sanlock writes it without)."""
         with self._rindex_op(place.lockspace, joined) as ls:
-            if ls is None:
-                raise errors.RindexUnserialised(
-                    **place.where(), op="update", lockspace=place.lockspace
-                )
-            return rindex.update(
-                self._storage(place.path), place, entry, flags,
-                self._rindex_acquirer(ls), self._probe(ls), ls.cfg.io_timeout,
-            )  # fmt: skip
+            return self._under_index_lease(rindex.update, ls, place, entry, flags)
 
     def rindex_rebuild(self, place: rindex.Place, joined: bool) -> list[rindex.Entry]:
         """Recreate the index from the leases in its slots, under its lease (refused without
         the lockspace)."""
         with self._rindex_op(place.lockspace, joined) as ls:
-            if ls is None:
-                raise errors.RindexUnserialised(
-                    **place.where(), op="rebuild", lockspace=place.lockspace
-                )
-            return rindex.rebuild(
-                self._storage(place.path), place,
-                self._rindex_acquirer(ls), self._probe(ls), ls.cfg.io_timeout,
-            )  # fmt: skip
+            return self._under_index_lease(rindex.rebuild, ls, place)
 
     def read_lockspace(self, loc: delta.Location, host_id: int) -> ondisk.Leader:
         """Host ``host_id``'s record of the lockspace at ``loc`` (its name, io_timeout and
