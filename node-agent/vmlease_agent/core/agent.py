@@ -102,6 +102,11 @@ class NotJoined(AgentError):
         "`vmlease client add_lockspace -s {lockspace}:HOST_ID:PATH:OFFSET`"
     )
 
+    @classmethod
+    def of(cls, name: str, ls: JoinedLockspace | None) -> NotJoined:
+        """Lockspace ``name``, with the state it is in if this node has it at all."""
+        return cls(lockspace=name, state=f" (it is {ls.state})" if ls else "")
+
 
 class NoLockspace(AgentError):
     code = -errno.ENOENT  # sanlock's answer to an rindex command in a lockspace it lacks
@@ -734,7 +739,7 @@ class Agent:
         with self._lock:
             ls = self._lockspaces.get(name)
             if ls is None:
-                raise NotJoined(lockspace=name, state="")
+                raise NotJoined.of(name, None)
             users = self._users(name)
             if users:
                 raise Busy(
@@ -779,7 +784,7 @@ class Agent:
     def _joined(self, name: str) -> JoinedLockspace:
         ls = self._lockspaces.get(name)
         if ls is None or ls.state != LIVE:
-            raise NotJoined(lockspace=name, state=f" (it is {ls.state})" if ls else "")
+            raise NotJoined.of(name, ls)
         return ls
 
     # ---- resource leases --------------------------------------------------------------------
@@ -921,7 +926,7 @@ class Agent:
                     shared=shared, nowait=not wait, acquire_lver=lver, lvb=lvb
                 )
             except Aborted:
-                raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})") from None
+                raise NotJoined.of(ls.name, ls) from None
             h = HeldLease(res, token, shared)
             with self._lock:
                 if self._lockspaces.get(ls.name) is not ls or not ls.healthy() or client.dead:
@@ -929,7 +934,7 @@ class Agent:
                     # may be ours on disk, but our host_id lease is no longer valid, so it is
                     # neither used nor released (no I/O); others take it after 8N + W.
                     log.warning("lease %s won after its lockspace failed: dropped", res.label)
-                    raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})")
+                    raise NotJoined.of(ls.name, ls)
                 client.leases[res.label] = h
             return h
         finally:
@@ -1090,11 +1095,11 @@ class Agent:
             try:
                 token = self._acquirer(ls, held.res).to_exclusive(held.token, nowait=not wait)
             except Aborted:
-                raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})") from None
+                raise NotJoined.of(ls.name, ls) from None
             with self._lock:
                 held.token, held.shared = token, False
                 if self._lockspaces.get(ls.name) is not ls or not ls.healthy():
-                    raise NotJoined(lockspace=ls.name, state=f" (it is {ls.state})")
+                    raise NotJoined.of(ls.name, ls)
         finally:
             self._end_acquisition(client, ls)
 
@@ -1485,7 +1490,7 @@ class Agent:
     def host_status(self, name: str) -> list[dict]:
         ls = self._lockspaces.get(name)
         if ls is None:
-            raise NotJoined(lockspace=name, state="")
+            raise NotJoined.of(name, None)
         return ls.hosts()
 
     # ---- host events (sanlock's set_event / reg_event) ---------------------------------------
@@ -1515,7 +1520,7 @@ class Agent:
         oldest first: to tell slow storage from a dead host after the fact."""
         ls = self._lockspaces.get(name)
         if ls is None or ls.state not in (LIVE, FAILED):
-            raise NotJoined(lockspace=name, state=f" (it is {ls.state})" if ls else "")
+            raise NotJoined.of(name, ls)
         return ls.renewal_history()
 
     # ---- the main loop ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import TypeVar
 from vmlease_agent.core import fencing
 from vmlease_agent.core.agent import Agent
 from vmlease_agent.core.lockspace import JOINING, LIVE
-from vmlease_agent.core.snapshot import HolderSnapshot
+from vmlease_agent.core.snapshot import HolderSnapshot, LockspaceSnapshot
 from vmlease_agent.engine import SANLK_ERROR, errors, ondisk
 from vmlease_agent.engine.paxos import Resource
 from vmlease_agent.rpc.sanlock import wire as w
@@ -48,6 +48,11 @@ def _size_flags(sizes: ondisk.Sizes) -> int:
     sanlk_lockspace.flags)."""
     sector = w.RES_SECTOR512 if sizes.sector_size == 512 else w.RES_SECTOR4K
     return sector | ondisk.SIZE_CLASSES[(sizes.sector_size, sizes.align_size)][1]
+
+
+def wire_lockspace(s: LockspaceSnapshot) -> w.Lockspace:
+    """A joined or joining lockspace as sanlock lists it (ADD set while it is being added)."""
+    return w.Lockspace(s.name, s.host_id, s.path, s.offset, w.LSF_ADD if s.state == JOINING else 0)
 
 
 def paxos_resource(res: w.Resource) -> Resource:

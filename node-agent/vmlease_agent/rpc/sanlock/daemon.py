@@ -12,7 +12,7 @@ from vmlease_agent.core.lockspace import FAILED, JOINING, RENEWAL_HISTORY_SIZE
 from vmlease_agent.core.snapshot import AgentSnapshot, HolderSnapshot, LockspaceSnapshot
 from vmlease_agent.engine import errors, timeouts
 from vmlease_agent.rpc.sanlock import wire as w
-from vmlease_agent.rpc.sanlock.base import ApiBase
+from vmlease_agent.rpc.sanlock.base import ApiBase, wire_lockspace
 from vmlease_agent.rpc.sanlock.connection import Connection, Registration
 from vmlease_agent.rpc.sanlock.errors import LockspaceInUse
 
@@ -98,8 +98,7 @@ class DaemonMixin(ApiBase):
             out += self._client_records(snap.holders)
         if stop >= 3:
             for s in snap.lockspaces:
-                flags = w.LSF_ADD if s.state == JOINING else 0
-                tail = w.Lockspace(s.name, s.host_id, s.path, s.offset, flags).pack()
+                tail = wire_lockspace(s).pack()
                 text = _lockspace_text(s, self._config.get(s.name, 0), snap.taken_at)
                 out.append(w.state_record(w.STATE_LOCKSPACE, s.name, text, 0, s.host_id, tail))
         if stop >= 4:

@@ -15,7 +15,7 @@ from vmlease_agent.core.lockspace import JOINING, LIVE, LockspaceConfig
 from vmlease_agent.core.snapshot import LockspaceSnapshot
 from vmlease_agent.engine import delta, errors, timeouts
 from vmlease_agent.rpc.sanlock import wire as w
-from vmlease_agent.rpc.sanlock.base import ApiBase
+from vmlease_agent.rpc.sanlock.base import ApiBase, wire_lockspace
 from vmlease_agent.rpc.sanlock.connection import Connection, Registration
 from vmlease_agent.rpc.sanlock.errors import (
     InProgress,
@@ -142,7 +142,7 @@ class LockspacesMixin(ApiBase):
 
     def cmd_get_lockspaces(self, conn: Connection, h: w.Header, reg: Registration | None) -> bool:
         spaces = [
-            w.Lockspace(s.name, s.host_id, s.path, s.offset, w.LSF_ADD if s.state == JOINING else 0)
+            wire_lockspace(s)
             for s in self.agent.snapshot().lockspaces
             if s.state in (LIVE, JOINING)
         ]
