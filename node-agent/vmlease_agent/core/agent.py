@@ -85,6 +85,8 @@ T = TypeVar("T")
 
 #: How a running resource index command shows among a lockspace's users (``_users``).
 RINDEX_USER = "a resource index command"
+#: How a user outside the agent shows there (sanlock's SET_CONFIG USED: ``set_used_outside``).
+OUTSIDE_USER = "a user outside the agent (set_config used)"
 
 #: How a request names a lease holder: a process id, or a placeholder key (``libvirt:<uuid>``)
 #: until it is bound. (The holder itself, as readers see it, is ``snapshot.LeaseHolder``.)
@@ -249,6 +251,8 @@ class Agent:
         self._condemned = ""
         #: lockspaces whose leases' request records are being examined (one thread each)
         self._examining: set[str] = set()
+        #: lockspaces that something outside the agent works under (``set_used_outside``)
+        self._used_outside: set[str] = set()
         #: lockspaces with a resource index command running (one at a time, as sanlock)
         self._rindex_ops: set[str] = set()
         #: who is told of host events for us (``watch_host_events``)
@@ -536,7 +540,9 @@ class Agent:
 
     def _retire(self, ls: JoinedLockspace) -> None:
         """Under ``_lock``, before ``ls`` leaves ``_lockspaces``: a node-fencing lockspace stays
-        watched until its delta lease is off disk (``_check_fencing``)."""
+        watched until its delta lease is off disk (``_check_fencing``); an outside user's mark
+        goes with it (sanlock's go with its lockspace struct)."""
+        self._used_outside.discard(ls.cfg.name)
         if ls.cfg.fence_node:
             self._retired.append(ls)
 
@@ -724,7 +730,8 @@ class Agent:
     def _users(self, name: str) -> list[str]:
         """Under ``_lock``: who could write under a lease of lockspace ``name``: holders
         (exiting ones too), acquisitions in flight, which may still win their ballot, and a
-        resource index command, which writes under the index's lease with our host_id."""
+        resource index command, which writes under the index's lease with our host_id, and a
+        user outside the agent that relies on our host_id lease (``set_used_outside``)."""
         keys = {
             c.key
             for c in [*self._registry.clients.values(), *self._registry.exiting.values()]
@@ -733,7 +740,26 @@ class Agent:
         keys |= {c.key for c, ls_name in self._inflight if ls_name == name}
         if name in self._rindex_ops:
             keys.add(RINDEX_USER)
+        if name in self._used_outside:
+            keys.add(OUTSIDE_USER)
         return sorted(keys)
+
+    def set_used_outside(self, name: str, used: bool) -> None:
+        """sanlock's SET_CONFIG USED and UNUSED: something outside the agent (a cluster lock
+        manager's locks) works under joined lockspace ``name`` and relies on our host_id lease,
+        so neither a removal nor a stop may release it meanwhile (``_users``). Forgotten when
+        the lockspace is left, and at a restart (it is not saved)."""
+        with self._lock:
+            if not used:
+                self._used_outside.discard(name)
+            elif name in self._lockspaces:
+                self._used_outside.add(name)
+            else:
+                raise NotJoined.of(name, None)
+
+    def used_outside(self, name: str) -> bool:
+        with self._lock:
+            return name in self._used_outside
 
     def rem_lockspace(self, name: str) -> None:
         with self._lock:
@@ -744,7 +770,8 @@ class Agent:
             if users:
                 raise Busy(
                     detail=f"lockspace {name} is in use by {', '.join(users)}: release their "
-                    "leases first (an index command ends by itself)"
+                    "leases first (an index command ends by itself; an outside user clears its "
+                    f"mark with `sanlock client set_config -s {name} -u 0`)"
                 )
             self._retire(ls)
             self._lockspaces.pop(name)

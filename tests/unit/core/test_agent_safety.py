@@ -617,6 +617,24 @@ def test_a_lockspace_is_kept_while_an_index_command_writes_under_its_host_id_saf
     assert world.record().timestamp != 0 and a.snapshot().lockspace("LS").state == "live"
 
 
+def test_a_lockspace_an_outside_user_marked_used_is_kept_by_removal_and_stop_safety(world):
+    """sanlock's SET_CONFIG USED: a cluster lock manager works under our host_id lease outside
+    the agent. Releasing that host_id (the JSON API's rem_lockspace, a SIGTERM stop) would let
+    a peer take it while the outside user still acts on it; only its UNUSED frees it."""
+    a = world.agent()
+    world.join(a)
+    a.set_used_outside("LS", True)
+    with pytest.raises(Busy, match=r"outside the agent.*set_config -s LS -u 0"):
+        a.rem_lockspace("LS")
+    assert a.leave_idle() == {}
+    assert world.record().timestamp != 0 and a.snapshot().lockspace("LS").state == "live"
+    a.set_used_outside("LS", False)
+    a.rem_lockspace("LS")
+    assert world.record().timestamp == 0
+    with pytest.raises(errors.LeaseError, match="not joined"):
+        a.set_used_outside("LS", True)
+
+
 # ---- node fencing: "Dead on disk" must mean "reset" ---------------------------------------------
 
 

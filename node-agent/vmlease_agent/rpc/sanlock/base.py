@@ -86,8 +86,6 @@ class ApiBase:
     on_shutdown: Callable[[bool], None]
     _lock: threading.Lock
     _registered: list[Registration]
-    #: SET_CONFIG's flags per lockspace (``w.CONFIG_USED``), until it is removed or re-added
-    _config: dict[str, int]
     #: lockspaces a rem_lockspace is removing: no new leases, as sanlock's space_dead
     _removing: set[str]
     #: REG_EVENT connections per lockspace: host events for us are pushed on them
@@ -98,7 +96,6 @@ class ApiBase:
         self.on_shutdown = on_shutdown
         self._lock = threading.Lock()
         self._registered = []
-        self._config = {}
         self._removing = set()
         self._listeners = {}
 

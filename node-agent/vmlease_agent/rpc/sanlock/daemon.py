@@ -42,12 +42,12 @@ def _client_text(pid: int, reg: Registration | None) -> str:
     return f"pid={pid} restricted={reg.restricted} cmd_active={int(reg.active)}"
 
 
-def _lockspace_text(s: LockspaceSnapshot, config: int, now: float) -> str:
+def _lockspace_text(s: LockspaceSnapshot, used_outside: bool, now: float) -> str:
     """``renewal_last_success`` on the agent's clock, as ``monotime`` (sanlock: its own)."""
     which = "add" if s.state == JOINING else "spaces"
     text = f"list={which} io_timeout={s.io_timeout} host_generation={s.generation}"
     text += f" space_dead={int(s.state == FAILED)}"
-    text += f" external_used={int(bool(config & w.CONFIG_USED))}"
+    text += f" external_used={int(used_outside)}"
     if s.last_renewal_ago is not None:
         text += f" renewal_last_success={int(now - s.last_renewal_ago)}"
     return text
@@ -99,7 +99,7 @@ class DaemonMixin(ApiBase):
         if stop >= 3:
             for s in snap.lockspaces:
                 tail = wire_lockspace(s).pack()
-                text = _lockspace_text(s, self._config.get(s.name, 0), snap.taken_at)
+                text = _lockspace_text(s, self.agent.used_outside(s.name), snap.taken_at)
                 out.append(w.state_record(w.STATE_LOCKSPACE, s.name, text, 0, s.host_id, tail))
         if stop >= 4:
             # one list for the whole daemon, newest first, as sanlock's resources_held

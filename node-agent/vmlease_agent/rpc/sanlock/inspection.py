@@ -96,9 +96,11 @@ class InspectionMixin(ApiBase):
 
     def cmd_set_config(self, conn: Connection, h: w.Header, reg: Registration | None) -> None:
         """``data``: CONFIG_USED marks a joined lockspace used by something outside sanlock, so
-        that rem_lockspace, once its holders are killed, waits until CONFIG_UNUSED; the orphan
-        pair is accepted (the agent keeps no orphan leases). Refused on a lockspace failed or
-        being removed (-ENOSPC), not joined (-ENOENT), or with another ``data`` (-EINVAL)."""
+        that rem_lockspace, once its holders are killed, waits until CONFIG_UNUSED, and the
+        agent's own removal and stop keep it (``Agent.set_used_outside``); the orphan pair is
+        accepted and changes nothing (the agent keeps no orphan leases). Refused on a lockspace
+        failed or being removed (-ENOSPC), not joined (-ENOENT), or with another ``data``
+        (-EINVAL)."""
         ls = conn.lockspace()
         uses = (w.CONFIG_USED, w.CONFIG_USED_BY_ORPHANS)
 
@@ -116,12 +118,8 @@ class InspectionMixin(ApiBase):
                 if snap.state == FAILED:
                     raise LockspaceGoing(lockspace=ls.name, going="failed")
                 self._not_removing(ls.name)
-            with self._lock:
-                flags = self._config.get(ls.name, 0)
-                if h.data in uses:
-                    self._config[ls.name] = flags | h.data
-                else:  # UNUSED (2) clears USED (1), UNUSED_BY_ORPHANS (8) clears 4
-                    self._config[ls.name] = flags & ~(h.data >> 1)
+            if h.data in (w.CONFIG_USED, w.CONFIG_UNUSED):
+                self.agent.set_used_outside(ls.name, h.data == w.CONFIG_USED)
 
         self._run(conn, h, set_config)
 

@@ -59,8 +59,6 @@ class LockspacesMixin(ApiBase):
                 raise LockspaceExists(lockspace=ls.name, host_id=cur.host_id)
             io = h.data or timeouts.DEFAULT_IO_TIMEOUT
             cfg = LockspaceConfig(ls.name, ls.host_id, ls.path, ls.offset, io)
-            with self._lock:
-                self._config.pop(ls.name, None)  # sanlock's flags go with its struct space
             try:
                 self.agent.add_lockspace(cfg, wait=not h.cmd_flags & w.ADD_ASYNC)
             except AgentError as e:
@@ -117,7 +115,6 @@ class LockspacesMixin(ApiBase):
             self._wait_unused(name)
             self.agent.rem_lockspace(name)
             with self._lock:
-                self._config.pop(name, None)
                 listeners = self._listeners.pop(name, [])
             for sock in listeners:  # sanlock closes them with the lockspace: the client sees EOF
                 with contextlib.suppress(OSError):
@@ -132,7 +129,7 @@ class LockspacesMixin(ApiBase):
         does; the holders are gone by then. (USED_BY_ORPHANS waits for orphan leases, which
         the agent never keeps: nothing to wait for.)"""
         said = False
-        while self._config.get(name, 0) & w.CONFIG_USED:
+        while self.agent.used_outside(name):
             if self.agent.snapshot().lockspace(name) is None:
                 return  # left meanwhile (failed): nothing to remove
             if not said:
