@@ -301,22 +301,30 @@ class Agent:
         # its leases name that generation, and a lockspace joined afresh later has a new one,
         # which frees every lease of the old to the other hosts while the holder still writes.
         resumed = {name for name, ls in self._lockspaces.items() if ls.state == LIVE}
+        orphaned: list[HeldLease] = []
         for c in saved.clients:
-            self._adopt_client(c, resumed)
+            orphaned += self._adopt_client(c, resumed)
+        # Released only once every holder is adopted: our host's SHARED mark on a lease is one
+        # for all its local sharers, and one that exited must not clear it under another that
+        # runs, whichever the saved state lists first (``_shared_elsewhere``).
+        for held in orphaned:
+            self._release_on_disk(held, None)
         if saved.lockspaces or saved.clients:
             self.save()  # an empty start keeps whatever file is there until something changes
         self.tick()  # arm and feed now if every resumed lockspace is healthy: no lease waits
         self._loop = threading.Thread(target=self._run, name="main-loop", daemon=True)
         self._loop.start()
 
-    def _adopt_client(self, saved: state.SavedClient, resumed: set[str]) -> None:
+    def _adopt_client(self, saved: state.SavedClient, resumed: set[str]) -> list[HeldLease]:
+        """Adopt one saved holder; returns the leases of a holder that exited while the agent
+        was down, for the caller to release."""
         lost = sorted({h.res.lockspace for h in saved.leases} - resumed)
         if saved.exited:
             self._adopt_exited(saved, lost)
-            return
+            return []
         if lost and saved.pid:
             self._kill_unadoptable(saved, lost)
-            return
+            return []
         try:
             if saved.key == pid_key(saved.pid):
                 client = self._registry.get(saved.pid, saved.start_time, saved.owner)
@@ -326,18 +334,17 @@ class Agent:
                     self._registry.bind(saved.key, saved.pid, saved.start_time)
         except (ProcessLookupError, OSError):
             log.warning("pid %d exited while the agent was down: releasing its leases", saved.pid)
-            for held in saved.leases:
-                self._release_on_disk(held)
-            return
+            return list(saved.leases)
         client.kill_command = saved.kill_command
         client.kill_appends_pid = saved.kill_appends_pid
         client.restrict = saved.restrict
         if lost:  # an unbound placeholder: no process runs, nothing of its leases is ours now
             log.error("holder %s not adopted: lockspace(s) %s not resumed", saved.key, lost)
-            return
+            return []
         for held in saved.leases:
             client.leases[held.label] = held
         self.event("adopted", holder=client.key, leases=sorted(client.leases))
+        return []
 
     def _adopt_exited(self, saved: state.SavedClient, lost: list[str]) -> None:
         """A holder whose pid had exited while its lifeline (a sanlock connection a forked
@@ -894,11 +901,7 @@ class Agent:
             for held in reversed(taken):
                 with self._lock:
                     self._reserve(held.label, "being released (its acquisition failed)", wait=True)
-                    client.leases.pop(held.label, None)
-                try:
-                    self._release_on_disk(held)
-                finally:
-                    self._unreserve(held.label)
+                self._let_go(client, held)
             self._forget_if_idle(client)
             raise
         self.save()
@@ -986,7 +989,22 @@ class Agent:
             self._busy.pop(label, None)
             self._busy_done.notify_all()
 
-    def _release_on_disk(self, held: HeldLease) -> None:
+    def _let_go(self, client: Client, held: HeldLease) -> None:
+        """Release ``client``'s lease ``held`` (reserved by the caller) on disk, then forget it.
+
+        It stays among ``client``'s leases until then, so it counts among its lockspace's users
+        (``_users``): neither a removal nor a stop may release our host_id under the release's
+        writes. A peer would take the lease at once from an owner whose host_id is free, and our
+        leader write, read and checked before its ballot and landing after it, would free the
+        peer's lease for a third host."""
+        try:
+            self._release_on_disk(held, client)
+        finally:
+            with self._lock:
+                client.leases.pop(held.label, None)
+                self._unreserve(held.label)
+
+    def _release_on_disk(self, held: HeldLease, client: Client | None) -> None:
         ls = self._lockspaces.get(held.res.lockspace)
         if ls is None or ls.state != LIVE:
             # our host_id lease is not valid: writing now could clobber a new owner's lease
@@ -996,17 +1014,19 @@ class Agent:
                 ls.state if ls else "left",
             )
             return
-        if held.shared and self._shared_elsewhere(held):
+        if held.shared and self._shared_elsewhere(held, client):
             return
         try:
             self._acquirer(ls, held.res).release(held.token)
         except errors.LeaseError as e:
             log.error("release of %s failed: %s", held.label, e)
 
-    def _shared_elsewhere(self, held: HeldLease) -> bool:
-        """Does another live local holder still hold this (shared) lease?"""
+    def _shared_elsewhere(self, held: HeldLease, client: Client | None) -> bool:
+        """Does a live local holder other than ``client`` still hold this (shared) lease?"""
         with self._lock:
-            return any(held.label in c.leases for c in self._registry.clients.values())
+            return any(
+                held.label in c.leases for c in self._registry.clients.values() if c is not client
+            )
 
     def release(self, holder: HolderRef, labels: list[str] | None) -> list[str]:
         """Release the named leases of ``holder`` (all of them if ``labels`` is None)."""
@@ -1026,12 +1046,9 @@ class Agent:
                 for n in reserved:
                     self._unreserve(n)
                 raise
-            gone = [client.leases.pop(n) for n in names]
+            gone = [client.leases[n] for n in names]
         for held in gone:
-            try:
-                self._release_on_disk(held)
-            finally:
-                self._unreserve(held.label)
+            self._let_go(client, held)
             self.event("released", lease=held.label, holder=client.key)
         self._forget_if_idle(client)
         self.save()
@@ -1055,7 +1072,7 @@ class Agent:
                     self._reserve(label, f"being released (pid {client.pid} exited)", wait=True)
                     reserved.append(label)
             for held in list(client.leases.values()):
-                self._release_on_disk(held)
+                self._release_on_disk(held, client)
                 self.event("released", lease=held.label, holder=client.key, reason="holder exited")
         finally:
             with self._lock:

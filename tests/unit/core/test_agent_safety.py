@@ -617,6 +617,37 @@ def test_a_lockspace_is_kept_while_an_index_command_writes_under_its_host_id_saf
     assert world.record().timestamp != 0 and a.snapshot().lockspace("LS").state == "live"
 
 
+@pytest.mark.parametrize("how", ["release", "failed acquisition"])
+def test_a_lockspace_is_kept_while_a_lease_of_it_is_being_released_on_disk_safety(world, how):
+    """A release writes the lease with our host_id (a RELEASED dblock, then a read, check and
+    write of the leader). Were the host_id released under those writes, a peer would take the
+    lease at once (its owner's host_id free) and our leader write, landing after its ballot,
+    would free the peer's lease for a third host. So a lease being released still counts
+    among its lockspace's users, whether its holder releases it or an all-or-nothing
+    acquisition gives back what it took before a later lease was refused."""
+    a = world.agent()
+    world.join(a)
+    vm = world.holder()
+    entered, gate = gated_acquirer(a, "release")
+    if how == "release":
+        a.acquire(vm.pid, [(world.res, False)])
+        t, outcome = in_thread(a.release, vm.pid, None)
+    else:  # the later lease is held by another process, in another lockspace
+        world.join(a, name="LS2")
+        res2 = make_resource(world.dir, "LS2", "R2", filename="r2")[1]
+        a.acquire(world.holder().pid, [(res2, False)])
+        t, outcome = in_thread(a.acquire, vm.pid, [(world.res, False), (res2, False)])
+    assert entered.wait(5)
+    with pytest.raises(Busy, match=f"in use by pid:{vm.pid}"):
+        a.rem_lockspace("LS")
+    assert "LS" not in a.leave_idle()
+    gate.set()
+    t.join(10)
+    assert ("error" in outcome) == (how != "release")
+    assert leader_of(world.res.path, world.res.offset).timestamp == 0  # released on disk
+    assert world.record().timestamp != 0 and a.snapshot().lockspace("LS").state == "live"
+
+
 def test_a_lockspace_an_outside_user_marked_used_is_kept_by_removal_and_stop_safety(world):
     """sanlock's SET_CONFIG USED: a cluster lock manager works under our host_id lease outside
     the agent. Releasing that host_id (the JSON API's rem_lockspace, a SIGTERM stop) would let
@@ -786,6 +817,32 @@ def test_a_local_shared_acquire_during_a_convert_to_exclusive_is_refused_safety(
     [held] = a.status()["leases"]
     assert (held["pid"], held["shared"]) == (vm1.pid, False)
     assert leader_of(world.res.path).timestamp != 0
+
+
+@pytest.mark.parametrize("gone", ["first", "second"])
+def test_a_shared_lease_stays_marked_when_one_sharer_exited_across_a_restart_safety(world, gone):
+    """Two local processes share a lease; one exits while the agent is down. The restarted
+    agent releases the exited one's share, but our host's SHARED mark is one for both: it
+    must stay while the other still runs, whichever of them the saved state lists first, or
+    another host takes the lease exclusively beside it."""
+    a = world.agent()
+    world.join(a)
+    sharers = [world.holder(), world.holder()]
+    for vm in sharers:
+        a.acquire(vm.pid, [(world.res, True)])
+    a.stop(clean=False)
+    dead = sharers.pop(0 if gone == "first" else 1)
+    dead.kill()
+    dead.wait()
+    b = world.agent()
+    [held] = b.status()["leases"]
+    assert held["pid"] == sharers[0].pid
+    peer = world.agent("node-b", machine_id="machine-2")
+    world.join(peer, host_id=2)
+    with pytest.raises(errors.LeaseError):
+        peer.acquire(world.holder().pid, [(world.res, False)], wait=False)
+    b.release(sharers[0].pid, None)
+    peer.acquire(world.holder().pid, [(world.res, False)], wait=False)
 
 
 def test_a_converted_lease_keeps_its_mode_across_a_restart(world):
