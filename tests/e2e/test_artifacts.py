@@ -32,6 +32,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
+from toolscache import tools_cache
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -211,8 +212,7 @@ def test_the_lock_pins_and_hashes_every_dependency_of_pyproject():
 
 
 def _hadolint() -> str | None:
-    cached = Path.home() / ".cache" / "vmlease-tools" / f"hadolint-{HADOLINT_VERSION}"
-    candidate = cached / "bin" / "hadolint"
+    candidate = tools_cache() / f"hadolint-{HADOLINT_VERSION}" / "bin" / "hadolint"
     return str(candidate) if candidate.exists() else shutil.which("hadolint")
 
 

@@ -41,6 +41,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from toolscache import tools_cache
 
 REPO = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO / "scripts" / "envtest-versions.env"
@@ -78,14 +79,10 @@ def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
 
 
 def tools_dir() -> Path:
-    """Where install-envtest.sh puts the binaries; the same default expression as the script."""
-    root = os.environ.get("VMLEASE_TOOLS_DIR")
-    if not root:
-        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        root = os.path.join(cache, "vmlease-tools")
+    """Where install-envtest.sh puts the binaries."""
     v = read_versions()
     name = f"envtest-k8s{v['K8S_VERSION']}-etcd{v['ETCD_VERSION']}-helm{v['HELM_VERSION']}"
-    return Path(root) / name / "bin"
+    return tools_cache() / name / "bin"
 
 
 def find_tools() -> tuple[Tools | None, str | None]:
