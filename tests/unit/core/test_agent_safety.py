@@ -839,7 +839,7 @@ def test_a_shared_lease_stays_marked_when_one_sharer_exited_across_a_restart_saf
     assert held["pid"] == sharers[0].pid
     peer = world.agent("node-b", machine_id="machine-2")
     world.join(peer, host_id=2)
-    with pytest.raises(errors.LeaseError):
+    with pytest.raises(errors.LeaseError, match=r"held shared by host\(s\) 1"):
         peer.acquire(world.holder().pid, [(world.res, False)], wait=False)
     b.release(sharers[0].pid, None)
     peer.acquire(world.holder().pid, [(world.res, False)], wait=False)
