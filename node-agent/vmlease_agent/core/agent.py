@@ -736,7 +736,8 @@ class Agent:
 
     def _users(self, name: str) -> list[str]:
         """Under ``_lock``: who could write under a lease of lockspace ``name``: holders
-        (exiting ones too), acquisitions in flight, which may still win their ballot, and a
+        (exiting ones too, and those whose release is still being written: ``_let_go``),
+        acquisitions in flight, which may still win their ballot, and a
         resource index command, which writes under the index's lease with our host_id, and a
         user outside the agent that relies on our host_id lease (``set_used_outside``)."""
         keys = {
