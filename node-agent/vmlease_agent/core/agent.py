@@ -79,6 +79,11 @@ from vmlease_agent.engine.paxos import Resource
 
 log = logging.getLogger(__name__)
 
+#: The main loop's period (``tick``): how late, at most, a lockspace's deadline is noticed, its
+#: fencing escalated and the device fed or shortened. Well below the one second of FEED_MARGIN
+#: (kept between our last keepalive and the deadline) and the one second the shortening of the
+#: device subtracts for the tick between two calls, with room for a pass slowed by load; five
+#: passes a second cost little (bench/agent_footprint.py: 0.45 % of a core with 1,000 leases).
 TICK_SECONDS = 0.2
 
 T = TypeVar("T")

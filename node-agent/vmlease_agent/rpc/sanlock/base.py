@@ -39,7 +39,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: how long a rem_lockspace or a forced shutdown waits for the holders it killed to be gone
+#: How long a rem_lockspace or a forced shutdown waits for the holders it killed to be gone and
+#: their leases released, before it answers -EBUSY with the lockspace still joined (safe: nothing
+#: is released under a live holder, and the client may try again). A SIGKILLed process ends at
+#: once unless stuck in uninterruptible I/O; the release after its exit is at most four I/Os (LVB,
+#: dblock, leader read, leader write), each abandoned at the io_timeout: 40 s at the default
+#: N = 10. 60 s covers that with room for the exit. sanlock's own removal waits without a bound,
+#: and its client hangs with it.
 KILL_WAIT_SECONDS = 60.0
 
 
